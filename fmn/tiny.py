@@ -1,0 +1,54 @@
+"""Tiny random-weight Stable Diffusion pipelines built from configs, for tests and the CPU speed check.
+
+``tiny_pipeline("sd15")`` mirrors SD 1.x (epsilon prediction, conv projections in the
+transformer blocks); ``tiny_pipeline("sd2")`` mirrors SD 2.x (v-prediction, linear
+projections, per-block head dims). Weights are random: shapes and code paths are real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .world.tokenizer import build_tokenizer
+
+__all__ = ["tiny_pipeline"]
+
+
+def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline:
+    """A random-weight SD-family pipeline that generates 32x32 images in well under a second."""
+    assert kind in ("sd15", "sd2")
+    torch.manual_seed(seed)
+    with TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp), merges=200)
+    width = 32
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu" if kind == "sd2" else "quick_gelu",
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width, norm_num_groups=8,
+        attention_head_dim=(2, 4) if kind == "sd2" else 2,
+        use_linear_projection=kind == "sd2",
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if kind == "sd2" else "epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
