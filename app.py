@@ -1,0 +1,101 @@
+"""Forget-Me-Not Studio in the browser: generate with seeds and see what each word attends to.
+
+    python app.py [--host 0.0.0.0] [--port 7860] [--share] [--model PATH_OR_HUB_ID]
+
+Thin by design: every handler calls `fmn.studio.Studio`; no algorithm lives here. The same
+file runs locally, in Docker and as a Hugging Face (ZeroGPU) Space: `spaces.GPU` is a no-op
+elsewhere. One model is held in memory and shared; device work runs one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import gradio as gr
+import spaces
+
+from fmn.generate import MAX_SEED, GenerationSettings
+from fmn.heatmaps import overlay
+from fmn.studio import Studio
+
+EXAMPLES = [
+    ["a red circle on grass", 0],
+    ["Mimo and a blue star on sand", 1],
+    ["a purple triangle in the style of Vellor at night", 2],
+]
+INTRO = """# Forget-Me-Not Studio
+Type a prompt, pick a seed, and see the image with one cross-attention heatmap per word
+(DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
+The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
+Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
+
+
+def create_demo(studio: Studio) -> gr.Blocks:
+    """The app's layout and events; handlers are small closures over the shared studio."""
+
+    @spaces.GPU
+    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, progress=gr.Progress()):
+        settings = GenerationSettings(prompt, negative, seed, steps, guidance)
+        step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
+        try:
+            result = studio.inspect(settings, step_range=step_range,
+                                    on_step=lambda i, n: progress((i, n), desc="denoising"))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        for warning in result.warnings:
+            gr.Warning(warning)
+        maps = [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()]
+        return result.image, maps
+
+    def load_model(source):
+        try:
+            name = studio.use(source)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        return f"Loaded: `{name}`"
+
+    with gr.Blocks(title="Forget-Me-Not Studio") as demo:
+        gr.Markdown(INTRO)
+        with gr.Accordion("Model", open=False):
+            with gr.Row():
+                source = gr.Textbox(label="Model", placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, a .safetensors file", scale=4)
+                load = gr.Button("Load", scale=1)
+            status = gr.Markdown(f"Loaded: `{studio.source}`")
+        with gr.Tab("Generate & inspect"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0][0], max_length=1000)
+                    negative = gr.Textbox(label="Negative prompt", value="")
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    with gr.Accordion("Settings", open=False):
+                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                        guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
+                        step_from = gr.Slider(0, 100, value=0, step=1, label="Heatmaps from step")
+                        step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
+                    run = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column(scale=2):
+                    image = gr.Image(label="Image", type="pil", elem_id="image", height=256)
+                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260)
+            gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
+                        fn=lambda p, s: inspect(p, "", s, 25, 5.0, 0, 25))
+        steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to)
+        run.click(inspect, [prompt, negative, seed, steps, guidance, step_from, step_to], [image, maps], api_name="generate")
+        prompt.submit(inspect, [prompt, negative, seed, steps, guidance, step_from, step_to], [image, maps], api_visibility="private")
+        load.click(load_model, source, status, api_name="load_model")
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Forget-Me-Not Studio")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    args = parser.parse_args()
+    demo = create_demo(Studio(args.model))
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(
+        server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

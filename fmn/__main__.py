@@ -1,0 +1,74 @@
+"""Command line: python -m fmn generate | heatmap ...
+
+    python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png
+    python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
+
+Every command takes --model (default: the embedded shapes-world model). Bad input exits
+with status 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .generate import GenerationSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fmn", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("generate", "generate images with seeds"), ("heatmap", "per-word cross-attention heatmaps")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--prompt", required=True)
+        p.add_argument("--negative-prompt", default="")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=25)
+        p.add_argument("--guidance", type=float, default=5.0)
+        p.add_argument("--width", type=int)
+        p.add_argument("--height", type=int)
+        p.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+        p.add_argument("--config", default=None, help="for a .safetensors file: the diffusers folder or hub id of its architecture")
+        p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+        p.add_argument("--out", required=True, help="PNG file to write")
+    sub.choices["generate"].add_argument("--num-images", type=int, default=1, help="seeds seed, seed+1, ...")
+    sub.choices["heatmap"].add_argument("--words", nargs="*", help="words to show (default: every word)")
+    sub.choices["heatmap"].add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"))
+    sub.choices["heatmap"].add_argument("--resolutions", type=int, nargs="*", help="latent sides of the layers to use, e.g. 8 4")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .studio import Studio  # heavy imports after argument parsing, so --help is instant
+
+    settings = GenerationSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.width, args.height)
+    out = Path(args.out)
+    try:
+        if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            raise ValueError(f"--out {out}: use a .png, .jpg or .webp file name.")
+        studio = Studio(args.model, device=args.device, config=args.config)
+        for warning in studio.warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.command == "generate":
+            if not 1 <= args.num_images <= 16:
+                raise ValueError(f"--num-images {args.num_images}: use 1 to 16.")
+            images = studio.generate(settings, seeds=[args.seed + i for i in range(args.num_images)])
+            paths = [out] if len(images) == 1 else [out.with_stem(f"{out.stem}-{args.seed + i}") for i in range(len(images))]
+            for image, path in zip(images, paths):
+                image.save(path)
+                print(path)
+        else:
+            result = studio.inspect(settings, args.words, args.step_range, set(args.resolutions) if args.resolutions else None)
+            result.grid.save(out)
+            print(out)
+    except ValueError as err:  # bad input, a model that cannot be loaded: one clear line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

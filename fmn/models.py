@@ -1,0 +1,165 @@
+"""Loading a Stable Diffusion 1.x / 2.x pipeline from wherever the user has one.
+
+One entry point, `load_pipeline`, takes the embedded shapes-world model (the default),
+a local diffusers folder, a single ``.safetensors`` checkpoint, or a Hugging Face hub id,
+and returns a ready `StableDiffusionPipeline` on the best device. Only safetensors are
+read: pickle files (``.ckpt``, ``.bin``, ``.pt``) can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors import SafetensorError, safe_open
+
+__all__ = ["EMBEDDED", "ModelLoadError", "load_pipeline", "pick_device", "world_of"]
+
+EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "fmn-shapes"
+EMBEDDED_JUDGE = EMBEDDED.parent / "fmn-shapes-judge"
+SUPPORTED = {"StableDiffusionPipeline"}
+# key prefixes that only this architecture's single-file checkpoints hold -> its name
+FOREIGN_PREFIXES = {
+    "conditioner.embedders.1.": "SDXL",
+    "double_blocks.": "FLUX",
+    "model.diffusion_model.joint_blocks.": "Stable Diffusion 3",
+}
+
+class ModelLoadError(ValueError):
+    """The model cannot be loaded; the message says why and what to do."""
+
+
+def pick_device(device: str | None = None, dtype: torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA -> bf16 (fp16 where bf16 is missing), Apple MPS -> fp16, else CPU fp32; either can be overridden."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float16 if device.type == "mps" else torch.float32
+    return device, dtype
+
+
+def _check_folder(folder: Path) -> None:
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise ModelLoadError(f"{folder} is not a diffusers folder: it has no model_index.json.")
+    name = json.loads(index.read_text()).get("_class_name", "?")
+    if name not in SUPPORTED:
+        raise ModelLoadError(f"{folder} holds a {name}: not supported yet (Stable Diffusion 1.x and 2.x only).")
+    if not any(folder.glob("unet/*.safetensors")):
+        raise ModelLoadError(f"{folder} has no safetensors weights in unet/; only safetensors are loaded (pickle files can run code).")
+
+
+def _check_single_file(path: Path) -> None:
+    if path.suffix != ".safetensors":
+        raise ModelLoadError(
+            f"{path.name}: only .safetensors checkpoints are loaded. Other weight files (.ckpt, .bin, .pt) "
+            "are pickles, which can run code when opened: convert it to safetensors first."
+        )
+    try:
+        with safe_open(path, "pt") as f:
+            keys = set(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise ModelLoadError(f"{path.name} is not a readable safetensors file ({err}).") from err
+    for prefix, arch in FOREIGN_PREFIXES.items():
+        if any(k.startswith(prefix) for k in keys):
+            raise ModelLoadError(f"{path.name} is a {arch} checkpoint: not supported yet (Stable Diffusion 1.x and 2.x only).")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub, so that an offline machine fails in seconds, not after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(repo_id: str, **kw) -> StableDiffusionPipeline:
+    try:
+        config = StableDiffusionPipeline.load_config(repo_id, local_files_only=True)
+        kw["local_files_only"] = True
+    except (OSError, ValueError):  # not in the local cache
+        hint = (f"Download it where there is network (`hf download {repo_id}`) and copy the cache, "
+                "or pass a local diffusers folder or a .safetensors file.")
+        if not _hub_reachable():
+            raise ModelLoadError(f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached. {hint}")
+        try:
+            config = StableDiffusionPipeline.load_config(repo_id)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{repo_id!r} could not be fetched from the Hugging Face hub ({err}). {hint}") from err
+    if config.get("_class_name") not in SUPPORTED:
+        raise ModelLoadError(f"{repo_id} is a {config.get('_class_name')}: not supported yet (Stable Diffusion 1.x and 2.x only).")
+    return StableDiffusionPipeline.from_pretrained(repo_id, use_safetensors=True, **kw)
+
+
+def _load_single_file(path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
+    """A single file holds weights only; the configs come from `config` or the hub's cache."""
+    offline = not (config and Path(config).is_dir()) and not _hub_reachable()
+    try:
+        return StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=offline, **kw)
+    except (OSError, ValueError) as err:
+        if not offline:
+            raise
+        raise ModelLoadError(
+            f"{path.name} holds weights only, and the configs that describe it are neither cached nor reachable "
+            "offline. Pass the diffusers folder (or a cached hub id) of the same architecture as its config "
+            "(--config in the command line)."
+        ) from err
+
+
+def load_pipeline(
+    source: str | Path | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    config: str | None = None,
+) -> StableDiffusionPipeline:
+    """Loads an SD 1.x/2.x pipeline.
+
+    Args:
+        source: None or "" for the embedded model; a diffusers folder; a ``.safetensors``
+            single-file checkpoint (``config`` names the diffusers folder or hub id whose
+            configs describe it); or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+        device, dtype: override `pick_device`'s choice.
+    Raises:
+        ModelLoadError: the source is missing, unsupported, not safetensors or unreachable.
+    """
+    device, dtype = pick_device(device, dtype)
+    source = str(source).strip() if source else str(EMBEDDED)
+    path = Path(source).expanduser()
+    kw = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if path.is_dir():
+            _check_folder(path)
+            pipe = StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, **kw)
+        elif path.is_file():
+            _check_single_file(path)
+            pipe = _load_single_file(path, config, **kw)
+        elif path.suffix or source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise ModelLoadError(f"{source}: no such file or folder (and not a hub id of the form owner/name).")
+        else:
+            pipe = _load_hub(source, **kw)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        raise ModelLoadError(f"could not load {source}: {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def world_of(pipe: StableDiffusionPipeline) -> dict | None:
+    """The shapes world the model was trained on (its world.json), or None for other models."""
+    folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
+    world = Path(str(folder)) / "world.json" if folder else None
+    return json.loads(world.read_text()) if world and world.exists() else None

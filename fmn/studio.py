@@ -1,0 +1,75 @@
+"""The studio: one model in memory, shared by every caller, and what a user does with it.
+
+The app and the command line both go through `Studio`: it loads a model once, swaps it
+when asked for another, serialises device work with a lock, and offers `generate` and
+`inspect` (generation with per-word cross-attention heatmaps).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .attention import trace
+from .generate import GenerationSettings, check_settings, generate, unknown_words
+from .heatmaps import word_grid
+from .models import EMBEDDED, load_pipeline
+
+__all__ = ["Studio", "Inspection"]
+
+
+@dataclass
+class Inspection:
+    """A generated image and what each word of its prompt attended to."""
+
+    image: Image.Image
+    word_maps: dict[str, torch.Tensor]  # word -> (H, W) in [0, 1]
+    grid: Image.Image  # the image and one overlay per word, with a colour bar
+    warnings: list[str]
+
+
+class Studio:
+    """Holds one pipeline; every method is safe to call from several threads."""
+
+    def __init__(self, source: str | Path | None = None, device: str | None = None, config: str | None = None):
+        self.device = device
+        self.source = str(source or EMBEDDED)
+        self.pipe = load_pipeline(self.source, device=device, config=config)
+        self.lock = threading.Lock()
+
+    def use(self, source: str | Path | None) -> str:
+        """Switches to another model (None or "" for the embedded one); returns its name."""
+        source = str(source or EMBEDDED).strip()
+        with self.lock:
+            if source != self.source:
+                pipe = load_pipeline(source, device=self.device)  # raises before anything changes
+                self.pipe, self.source = pipe, source
+        return self.source
+
+    def warnings(self, settings: GenerationSettings) -> list[str]:
+        unknown = unknown_words(self.pipe, settings.prompt)
+        return [f"The model never saw these words: {', '.join(unknown)}. It will ignore or misread them."] if unknown else []
+
+    def generate(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None) -> list[Image.Image]:
+        check_settings(self.pipe, settings)
+        with self.lock:
+            return generate(self.pipe, settings, seeds, on_step)
+
+    def inspect(self, settings: GenerationSettings, words: list[str] | None = None, step_range=None,
+                resolutions=None, on_step=None) -> Inspection:
+        """Generates one image while tracing cross-attention, and renders the words' heatmaps."""
+        settings = check_settings(self.pipe, settings)
+        with self.lock:
+            with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
+                image = generate(self.pipe, settings, None, on_step)[0]
+            maps = {w: m for w, m in tc.word_maps().items() if any(c.isalnum() for c in w)}  # no punctuation panels
+        if words:
+            missing = [w for w in words if w.lower() not in maps]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} not in the prompt; its words are: {', '.join(maps)}")
+            maps = {w.lower(): maps[w.lower()] for w in words}
+        return Inspection(image, maps, word_grid(image, maps, title=settings.prompt), self.warnings(settings))

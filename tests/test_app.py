@@ -1,0 +1,80 @@
+"""The app as a real server: gradio_client calls, concurrent users, and a headless browser."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from conftest import OUTPUT
+
+STEPS = 10  # fewer steps than the default keeps the server tests quick
+
+
+def call(client, prompt, seed, **kw):
+    return client.predict(prompt, "", seed, STEPS, 5.0, 0, STEPS, api_name="/generate", **kw)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_generate_endpoint_returns_image_and_a_map_per_word(client):
+    image, maps = call(client, "a red circle on grass", 3)
+    assert Image.open(image).size == (64, 64)
+    assert [m["caption"] for m in maps] == ["a", "red", "circle", "on", "grass"]
+    again, _ = call(client, "a red circle on grass", 3)
+    assert np.array_equal(pixels(image), pixels(again))
+
+
+@pytest.mark.parametrize("prompt, seed, message", [
+    ("", 0, "prompt is empty"),
+    ("a" * 2000, 0, "limit is 1000"),
+    ("a red circle", -5, "out of range"),
+])
+def test_bad_input_is_an_error_message(client, prompt, seed, message):
+    with pytest.raises(Exception, match=message):
+        call(client, prompt, seed)
+
+
+def test_ten_concurrent_users_are_all_served_and_reproduce(app_url, client):
+    seeds = list(range(100, 110))
+
+    def user(seed):
+        return call(Client(app_url, verbose=False), "a blue square on sand", seed)[0]
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        images = list(pool.map(user, seeds))
+    assert len(images) == len(seeds)
+    for seed, path in list(zip(seeds, images))[:3]:  # a few re-run alone: same seed, same picture
+        assert np.array_equal(pixels(path), pixels(call(client, "a blue square on sand", seed)[0]))
+    assert not np.array_equal(pixels(images[0]), pixels(images[1]))
+
+
+def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.get_by_label("Prompt", exact=True).fill("Mimo and a yellow star on water")
+        page.locator("#generate").click()
+        page.locator("#heatmaps img").nth(5).wait_for(timeout=120_000)
+        assert page.locator("#heatmaps img").count() == 7  # one per word, "and" and "on" included
+        assert page.locator("#image img").count() == 1
+        page.screenshot(path=str(OUTPUT / "app-generate.png"), full_page=True)
+
+        page.get_by_label("Prompt", exact=True).fill("")
+        page.locator("#generate").click()
+        page.get_by_text("The prompt is empty").first.wait_for(timeout=30_000)
+        browser.close()

@@ -1,0 +1,48 @@
+"""The command line: files written, and bad input answered with one line and status 2."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import ROOT
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "fmn", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_and_heatmap(tiny_dirs, tmp_path):
+    out = tmp_path / "img.png"
+    done = run("generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a red circle", "--steps", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (32, 32)
+    maps = tmp_path / "maps.png"
+    done = run("heatmap", "--model", str(tiny_dirs["sd15"]), "--prompt", "a red circle", "--words", "circle", "red",
+               "--steps", "3", "--out", str(maps))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(maps).width > Image.open(maps).height  # image + 2 overlays side by side
+
+
+def test_several_seeds_write_several_files(tiny_dirs, tmp_path):
+    out = tmp_path / "img.png"
+    done = run("generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a star", "--steps", "2", "--seed", "5",
+               "--num-images", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "img-5.png").exists() and (tmp_path / "img-6.png").exists()
+
+
+def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path):
+    cases = [
+        (["generate", "--prompt", "", "--out", "x.png"], "prompt is empty"),
+        (["generate", "--prompt", "a circle", "--steps", "0", "--out", "x.png"], "Steps 0"),
+        (["generate", "--prompt", "a circle", "--model", "/no/such/model", "--out", "x.png"], "no such file"),
+        (["heatmap", "--prompt", "a circle", "--words", "dragon", "--steps", "2", "--out", str(tmp_path / "m.png")], "dragon"),
+        (["generate", "--prompt", "a circle", "--out", "x.gif"], ".png"),
+    ]
+    for args, message in cases:
+        if "--model" not in args:
+            args = [*args, "--model", str(tiny_dirs["sd15"])]
+        done = run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
