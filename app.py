@@ -14,6 +14,7 @@ import argparse
 import gradio as gr
 import spaces
 
+from fmn.attention import cross_attention_resolutions
 from fmn.generate import MAX_SEED, GenerationSettings
 from fmn.heatmaps import overlay
 from fmn.studio import Studio
@@ -28,17 +29,21 @@ Type a prompt, pick a seed, and see the image with one cross-attention heatmap p
 (DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
+# small images shown large: keep their pixels sharp
+CSS = "#image img, #heatmaps img { image-rendering: pixelated; } #image img { width: 100%; height: 100%; object-fit: contain; }"
 
 
 def create_demo(studio: Studio) -> gr.Blocks:
     """The app's layout and events; handlers are small closures over the shared studio."""
 
     @spaces.GPU
-    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, progress=gr.Progress()):
+    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, progress=gr.Progress()):
         settings = GenerationSettings(prompt, negative, seed, steps, guidance)
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
         try:
-            result = studio.inspect(settings, step_range=step_range,
+            if layers is not None and not layers:
+                raise ValueError("Pick at least one layer resolution for the heatmaps.")
+            result = studio.inspect(settings, step_range=step_range, resolutions={int(r) for r in layers} if layers else None,
                                     on_step=lambda i, n: progress((i, n), desc="denoising"))
         except ValueError as err:
             raise gr.Error(str(err)) from err
@@ -72,15 +77,18 @@ def create_demo(studio: Studio) -> gr.Blocks:
                         guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
                         step_from = gr.Slider(0, 100, value=0, step=1, label="Heatmaps from step")
                         step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
+                        sizes = [str(r) for r in cross_attention_resolutions(studio.pipe.unet)]
+                        layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2):
-                    image = gr.Image(label="Image", type="pil", elem_id="image", height=256)
-                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260)
+                    image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
+                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260, format="png")
             gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
                         fn=lambda p, s: inspect(p, "", s, 25, 5.0, 0, 25))
-        steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to)
-        run.click(inspect, [prompt, negative, seed, steps, guidance, step_from, step_to], [image, maps], api_name="generate")
-        prompt.submit(inspect, [prompt, negative, seed, steps, guidance, step_from, step_to], [image, maps], api_visibility="private")
+        steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
+        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers]
+        run.click(inspect, inputs, [image, maps], api_name="generate")
+        prompt.submit(inspect, inputs, [image, maps], api_visibility="private")
         load.click(load_model, source, status, api_name="load_model")
     return demo
 
@@ -94,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     demo = create_demo(Studio(args.model))
     demo.queue(default_concurrency_limit=1, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+        server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=CSS)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-__all__ = ["AttentionProbsProcessor", "install", "trace", "Trace"]
+__all__ = ["AttentionProbsProcessor", "install", "trace", "Trace", "cross_attention_resolutions"]
 
 # sink(layer_name, probs, attn) with probs of shape (batch * heads, pixels, tokens)
 Sink = Callable[[str, torch.Tensor, Attention], None]
@@ -113,6 +113,17 @@ def install(unet: UNet2DConditionModel, sink: Sink) -> Iterator[None]:
         yield
     finally:
         unet.set_attn_processor(original)
+
+
+def cross_attention_resolutions(unet: UNet2DConditionModel) -> list[int]:
+    """The latent-side sizes at which the UNet has attn2 layers, e.g. [4, 8] for the embedded model."""
+    side = unet.config.sample_size
+    n = len(unet.config.down_block_types)
+    sizes = {side // 2**i for i, block in enumerate(unet.config.down_block_types) if "CrossAttn" in block}
+    sizes |= {side // 2 ** (n - 1 - i) for i, block in enumerate(unet.config.up_block_types) if "CrossAttn" in block}
+    if "CrossAttn" in (unet.config.mid_block_type or ""):
+        sizes.add(side // 2 ** (n - 1))
+    return sorted(sizes)
 
 
 def _layer_hw(pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:

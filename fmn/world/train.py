@@ -41,13 +41,13 @@ class TrainConfig:
     work: str = "runs/fmn-shapes"  # data and checkpoints, not shipped
     seed: int = 0
     n_scenes: int = 40_000
-    vae_steps: int = 1_500
+    vae_steps: int = 1_200
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    judge_steps: int = 2_000
+    judge_steps: int = 1_200
     judge_batch: int = 64
     judge_lr: float = 2e-3
-    unet_steps: int = 7_000
+    unet_steps: int = 6_500
     unet_batch: int = 32
     unet_lr: float = 4e-4  # from scratch; warm-up then cosine to 10 %
     warmup: int = 200

@@ -1,0 +1,155 @@
+"""Erasure patches: an erasure's changed weights as LoRA factors in one small safetensors file.
+
+Forget-Me-Not proposes shipping an erasure as a lightweight patch that can be combined
+with others (Zhang et al. 2023, arXiv 2303.17591). Every method here produces the same
+kind of patch: LoRA factors for some linear layers of the UNet and/or the text encoder,
+held by peft adapters, plus metadata (method, concepts, settings, the base model's
+fingerprint, the format version). On a pipeline, each patch is a named adapter: applying,
+stacking, switching off (the frozen reference for training) and removing are adapter
+operations, never a second copy of the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.peft_utils import delete_adapter_layers, set_adapter_layers, set_weights_and_activate_adapters
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+__all__ = ["Patch", "PatchError", "fingerprint", "attach", "activate", "detach", "new_adapter", "FORMAT", "VERSION"]
+
+FORMAT = "fmn-patch"
+VERSION = 1
+COMPONENTS = ("unet", "text_encoder")
+MAX_PATCH_BYTES = 512 * 2**20
+
+
+class PatchError(ValueError):
+    """A patch cannot be read or does not fit this model; the message says why."""
+
+
+def fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """A short id of the base model: its configs and a few weight statistics, equal across dtypes and devices."""
+    probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.text_encoder.get_input_embeddings().weight]
+    stats = [round(float(t.detach().float().abs().mean()), 4) for t in probes]
+    blob = json.dumps([dict(pipe.unet.config), pipe.text_encoder.config.to_diff_dict(), stats], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Patch:
+    """LoRA factors keyed ``"<component>.<module>.lora_A.weight"`` plus what made them."""
+
+    tensors: dict[str, torch.Tensor]
+    method: str
+    concepts: list[str]
+    base: str  # fingerprint() of the model it was made on
+    lora: dict[str, dict]  # component -> {"r": ..., "lora_alpha": ..., "target_modules": [...]}
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}:{'+'.join(self.concepts)}"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        meta = {"format": FORMAT, "version": str(VERSION), "method": self.method, "base": self.base,
+                "concepts": json.dumps(self.concepts), "lora": json.dumps(self.lora), "settings": json.dumps(self.settings)}
+        save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.tensors.items()}, path, metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Patch":
+        """Reads and validates a patch file; raises PatchError with the reason."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise PatchError(f"{path.name}: a patch is a .safetensors file.")
+        if not path.is_file():
+            raise PatchError(f"{path}: no such patch file.")
+        if path.stat().st_size > MAX_PATCH_BYTES:
+            raise PatchError(f"{path.name} is {path.stat().st_size >> 20} MiB: too large for a patch.")
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise PatchError(f"{path.name} is not a readable safetensors file ({err}).") from err
+        if meta.get("format") != FORMAT:
+            raise PatchError(f"{path.name} is not a Forget-Me-Not Studio patch (no '{FORMAT}' format tag).")
+        if meta.get("version") != str(VERSION):
+            raise PatchError(f"{path.name} has patch format version {meta.get('version')}; this version reads {VERSION}.")
+        try:
+            return cls(tensors, meta["method"], json.loads(meta["concepts"]), meta["base"],
+                       json.loads(meta["lora"]), json.loads(meta.get("settings", "{}")))
+        except (KeyError, json.JSONDecodeError) as err:
+            raise PatchError(f"{path.name} has damaged metadata ({err}).") from err
+
+
+def _component(pipe: StableDiffusionPipeline, name: str) -> torch.nn.Module:
+    if name not in COMPONENTS:
+        raise PatchError(f"a patch may change {COMPONENTS}, not {name!r}")
+    return getattr(pipe, name)
+
+
+def new_adapter(pipe: StableDiffusionPipeline, name: str, component: str, target_modules: list[str],
+                rank: int = 4, alpha: float | None = None) -> dict:
+    """Adds a trainable, zero-initialised LoRA adapter; returns its config for `Patch.lora`."""
+    config = {"r": rank, "lora_alpha": alpha or rank, "target_modules": sorted(target_modules)}
+    inject_adapter_in_model(LoraConfig(**config), _component(pipe, component), adapter_name=name)
+    return config
+
+
+def adapter_tensors(pipe: StableDiffusionPipeline, name: str, components: list[str]) -> dict[str, torch.Tensor]:
+    """The adapter's LoRA factors, keyed as in a patch file."""
+    return {f"{c}.{k}": v for c in components for k, v in get_peft_model_state_dict(_component(pipe, c), adapter_name=name).items()}
+
+
+def attach(pipe: StableDiffusionPipeline, patch: Patch, name: str) -> None:
+    """Adds a patch to the pipeline as adapter `name`, inactive until `activate`.
+
+    Raises PatchError, leaving the pipeline untouched, if the patch was made for another model.
+    """
+    if patch.base != fingerprint(pipe):
+        raise PatchError(f"this patch ({patch.name}) was made for another model (fingerprint {patch.base}, "
+                         f"this one is {fingerprint(pipe)}); it cannot be applied here.")
+    for component, config in patch.lora.items():
+        module = _component(pipe, component)
+        prefix = f"{component}."
+        state = {k[len(prefix):]: v for k, v in patch.tensors.items() if k.startswith(prefix)}
+        inject_adapter_in_model(LoraConfig(**config), module, adapter_name=name)
+        result = set_peft_model_state_dict(module, state, adapter_name=name)
+        if getattr(result, "unexpected_keys", None):
+            detach(pipe, name)
+            raise PatchError(f"this patch ({patch.name}) holds weights for layers this model does not have.")
+    activate(pipe, [])
+
+
+def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
+    """Makes exactly these patches active (none: the base model, bit for bit)."""
+    for component in COMPONENTS:
+        module = _component(pipe, component)
+        present = getattr(module, "peft_config", {})
+        if not present:
+            continue
+        wanted = [n for n in names if n in present]
+        if wanted:
+            set_adapter_layers(module, enabled=True)
+            set_weights_and_activate_adapters(module, wanted, [1.0] * len(wanted))
+        else:
+            set_adapter_layers(module, enabled=False)
+
+
+def detach(pipe: StableDiffusionPipeline, name: str) -> None:
+    """Removes patch `name` from the pipeline entirely."""
+    for component in COMPONENTS:
+        module = _component(pipe, component)
+        if name in getattr(module, "peft_config", {}):
+            delete_adapter_layers(module, name)
+            del module.peft_config[name]
