@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.peft_utils import delete_adapter_layers, set_adapter_layers, set_weights_and_activate_adapters
+from diffusers.utils.peft_utils import (
+    delete_adapter_layers,
+    recurse_remove_peft_layers,
+    set_adapter_layers,
+    set_weights_and_activate_adapters,
+)
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -153,3 +158,6 @@ def detach(pipe: StableDiffusionPipeline, name: str) -> None:
         if name in getattr(module, "peft_config", {}):
             delete_adapter_layers(module, name)
             del module.peft_config[name]
+            if not module.peft_config:  # the last one: unwrap the LoRA layers, the model is as loaded
+                recurse_remove_peft_layers(module)
+                del module.peft_config

@@ -43,6 +43,7 @@ def test_switching_a_patch_off_gives_the_base_model_exactly(pipe):
 
 def test_save_load_round_trip_stack_and_remove(pipe, tmp_path):
     base = denoise(pipe)
+    layout = set(pipe.unet.state_dict()) | set(pipe.text_encoder.state_dict())
     a, b = make_patch(pipe, "a", "circle", 0), make_patch(pipe, "b", "Mimo", 1)
     activate(pipe, ["a"])
     only_a = denoise(pipe)
@@ -64,6 +65,7 @@ def test_save_load_round_trip_stack_and_remove(pipe, tmp_path):
     detach(pipe, "a2")
     detach(pipe, "b2")
     assert torch.equal(denoise(pipe), base)
+    assert set(pipe.unet.state_dict()) | set(pipe.text_encoder.state_dict()) == layout  # no LoRA wrappers left
 
 
 def test_patch_for_another_model_is_refused_and_changes_nothing(pipe, tmp_path):

@@ -1,0 +1,65 @@
+"""Concept erasure: one loop (`loop.py`), one module per method, one patch format (`fmn.patch`).
+
+    patch = erase(pipe, ["circle"], "esd-x", steps=200)   # attached to pipe, inactive
+    activate(pipe, [patch.name])                          # generate without circles
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from diffusers import StableDiffusionPipeline
+
+from ..patch import Patch
+from .esd import ESD, ESDConfig
+from .loop import ErasureCancelled, ErasureError, Progress, train_patch
+
+__all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
+
+METHODS = {
+    "esd-x": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
+    "esd-u": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
+}
+MAX_CONCEPT_CHARS = 100
+MAX_CONCEPTS = 8
+MAX_STEPS = 5000
+
+
+def _check(concepts: list[str], method: str, overrides: dict) -> list[str]:
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    concepts = [c.strip() for c in concepts if c and c.strip()]
+    if not concepts:
+        raise ValueError("The concept is empty: name what to erase, e.g. 'circle' or 'Mimo'.")
+    if len(concepts) > MAX_CONCEPTS:
+        raise ValueError(f"{len(concepts)} concepts at once; the limit is {MAX_CONCEPTS}.")
+    for c in concepts:
+        if len(c) > MAX_CONCEPT_CHARS:
+            raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
+    steps = overrides.get("steps")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"Steps {steps} is out of range: use 1 to {MAX_STEPS}.")
+    lr = overrides.get("lr")
+    if lr is not None and not 0 < lr < 1:
+        raise ValueError(f"Learning rate {lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
+    return concepts
+
+
+def make_method(method: str, concepts: list[str], **overrides):
+    """The method object with its default settings, some overridden; raises ValueError on bad values."""
+    concepts = _check(concepts, method, overrides)
+    instance = METHODS[method](concepts)
+    known = {f.name for f in fields(instance.config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"{method} has no setting {', '.join(sorted(unknown))}; it has {', '.join(sorted(known))}.")
+    instance.config = replace(instance.config, **overrides)
+    return instance
+
+
+def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "esd-x",
+          on_progress=None, cancelled=None, **overrides) -> Patch:
+    """Erases the concepts; returns the patch, attached to the pipeline (inactive) under `patch.name`."""
+    instance = make_method(method, concepts, **overrides)
+    name = f"{instance.name}:{'+'.join(instance.concepts)}"
+    return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)

@@ -1,0 +1,119 @@
+"""The one erasure loop every trained method shares: references -> training steps -> patch.
+
+A method supplies three things (see `Method`): which layers get a LoRA adapter, the
+references it computes once with the unedited model, and the loss of one step. The loop
+owns the rest: freezing the base weights, the optimizer, progress, cancellation, a NaN
+guard that leaves the model as it was, and turning the adapter into a `Patch`.
+The frozen reference model is the same pipeline with the adapter switched off (`frozen`).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
+
+__all__ = ["Method", "Progress", "ErasureError", "ErasureCancelled", "frozen", "train_patch"]
+
+
+class ErasureError(ValueError):
+    """The erasure stopped; the model is as it was before, and the message says why."""
+
+
+class ErasureCancelled(ErasureError):
+    """The user cancelled; the model is as it was before."""
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    loss: float
+    elapsed: float  # seconds since the erasure started, references included
+
+
+class Method(Protocol):
+    name: str
+    config: Any  # the method's settings dataclass: steps, lr, rank, ...
+
+    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
+        """component ("unet" / "text_encoder") -> names of the modules that get LoRA."""
+
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Any:
+        """What the loss needs from the unedited model, computed once before training."""
+
+    def loss(self, pipe: StableDiffusionPipeline, refs: Any, generator: torch.Generator) -> torch.Tensor:
+        """The loss of one training step, with the adapter active."""
+
+
+@contextmanager
+def frozen(pipe: StableDiffusionPipeline, name: str):
+    """Inside the block the pipeline is the original model: the adapter `name` is switched off."""
+    activate(pipe, [])
+    try:
+        yield
+    finally:
+        activate(pipe, [name])
+
+
+def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parameter]:
+    params = []
+    for module in (pipe.unet, pipe.text_encoder):
+        for key, param in module.named_parameters():
+            param.requires_grad_(f".{name}." in key)
+            if param.requires_grad:
+                params.append(param)
+    return params
+
+
+def train_patch(
+    pipe: StableDiffusionPipeline,
+    method: Method,
+    concepts: list[str],
+    name: str,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Patch:
+    """Runs the erasure; returns the patch, left attached to the pipeline (inactive) as adapter `name`."""
+    cfg = method.config
+    start = time.perf_counter()
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    # 1. References from the unedited model
+    with torch.no_grad():
+        refs = method.references(pipe, generator)
+    # 2. A fresh LoRA adapter on the method's layers, the only trainable weights
+    lora = {component: new_adapter(pipe, name, component, modules, cfg.rank)
+            for component, modules in method.targets(pipe).items()}
+    activate(pipe, [name])
+    params = _trainable(pipe, name)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # 3. Training steps
+    try:
+        for step in range(1, cfg.steps + 1):
+            loss = method.loss(pipe, refs, generator)
+            if not torch.isfinite(loss):
+                raise ErasureError(f"the loss became {loss.item()} at step {step}: lower the learning rate "
+                                   f"(now {cfg.lr:g}). The model is unchanged.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if on_progress:
+                on_progress(Progress(step, cfg.steps, loss.item(), time.perf_counter() - start))
+            if cancelled and cancelled():
+                raise ErasureCancelled(f"cancelled at step {step} of {cfg.steps}; the model is unchanged.")
+    except BaseException:
+        detach(pipe, name)
+        raise
+    finally:
+        for param in params:
+            param.requires_grad_(False)
+    # 4. The patch: the adapter's factors and what made them
+    activate(pipe, [])
+    return Patch(adapter_tensors(pipe, name, list(lora)), method.name, concepts, fingerprint(pipe), lora, asdict(cfg))
