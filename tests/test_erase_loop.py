@@ -71,3 +71,27 @@ def test_cancel_mid_run_leaves_the_model_untouched():
 def test_bad_settings(concepts, kw, message):
     with pytest.raises(ValueError, match=message):
         make_method("esd-x", concepts, **kw)
+
+
+def test_forget_me_not_drains_the_concept_tokens_attention():
+    from fmn.attention import install
+    from fmn.erase.forget_me_not import concept_positions
+
+    pipe = tiny_pipeline()
+    prompt = "a photo of circle"
+    positions = concept_positions(pipe.tokenizer, prompt, "circle")
+    assert pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(prompt).input_ids)[positions[0]] == "circle</w>"
+    torch.manual_seed(0)
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 200])
+
+    def mass():
+        total = []
+        with torch.no_grad(), install(pipe.unet, lambda n, probs, a: total.append(probs[..., positions].sum().item())):
+            pipe.unet(z, t, encode(pipe, [prompt]).expand(2, -1, -1))
+        return sum(total)
+
+    before = mass()
+    patch = erase(pipe, ["circle"], "fmn", steps=30, references=2, reference_steps=3, lr=1e-2)
+    activate(pipe, [patch.name])
+    assert mass() < 0.5 * before
+    assert all(".attn2." in k for k in patch.tensors)

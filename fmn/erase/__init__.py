@@ -12,11 +12,13 @@ from diffusers import StableDiffusionPipeline
 
 from ..patch import Patch
 from .esd import ESD, ESDConfig
+from .forget_me_not import FMNConfig, ForgetMeNot
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 
 __all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
 
 METHODS = {
+    "fmn": lambda concepts, **kw: ForgetMeNot(concepts, FMNConfig(**kw)),
     "esd-x": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
     "esd-u": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
 }

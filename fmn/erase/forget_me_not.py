@@ -1,0 +1,95 @@
+"""Forget-Me-Not attention re-steering, Zhang et al. 2023, arXiv 2303.17591.
+
+Every cross-attention layer records its softmax maps; the loss is the L2 norm of the maps
+of the concept's tokens over all layers, heads and pixels,
+``L = sqrt(sum_layers sum_heads sum_pixels sum_{j in concept} A[j]^2)``, with no
+preservation term. Each step noises one reference image of the concept at a random step
+and runs the UNet on a prompt that names it. References are the user's images or, without
+them, images the unedited model generates from "a photo of {concept}".
+(The optional textual-inversion stage for concepts without a name is not implemented yet.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from ..attention import install
+from .common import attn2_modules, encode, unet_modules_except_attn2
+
+__all__ = ["FMNConfig", "ForgetMeNot", "concept_positions"]
+
+
+@dataclass
+class FMNConfig:
+    steps: int = 35  # paper: 35
+    lr: float = 1e-3  # paper: 2e-6 on full weights; a rank-4 LoRA needs a larger step
+    rank: int = 4
+    weight_decay: float = 0.01  # paper
+    grad_clip: float = 1.0  # paper
+    whole_unet: bool = False  # paper's code trains the whole UNet; ours: attn2 only, the lightweight patch
+    references: int = 10  # paper: 10 images of the concept
+    reference_steps: int = 25  # denoising steps when the unedited model draws the references
+    template: str = "a photo of {}"  # paper's default prompt for references and training
+    seed: int = 0
+
+
+def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
+    """Token positions (BOS = 0) of the concept's tokens inside the prompt; ValueError if absent."""
+    ids = tokenizer(prompt, truncation=True).input_ids
+    want = tokenizer(concept, add_special_tokens=False).input_ids
+    for start in range(len(ids) - len(want) + 1):
+        if ids[start:start + len(want)] == want:
+            return list(range(start, start + len(want)))
+    raise ValueError(f"the concept {concept!r} is not a token sequence of the prompt {prompt!r}")
+
+
+@dataclass
+class References:
+    latents: torch.Tensor  # (N, 4, h, w), scaled VAE latents of the concept's images
+    embeddings: torch.Tensor  # (C, 77, D), one training prompt per concept
+    positions: list[list[int]]  # the concept's token positions in each prompt
+    concept: torch.Tensor  # (N,) which concept each latent shows
+
+
+class ForgetMeNot:
+    name = "fmn"
+
+    def __init__(self, concepts: list[str], config: FMNConfig, images: torch.Tensor | None = None):
+        self.concepts, self.config = concepts, config
+        self.images = images  # (N, 3, H, W) in [-1, 1] of the first concept, or None
+
+    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
+        return {"unet": (unet_modules_except_attn2(pipe.unet) + attn2_modules(pipe.unet)) if self.config.whole_unet
+                else attn2_modules(pipe.unet)}
+
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
+        cfg = self.config
+        prompts = [cfg.template.format(c) for c in self.concepts]
+        positions = [concept_positions(pipe.tokenizer, p, c) for p, c in zip(prompts, self.concepts)]
+        if self.images is not None:
+            posterior = pipe.vae.encode(self.images.to(pipe.device, pipe.vae.dtype)).latent_dist
+            latents = posterior.mean * pipe.vae.config.scaling_factor
+            concept = torch.zeros(len(latents), dtype=torch.long)
+        else:
+            latents = torch.cat([
+                pipe(prompt, num_inference_steps=cfg.reference_steps, num_images_per_prompt=cfg.references,
+                     generator=generator, output_type="latent").images
+                for prompt in prompts])
+            concept = torch.arange(len(prompts)).repeat_interleave(cfg.references)
+        return References(latents, encode(pipe, prompts), positions, concept)
+
+    def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
+        i = int(torch.randint(0, len(refs.latents), (1,), generator=generator))
+        which = int(refs.concept[i])
+        z0 = refs.latents[i:i + 1]
+        noise = torch.randn(z0.shape, generator=generator).to(z0)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (1,), generator=generator).to(pipe.device)
+        zt = pipe.scheduler.add_noise(z0, noise, t)
+        squares = []
+        positions = refs.positions[which]
+        with install(pipe.unet, lambda name, probs, attn: squares.append(probs[..., positions].float().pow(2).sum())):
+            pipe.unet(zt, t, refs.embeddings[which:which + 1])
+        return torch.stack(squares).sum().sqrt()
