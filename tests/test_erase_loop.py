@@ -95,3 +95,22 @@ def test_forget_me_not_drains_the_concept_tokens_attention():
     activate(pipe, [patch.name])
     assert mass() < 0.5 * before
     assert all(".attn2." in k for k in patch.tensors)
+
+
+def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
+    from fmn.erase.forget_me_not import concept_positions
+
+    pipe = tiny_pipeline()
+
+    def keys(word, guide=None):
+        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
+        with torch.no_grad():
+            emb = encode(pipe, [guide if guide is not None else word])[0][concept_positions(pipe.tokenizer, word, word)]
+            return layer(emb)
+
+    circle, guide, star = keys("circle"), keys("circle", guide=""), keys("star")
+    patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01)
+    activate(pipe, [patch.name])
+    assert (keys("circle") - guide).norm() < 0.2 * (circle - guide).norm()  # circle now looks like the guide
+    assert (keys("star") - star).norm() < 0.2 * (circle - guide).norm()  # star barely moved
+    assert patch.lora["unet"]["r"] == 1 and len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers (down, mid, 2 up) x (to_k, to_v) x (A, B)

@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 
 from diffusers import StableDiffusionPipeline
 
-from ..patch import Patch
+from ..patch import Patch, attach, fingerprint
 from .esd import ESD, ESDConfig
 from .forget_me_not import FMNConfig, ForgetMeNot
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
+from .uce import UCE, UCEConfig
 
 __all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
 
@@ -21,6 +22,7 @@ METHODS = {
     "fmn": lambda concepts, **kw: ForgetMeNot(concepts, FMNConfig(**kw)),
     "esd-x": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
     "esd-u": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
+    "uce": lambda concepts, **kw: UCE(concepts, UCEConfig(**kw)),
 }
 MAX_CONCEPT_CHARS = 100
 MAX_CONCEPTS = 8
@@ -64,4 +66,11 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "esd
     """Erases the concepts; returns the patch, attached to the pipeline (inactive) under `patch.name`."""
     instance = make_method(method, concepts, **overrides)
     name = f"{instance.name}:{'+'.join(instance.concepts)}"
-    return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)
+    if not hasattr(instance, "solve"):
+        return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)
+    tensors, lora = instance.solve(pipe)  # closed form: no training loop
+    patch = Patch(tensors, instance.name, instance.concepts, fingerprint(pipe), lora, asdict(instance.config))
+    attach(pipe, patch, name)
+    if on_progress:
+        on_progress(Progress(1, 1, 0.0, 0.0))
+    return patch
