@@ -114,3 +114,20 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert (keys("circle") - guide).norm() < 0.2 * (circle - guide).norm()  # circle now looks like the guide
     assert (keys("star") - star).norm() < 0.2 * (circle - guide).norm()  # star barely moved
     assert patch.lora["unet"]["r"] == 1 and len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers (down, mid, 2 up) x (to_k, to_v) x (A, B)
+
+
+def test_text_encoder_unlearning_changes_only_the_text_encoder():
+    pipe = tiny_pipeline()
+    with torch.no_grad():
+        before = encode(pipe, ["a photo of a circle"])
+    seen = []
+    patch = erase(pipe, ["circle"], "text-encoder", steps=5, references=2, reference_steps=3, on_progress=seen.append)
+    assert all(p.loss <= 0 for p in seen)  # gradient ascent: the loss is the negated denoising error
+    activate(pipe, [patch.name])
+    with torch.no_grad():
+        after = encode(pipe, ["a photo of a circle"])
+    assert (after - before).abs().max() > 1e-4
+    assert patch.tensors and all(k.startswith("text_encoder.") for k in patch.tensors)
+    activate(pipe, [])
+    with torch.no_grad():
+        assert torch.equal(encode(pipe, ["a photo of a circle"]), before)

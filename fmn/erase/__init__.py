@@ -14,6 +14,7 @@ from ..patch import Patch, attach, fingerprint
 from .esd import ESD, ESDConfig
 from .forget_me_not import FMNConfig, ForgetMeNot
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
+from .text_encoder import TextEncoderConfig, TextEncoderUnlearning
 from .uce import UCE, UCEConfig
 
 __all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
@@ -22,6 +23,7 @@ METHODS = {
     "fmn": lambda concepts, **kw: ForgetMeNot(concepts, FMNConfig(**kw)),
     "esd-x": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
     "esd-u": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
+    "text-encoder": lambda concepts, **kw: TextEncoderUnlearning(concepts, TextEncoderConfig(**kw)),
     "uce": lambda concepts, **kw: UCE(concepts, UCEConfig(**kw)),
 }
 MAX_CONCEPT_CHARS = 100

@@ -17,7 +17,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..attention import install
-from .common import attn2_modules, encode, unet_modules_except_attn2
+from .common import attn2_modules, encode, reference_latents, unet_modules_except_attn2
 
 __all__ = ["FMNConfig", "ForgetMeNot", "concept_positions"]
 
@@ -69,16 +69,9 @@ class ForgetMeNot:
         cfg = self.config
         prompts = [cfg.template.format(c) for c in self.concepts]
         positions = [concept_positions(pipe.tokenizer, p, c) for p, c in zip(prompts, self.concepts)]
-        if self.images is not None:
-            posterior = pipe.vae.encode(self.images.to(pipe.device, pipe.vae.dtype)).latent_dist
-            latents = posterior.mean * pipe.vae.config.scaling_factor
-            concept = torch.zeros(len(latents), dtype=torch.long)
-        else:
-            latents = torch.cat([
-                pipe(prompt, num_inference_steps=cfg.reference_steps, num_images_per_prompt=cfg.references,
-                     generator=generator, output_type="latent").images
-                for prompt in prompts])
-            concept = torch.arange(len(prompts)).repeat_interleave(cfg.references)
+        latents = reference_latents(pipe, prompts, cfg.references, cfg.reference_steps, generator, self.images)
+        concept = (torch.zeros(len(latents), dtype=torch.long) if self.images is not None
+                   else torch.arange(len(prompts)).repeat_interleave(cfg.references))
         return References(latents, encode(pipe, prompts), positions, concept)
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
