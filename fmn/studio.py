@@ -1,13 +1,17 @@
 """The studio: one model in memory, shared by every caller, and what a user does with it.
 
 The app and the command line both go through `Studio`: it loads a model once, swaps it
-when asked for another, serialises device work with a lock, and offers `generate` and
-`inspect` (generation with per-word cross-attention heatmaps).
+when asked for another, serialises device work with a lock, and offers `generate`,
+`inspect` (generation with per-word cross-attention heatmaps) and `erase`. Patches live
+on the shared model as adapters with unique ids; each call names the patches it wants
+active, so one user's erasure never changes another user's images.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +19,11 @@ import torch
 from PIL import Image
 
 from .attention import trace
+from .erase import erase
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
 from .models import EMBEDDED, load_pipeline
+from .patch import Patch, activate, attach, detach
 
 __all__ = ["Studio", "Inspection"]
 
@@ -39,6 +45,7 @@ class Studio:
         self.device = device
         self.source = str(source or EMBEDDED)
         self.pipe = load_pipeline(self.source, device=device, config=config)
+        self.patches: dict[str, Patch] = {}  # id -> patch, attached to self.pipe
         self.lock = threading.Lock()
 
     def use(self, source: str | Path | None) -> str:
@@ -47,23 +54,36 @@ class Studio:
         with self.lock:
             if source != self.source:
                 pipe = load_pipeline(source, device=self.device)  # raises before anything changes
-                self.pipe, self.source = pipe, source
+                self.pipe, self.source, self.patches = pipe, source, {}
         return self.source
 
     def warnings(self, settings: GenerationSettings) -> list[str]:
         unknown = unknown_words(self.pipe, settings.prompt)
         return [f"The model never saw these words: {', '.join(unknown)}. It will ignore or misread them."] if unknown else []
 
-    def generate(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None) -> list[Image.Image]:
+    @contextmanager
+    def _patched(self, patches: list[str] | tuple = ()):
+        """Device work with exactly these patches active; call with the lock held."""
+        missing = [p for p in patches if p not in self.patches]
+        if missing:
+            raise ValueError(f"Patch {', '.join(missing)} is not loaded (the model may have been switched): erase or upload it again.")
+        activate(self.pipe, list(patches))
+        try:
+            yield
+        finally:
+            activate(self.pipe, [])
+
+    def generate(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
+                 patches: list[str] | tuple = ()) -> list[Image.Image]:
         check_settings(self.pipe, settings)
-        with self.lock:
+        with self.lock, self._patched(patches):
             return generate(self.pipe, settings, seeds, on_step)
 
     def inspect(self, settings: GenerationSettings, words: list[str] | None = None, step_range=None,
-                resolutions=None, on_step=None) -> Inspection:
+                resolutions=None, on_step=None, patches: list[str] | tuple = ()) -> Inspection:
         """Generates one image while tracing cross-attention, and renders the words' heatmaps."""
         settings = check_settings(self.pipe, settings)
-        with self.lock:
+        with self.lock, self._patched(patches):
             with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
                 image = generate(self.pipe, settings, None, on_step)[0]
             maps = {w: m for w, m in tc.word_maps().items() if any(c.isalnum() for c in w)}  # no punctuation panels
@@ -73,3 +93,26 @@ class Studio:
                 raise ValueError(f"{', '.join(missing)} not in the prompt; its words are: {', '.join(maps)}")
             maps = {w.lower(): maps[w.lower()] for w in words}
         return Inspection(image, maps, word_grid(image, maps, title=settings.prompt), self.warnings(settings))
+
+    def erase(self, concepts: list[str], method: str = "fmn", images=None, replace_with: str | None = None,
+              on_progress=None, cancelled=None, **overrides) -> str:
+        """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call)."""
+        patch_id = f"{method}:{'+'.join(c.strip() for c in concepts)}#{uuid.uuid4().hex[:6]}"
+        with self.lock:
+            self.patches[patch_id] = erase(self.pipe, concepts, method, images, replace_with,
+                                           on_progress, cancelled, name=patch_id, **overrides)
+        return patch_id
+
+    def load_patch(self, path: str | Path) -> str:
+        """Reads a patch file and attaches it; raises PatchError (model untouched) if it does not fit."""
+        patch = Patch.load(path)
+        patch_id = f"{patch.name}#{uuid.uuid4().hex[:6]}"
+        with self.lock:
+            attach(self.pipe, patch, patch_id)
+            self.patches[patch_id] = patch
+        return patch_id
+
+    def remove_patch(self, patch_id: str) -> None:
+        with self.lock:
+            if self.patches.pop(patch_id, None) is not None:
+                detach(self.pipe, patch_id)

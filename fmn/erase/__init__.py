@@ -20,12 +20,13 @@ from .uce import UCE, UCEConfig
 __all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
 
 METHODS = {
-    "fmn": lambda concepts, **kw: ForgetMeNot(concepts, FMNConfig(**kw)),
-    "esd-x": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
-    "esd-u": lambda concepts, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
-    "text-encoder": lambda concepts, **kw: TextEncoderUnlearning(concepts, TextEncoderConfig(**kw)),
-    "uce": lambda concepts, **kw: UCE(concepts, UCEConfig(**kw)),
+    "fmn": lambda concepts, images, **kw: ForgetMeNot(concepts, FMNConfig(**kw), images),
+    "esd-x": lambda concepts, images, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
+    "esd-u": lambda concepts, images, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
+    "text-encoder": lambda concepts, images, **kw: TextEncoderUnlearning(concepts, TextEncoderConfig(**kw), images),
+    "uce": lambda concepts, images, **kw: UCE(concepts, UCEConfig(**kw)),
 }
+USES_IMAGES = {"fmn", "text-encoder"}
 MAX_CONCEPT_CHARS = 100
 MAX_CONCEPTS = 8
 MAX_STEPS = 5000
@@ -51,10 +52,21 @@ def _check(concepts: list[str], method: str, overrides: dict) -> list[str]:
     return concepts
 
 
-def make_method(method: str, concepts: list[str], **overrides):
-    """The method object with its default settings, some overridden; raises ValueError on bad values."""
+def make_method(method: str, concepts: list[str], images=None, replace_with: str | None = None, **overrides):
+    """The method object with its default settings, some overridden; raises ValueError on bad values.
+
+    ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for the methods that learn from
+    images; ``replace_with``: a concept to steer toward instead of nothing (UCE's guide).
+    """
     concepts = _check(concepts, method, overrides)
-    instance = METHODS[method](concepts)
+    if images is not None and method not in USES_IMAGES:
+        raise ValueError(f"{method} learns from the model itself and takes no images; "
+                         f"upload images with {' or '.join(sorted(USES_IMAGES))}.")
+    if replace_with:
+        if method != "uce":
+            raise ValueError(f"Replacing a concept is not supported yet by {method}; use uce.")
+        overrides["guide"] = replace_with.strip()
+    instance = METHODS[method](concepts, images)
     known = {f.name for f in fields(instance.config)}
     unknown = set(overrides) - known
     if unknown:
@@ -63,11 +75,13 @@ def make_method(method: str, concepts: list[str], **overrides):
     return instance
 
 
-def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "esd-x",
-          on_progress=None, cancelled=None, **overrides) -> Patch:
-    """Erases the concepts; returns the patch, attached to the pipeline (inactive) under `patch.name`."""
-    instance = make_method(method, concepts, **overrides)
-    name = f"{instance.name}:{'+'.join(instance.concepts)}"
+def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "fmn", images=None,
+          replace_with: str | None = None, on_progress=None, cancelled=None, name: str | None = None,
+          **overrides) -> Patch:
+    """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
+    (default: the patch's name)."""
+    instance = make_method(method, concepts, images, replace_with, **overrides)
+    name = name or f"{instance.name}:{'+'.join(instance.concepts)}"
     if not hasattr(instance, "solve"):
         return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)
     tensors, lora = instance.solve(pipe)  # closed form: no training loop
