@@ -1,7 +1,8 @@
-"""Command line: python -m fmn generate | heatmap ...
+"""Command line: python -m fmn generate | heatmap | erase ...
 
-    python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png
+    python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png [--patch p.safetensors]
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
+    python -m fmn erase --concept circle --method fmn [--images DIR] --out circle.safetensors
 
 Every command takes --model (default: the embedded shapes-world model). Bad input exits
 with status 2 and a one-line message, never a traceback.
@@ -32,36 +33,76 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="for a .safetensors file: the diffusers folder or hub id of its architecture")
         p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
         p.add_argument("--out", required=True, help="PNG file to write")
+    for name in ("generate", "heatmap"):
+        sub.choices[name].add_argument("--patch", action="append", default=[], help="an erasure patch to apply (repeatable)")
     sub.choices["generate"].add_argument("--num-images", type=int, default=1, help="seeds seed, seed+1, ...")
+    e = sub.add_parser("erase", help="erase a concept; writes a patch file")
+    e.add_argument("--concept", action="append", required=True, help="what to erase (repeatable)")
+    e.add_argument("--method", default="fmn", choices=["fmn", "esd-x", "esd-u", "text-encoder", "uce"])
+    e.add_argument("--images", help="a folder of 1-20 images of the concept (fmn, text-encoder)")
+    e.add_argument("--replace-with", help="steer toward this concept instead of nothing (uce)")
+    e.add_argument("--steps", type=int, help="training steps (default: the method's)")
+    e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    e.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
+    e.add_argument("--device", default=None)
+    e.add_argument("--out", required=True, help="the patch file to write (.safetensors)")
     sub.choices["heatmap"].add_argument("--words", nargs="*", help="words to show (default: every word)")
     sub.choices["heatmap"].add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"))
     sub.choices["heatmap"].add_argument("--resolutions", type=int, nargs="*", help="latent sides of the layers to use, e.g. 8 4")
     return parser
 
 
+def _erase(args, studio) -> None:
+    from .erase.images import load_concept_images
+    from .generate import native_size
+
+    images = load_concept_images(args.images, native_size(studio.pipe)) if args.images else None
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+
+    def report(p):
+        print(f"\rstep {p.step}/{p.total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", end="", file=sys.stderr, flush=True)
+
+    patch_id = studio.erase(args.concept, args.method, images, args.replace_with, report, seed=args.seed, **overrides)
+    print(file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    studio.patches[patch_id].save(out)
+    print(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .studio import Studio  # heavy imports after argument parsing, so --help is instant
 
-    settings = GenerationSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.width, args.height)
     out = Path(args.out)
     try:
+        if args.command == "erase":
+            if out.suffix != ".safetensors":
+                raise ValueError(f"--out {out}: a patch is written as a .safetensors file.")
+            _erase(args, Studio(args.model, device=args.device, config=args.config))
+            return 0
+        settings = GenerationSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance,
+                                      args.width, args.height)
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             raise ValueError(f"--out {out}: use a .png, .jpg or .webp file name.")
         studio = Studio(args.model, device=args.device, config=args.config)
+        patches = [studio.load_patch(p) for p in args.patch]
         for warning in studio.warnings(settings):
             print(f"warning: {warning}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.command == "generate":
             if not 1 <= args.num_images <= 16:
                 raise ValueError(f"--num-images {args.num_images}: use 1 to 16.")
-            images = studio.generate(settings, seeds=[args.seed + i for i in range(args.num_images)])
+            images = studio.generate(settings, [args.seed + i for i in range(args.num_images)], patches=patches)
             paths = [out] if len(images) == 1 else [out.with_stem(f"{out.stem}-{args.seed + i}") for i in range(len(images))]
             for image, path in zip(images, paths):
                 image.save(path)
                 print(path)
         else:
-            result = studio.inspect(settings, args.words, args.step_range, set(args.resolutions) if args.resolutions else None)
+            result = studio.inspect(settings, args.words, args.step_range, set(args.resolutions) if args.resolutions else None,
+                                    patches=patches)
             result.grid.save(out)
             print(out)
     except ValueError as err:  # bad input, a model that cannot be loaded: one clear line

@@ -46,3 +46,37 @@ def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path):
         done = run(*args)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path):
+    model = str(tiny_dirs["sd15"])
+    patch = tmp_path / "circle.safetensors"
+    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--out", str(patch))
+    assert done.returncode == 0, done.stderr
+    plain, erased = tmp_path / "plain.png", tmp_path / "erased.png"
+    for out, extra in ((plain, []), (erased, ["--patch", str(patch)])):
+        done = run("generate", "--model", model, "--prompt", "a circle", "--steps", "3", "--out", str(out), *extra)
+        assert done.returncode == 0, done.stderr
+    assert Image.open(plain).tobytes() != Image.open(erased).tobytes()
+
+
+def test_erase_bad_input(tiny_dirs, tmp_path):
+    model = str(tiny_dirs["sd15"])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "good").mkdir()
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "good" / "red.png")
+    cases = [
+        (["--concept", "", "--out", "p.safetensors"], "concept is empty"),
+        (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
+        (["--concept", "circle", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
+        (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
+        (["--concept", "circle", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"], "broken.png is not a readable image"),
+        (["--concept", "circle", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"], "no such file"),
+    ]
+    for args, message in cases:
+        done = run("erase", "--model", model, *args)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    done = run("generate", "--model", model, "--prompt", "a circle", "--patch", str(tmp_path / "notes.txt"), "--out", "x.png")
+    assert done.returncode == 2 and "a .safetensors file" in done.stderr
