@@ -1,21 +1,29 @@
-"""Forget-Me-Not Studio in the browser: generate with seeds and see what each word attends to.
+"""Forget-Me-Not Studio in the browser: see what each word attends to, erase a concept, compare.
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--model PATH_OR_HUB_ID]
 
 Thin by design: every handler calls `fmn.studio.Studio`; no algorithm lives here. The same
 file runs locally, in Docker and as a Hugging Face (ZeroGPU) Space: `spaces.GPU` is a no-op
-elsewhere. One model is held in memory and shared; device work runs one request at a time.
+elsewhere. One model is held in memory and shared; device work runs one request at a time. A
+browser session keeps only the ids of its own patches (gr.State), so one user's erasure
+never shows in another user's images.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 import spaces
 
 from fmn.attention import cross_attention_resolutions
-from fmn.generate import MAX_SEED, GenerationSettings
+from fmn.erase import METHODS
+from fmn.erase.images import load_concept_images
+from fmn.evaluate import compare
+from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
 from fmn.studio import Studio
 
@@ -37,20 +45,58 @@ def create_demo(studio: Studio) -> gr.Blocks:
     """The app's layout and events; handlers are small closures over the shared studio."""
 
     @spaces.GPU
-    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, progress=gr.Progress()):
+    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(), progress=gr.Progress()):
         settings = GenerationSettings(prompt, negative, seed, steps, guidance)
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
         try:
             if layers is not None and not layers:
                 raise ValueError("Pick at least one layer resolution for the heatmaps.")
             result = studio.inspect(settings, step_range=step_range, resolutions={int(r) for r in layers} if layers else None,
-                                    on_step=lambda i, n: progress((i, n), desc="denoising"))
+                                    on_step=lambda i, n: progress((i, n), desc="denoising"), patches=list(session or ()))
         except ValueError as err:
             raise gr.Error(str(err)) from err
         for warning in result.warnings:
             gr.Warning(warning)
         maps = [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()]
         return result.image, maps
+
+    @spaces.GPU(duration=120)
+    def run_erase(concept, method, uploads, replace_with, steps, session, progress=gr.Progress()):
+        """Streams the loss while erasing, then shows before/after and offers the patch."""
+        concepts = [c for c in (concept or "").split(",") if c.strip()] or [""]
+        try:
+            images = load_concept_images([f for f in uploads], native_size(studio.pipe)) if uploads else None
+            overrides = {"steps": int(steps)} if steps else {}
+            losses, patch_id = [], None
+            for event in studio.erase_live(concepts, method, images, replace_with or None, **overrides):
+                if isinstance(event, str):
+                    patch_id = event
+                    break
+                losses.append({"step": event.step, "loss": event.loss})
+                progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
+                yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 5
+            patches = session + [patch_id]
+            result = compare(studio, concepts[0], patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        path = Path(tempfile.mkdtemp()) / f"{patch_id.split('#')[0].replace(':', '-').replace('+', '_')}.safetensors"
+        studio.patches[patch_id].save(path)
+        trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
+        yield (f"Erased **{', '.join(c.strip() for c in concepts)}** with {method}{trained}. "
+               f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
+               result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()))
+
+    def upload_patch(file, session):
+        try:
+            patch_id = studio.load_patch(file)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        return f"Loaded `{patch_id}`; your session applies {len(session) + 1} patch(es).", session + [patch_id]
+
+    def reset(session):
+        for patch_id in session:
+            studio.remove_patch(patch_id)
+        return "Your session applies no patch: the original model.", []
 
     def load_model(source):
         try:
@@ -60,6 +106,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
         return f"Loaded: `{name}`"
 
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
+        session = gr.State([])  # this browser session's patch ids
         gr.Markdown(INTRO)
         with gr.Accordion("Model", open=False):
             with gr.Row():
@@ -85,8 +132,33 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260, format="png")
             gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
                         fn=lambda p, s: inspect(p, "", s, 25, 5.0, 0, 25))
+        with gr.Tab("Erase"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle", max_length=500, elem_id="concept")
+                    method = gr.Dropdown(list(METHODS), value="fmn", label="Method")
+                    uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple", file_types=["image"])
+                    replace_with = gr.Textbox(label="Replace with (uce)", value="")
+                    erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
+                    with gr.Row():
+                        erase_button = gr.Button("Erase", variant="primary", elem_id="erase")
+                        cancel = gr.Button("Cancel")
+                        reset_button = gr.Button("Reset")
+                    patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
+                    patch_file = gr.File(label="Download the patch", elem_id="patch")
+                with gr.Column(scale=2):
+                    erase_status = gr.Markdown("Your session applies no patch: the original model.", elem_id="erase-status")
+                    loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
+                    judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
+                    grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
+                    slider = gr.ImageSlider(label="One pair", type="pil", format="png")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
-        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers]
+        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session],
+                                         [erase_status, loss_plot, grid, slider, patch_file, session, judged], api_name="erase")
+        cancel.click(None, cancels=[erase_event])
+        reset_button.click(reset, session, [erase_status, session], api_visibility="private")
+        patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
+        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session]
         run.click(inspect, inputs, [image, maps], api_name="generate")
         prompt.submit(inspect, inputs, [image, maps], api_visibility="private")
         load.click(load_model, source, status, api_name="load_model")

@@ -9,6 +9,7 @@ active, so one user's erasure never changes another user's images.
 
 from __future__ import annotations
 
+import queue
 import threading
 import uuid
 from contextlib import contextmanager
@@ -102,6 +103,35 @@ class Studio:
             self.patches[patch_id] = erase(self.pipe, concepts, method, images, replace_with,
                                            on_progress, cancelled, name=patch_id, **overrides)
         return patch_id
+
+    def erase_live(self, concepts: list[str], method: str = "fmn", images=None, replace_with: str | None = None,
+                   **overrides):
+        """`erase` in a worker thread, as a generator: yields each `Progress`, then the patch id.
+
+        Closing the generator early (a cancelled request) stops the erasure at its next step
+        and leaves the model as it was.
+        """
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["id"] = self.erase(concepts, method, images, replace_with, events.put, stop.is_set, **overrides)
+            except Exception as err:  # handed to the caller's thread below
+                outcome["error"] = err
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        try:
+            while (event := events.get()) is not None:
+                yield event
+        finally:
+            stop.set()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["id"]
 
     def load_patch(self, path: str | Path) -> str:
         """Reads a patch file and attaches it; raises PatchError (model untouched) if it does not fit."""

@@ -1,0 +1,131 @@
+"""Before and after an erasure, on the same seeds: what went, what stayed.
+
+`probe_prompts` picks prompts that name the concept, paraphrase it, and name other things
+that must survive; `compare` generates each prompt without and with the patches and, on
+the embedded model, asks the judge how sure it is that each image shows the subject
+("circle: 0.97 -> 0.03"). The app's Erase tab and the benchmarks use the same comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from .generate import GenerationSettings
+from .models import EMBEDDED_JUDGE, world_of
+
+__all__ = ["Probe", "probe_prompts", "Comparison", "compare"]
+
+
+@dataclass
+class Probe:
+    group: str  # "concept", "paraphrase" or "other"
+    prompt: str
+    subject: str | None  # the judge label that this prompt's images should (not) show
+
+
+def _world_probes(world: dict, concept: str) -> list[Probe]:
+    """Probes for the shapes world: the concept's kind decides the prompts."""
+    c = concept.strip()
+    shapes, identities, styles = world["shapes"], list(world["identities"]), list(world["styles"])
+    if c.lower() in shapes:
+        c = c.lower()
+        others = [s for s in shapes if s != c][:2]
+        return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c),
+                Probe("paraphrase", f"a yellow {shapes[c][0]}", c), Probe("paraphrase", f"an image showing a purple {c}", c),
+                Probe("other", f"a red {others[0]}", others[0]), Probe("other", identities[0], identities[0])]
+    if c in identities:
+        others = [i for i in identities if i != c][:2]
+        return [Probe("concept", c, c), Probe("concept", f"{c} on sand", c),
+                Probe("paraphrase", f"an image showing {c} on water", c),
+                Probe("other", others[0], others[0]), Probe("other", "a green star", "star")]
+    if c in styles:
+        others = [s for s in styles if s != c]
+        return [Probe("concept", f"a red circle in the style of {c}", c), Probe("concept", f"Mimo in the style of {c}", c),
+                Probe("paraphrase", f"a blue star in the style of {c} on grass", c),
+                Probe("other", f"a red circle in the style of {others[0]}", others[0]), Probe("other", "a green heart", "heart")]
+    if c.lower() in ("night", *world["night_wordings"]):
+        return [Probe("concept", "a red circle at night", "night"), Probe("concept", "Mimo on grass at night", "night"),
+                Probe("paraphrase", "a blue star after dark", "night"), Probe("paraphrase", "a green ring under the moon", "night"),
+                Probe("other", "a red circle", "circle"), Probe("other", "Zubrik on sand", "Zubrik")]
+    return [Probe("concept", c, None), Probe("paraphrase", f"a picture of {c}", None),
+            Probe("other", "a red circle", "circle"), Probe("other", "Mimo", "Mimo")]
+
+
+def probe_prompts(pipe, concept: str) -> list[Probe]:
+    """Prompts that show whether `concept` is gone and the rest is kept."""
+    world = world_of(pipe)
+    if world is not None:
+        return _world_probes(world, concept)
+    return [Probe("concept", f"a photo of {concept}", None), Probe("concept", f"a painting of {concept}", None),
+            Probe("paraphrase", f"an image showing {concept}", None),
+            Probe("other", "a photo of a dog", None), Probe("other", "a photo of a house", None)]
+
+
+@dataclass
+class Comparison:
+    probes: list[Probe]
+    seeds: list[int]
+    before: list[list[Image.Image]]  # [probe][seed]
+    after: list[list[Image.Image]]
+    scores: list[tuple[float, float]] | None  # per probe: the judge's mean probability of its subject, before and after
+
+    def labels(self) -> list[str]:
+        """One line per probe, e.g. 'circle: 0.97 -> 0.03'."""
+        if self.scores is None:
+            return [p.prompt for p in self.probes]
+        return [f"{p.prompt}   [{p.subject}: {b:.2f} → {a:.2f}]" if p.subject else p.prompt
+                for p, (b, a) in zip(self.probes, self.scores)]
+
+    def grid(self) -> Image.Image:
+        """Rows of probes; the seeds before on the left, after on the right."""
+        n, k = len(self.probes), len(self.seeds)
+        fig = Figure(figsize=(1.3 * 2 * k + 0.4, 1.55 * n + 0.4), dpi=100)
+        axes = fig.subplots(n, 2 * k, squeeze=False)
+        for row, (label, before, after) in enumerate(zip(self.labels(), self.before, self.after)):
+            for col, image in enumerate(before + after):
+                ax = axes[row, col]
+                ax.imshow(image)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(("before" if col < k else "after") + f", seed {self.seeds[col % k]}", fontsize=7)
+            axes[row, 0].set_ylabel(self.probes[row].group, fontsize=7)
+            axes[row, 0].text(0, -0.08, label, transform=axes[row, 0].transAxes, fontsize=7, va="top")
+        fig.tight_layout(h_pad=1.2)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def _judge(pipe):
+    from .world.judge import Judge
+
+    return Judge.load(EMBEDDED_JUDGE) if world_of(pipe) is not None and EMBEDDED_JUDGE.exists() else None
+
+
+def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
+            on_image=None) -> Comparison:
+    """Generates every probe of `concept` without and with `patches` on the same seeds."""
+    probes = probe_prompts(studio.pipe, concept)
+    before, after = [], []
+    for i, probe in enumerate(probes):
+        settings = GenerationSettings(probe.prompt, steps=steps)
+        before.append(studio.generate(settings, list(seeds)))
+        after.append(studio.generate(settings, list(seeds), patches=patches))
+        if on_image:
+            on_image(i + 1, len(probes))
+    judge = _judge(studio.pipe)
+    scores = None
+    if judge is not None:
+        scores = []
+        for probe, b, a in zip(probes, before, after):
+            if probe.subject is None:
+                scores.append((float("nan"), float("nan")))
+                continue
+            scores.append(tuple(float(np.mean([v.prob(probe.subject) for v in judge(images)])) for images in (b, a)))
+    return Comparison(probes, list(seeds), before, after, scores)
