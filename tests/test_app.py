@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import OUTPUT
@@ -14,6 +14,12 @@ STEPS = 10  # fewer steps than the default keeps the server tests quick
 
 def call(client, prompt, seed, **kw):
     return client.predict(prompt, "", seed, STEPS, 5.0, 0, STEPS, api_name="/generate", **kw)
+
+
+def launch(playwright):
+    """Debian's chromium, headless, with nothing that reaches the network."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
 
 
 def pixels(path):
@@ -62,9 +68,7 @@ def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
 
     OUTPUT.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         page.get_by_label("Prompt", exact=True).fill("Mimo and a yellow star on water")
@@ -77,4 +81,45 @@ def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
         page.get_by_label("Prompt", exact=True).fill("")
         page.locator("#generate").click()
         page.get_by_text("The prompt is empty").first.wait_for(timeout=30_000)
+        browser.close()
+
+
+def test_erase_endpoint_and_sessions_do_not_leak(app_url):
+    alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    bob_before = pixels(call(bob, "a red circle", 11)[0])
+    status, _, grid, pair, patch, judged = alice.predict("circle", "uce", None, "", 0, api_name="/erase")
+    assert "Erased **circle** with uce" in status
+    assert Image.open(grid).width > Image.open(grid).height // 2 and patch.endswith(".safetensors")
+    assert "circle:" in judged and "→" in judged  # the judge's before -> after per probe
+    assert not np.array_equal(pixels(call(alice, "a red circle", 11)[0]), bob_before)  # alice's session is patched
+    assert np.array_equal(pixels(call(bob, "a red circle", 11)[0]), bob_before)  # bob's is not
+
+    carol = Client(app_url, verbose=False)  # a patch file carries the erasure to another session
+    status = carol.predict(handle_file(patch), api_name="/load_patch")
+    assert "Loaded" in status
+    assert np.array_equal(pixels(call(carol, "a red circle", 11)[0]), pixels(call(alice, "a red circle", 11)[0]))
+
+
+@pytest.mark.parametrize("concept, steps, message", [("", 0, "concept is empty"), ("x" * 500, 0, "500 characters"),
+                                                      ("circle", 1_000_000, "Steps 1000000")])
+def test_erase_bad_input(client, concept, steps, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(concept, "fmn", None, "", steps, api_name="/erase")
+
+
+def test_browser_erases_and_sees_before_and_after(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app_url)
+        page.get_by_role("tab", name="Erase").click()
+        page.locator("#concept textarea, #concept input").first.fill("Mimo")
+        page.locator("#erase").click()
+        page.get_by_text("Erasing: step").first.wait_for(timeout=120_000)  # live progress
+        page.get_by_text("Erased **Mimo**").or_(page.get_by_text("Erased Mimo")).first.wait_for(timeout=300_000)
+        page.locator("#grid img").wait_for(timeout=60_000)
+        assert "Mimo:" in page.locator("#judged textarea").input_value()
+        page.screenshot(path=str(OUTPUT / "app-erase.png"), full_page=True)
         browser.close()

@@ -41,13 +41,13 @@ class TrainConfig:
     work: str = "runs/fmn-shapes"  # data and checkpoints, not shipped
     seed: int = 0
     n_scenes: int = 40_000
-    vae_steps: int = 2_400
+    vae_steps: int = 3_000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     judge_steps: int = 1_000
     judge_batch: int = 64
     judge_lr: float = 2e-3
-    unet_steps: int = 5_000
+    unet_steps: int = 4_000
     unet_batch: int = 32
     unet_lr: float = 4e-4  # from scratch; warm-up then cosine to 10 %
     warmup: int = 200
@@ -147,7 +147,7 @@ def train_vae(cfg: TrainConfig, work: Path, images: np.ndarray) -> AutoencoderKL
     def step_fn(step, rng):
         x = _to_unit(images[rng.integers(0, len(images), cfg.vae_batch)]).to(device)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        recon = vae.decode(posterior.mean).sample  # the mean, not a sample: converges far faster, and only means are used
         return (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
 
     lr = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps))  # noqa: E731  cosine to 10 %
