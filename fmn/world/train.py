@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing import Pool
@@ -47,15 +48,16 @@ class TrainConfig:
     judge_steps: int = 1_000
     judge_batch: int = 64
     judge_lr: float = 2e-3
-    unet_steps: int = 4_000
+    unet_steps: int = 2_400
     unet_batch: int = 32
     unet_lr: float = 4e-4  # from scratch; warm-up then cosine to 10 %
     warmup: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # for classifier-free guidance
     checkpoint_every: int = 250
-    export_every: int = 1_000
+    export_every: int = 800
     threads: int = 2
+    init_from: str = ""  # a shipped model folder to go on training from (its VAE, tokenizer, judge and weights)
 
 
 def _device() -> torch.device:
@@ -140,7 +142,7 @@ def _train_loop(name, cfg, work, params, total, lr, step_fn, modules, start_lr_s
 def train_vae(cfg: TrainConfig, work: Path, images: np.ndarray) -> AutoencoderKL:
     out = work / "vae"
     if (out / "config.json").exists():
-        return AutoencoderKL.from_pretrained(out)
+        return AutoencoderKL.from_pretrained(out).float()
     device = _device()
     vae = make_vae().to(device).train()
 
@@ -258,6 +260,10 @@ def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir)
     device = _device()
     text_encoder = make_text_encoder(tokenizer).to(device).train()
     unet = make_unet().to(device).train()
+    if cfg.init_from and not (work / "denoiser.ckpt.safetensors").exists():  # continue a shipped model
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder").float().state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet").float().state_dict())
+        print(f"[denoiser] starting from the weights in {cfg.init_from}", flush=True)
     ema = {f"te.{k}": v.detach().clone() for k, v in text_encoder.state_dict().items()}
     ema |= {f"unet.{k}": v.detach().clone() for k, v in unet.state_dict().items()}
     ema_holder = torch.nn.Module()
@@ -325,6 +331,11 @@ def train(cfg: TrainConfig) -> None:
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if cfg.init_from:  # reuse the shipped VAE, tokenizer and judge instead of training them again
+        for part, source in (("vae", Path(cfg.init_from) / "vae"), ("tokenizer", Path(cfg.init_from) / "tokenizer"),
+                             ("judge", Path(cfg.judge_out))):
+            if not (work / part).exists():
+                shutil.copytree(source, work / part)
     images, scenes = render_dataset(cfg, work)  # 1
     tokenizer = build_tokenizer(work / "tokenizer") if not (work / "tokenizer" / "vocab.json").exists() \
         else CLIPTokenizer.from_pretrained(work / "tokenizer")  # 2
