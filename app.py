@@ -38,7 +38,7 @@ Type a prompt, pick a seed, and see the image with one cross-attention heatmap p
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
 # small images shown large: keep their pixels sharp
-CSS = "#image img, #heatmaps img { image-rendering: pixelated; } #image img { width: 100%; height: 100%; object-fit: contain; }"
+CSS = "#image img, #heatmaps img, #slider img { image-rendering: pixelated; } #image img { width: 100%; height: 100%; object-fit: contain; }"
 
 
 def create_demo(studio: Studio) -> gr.Blocks:
@@ -151,7 +151,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
                     judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
                     grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
-                    slider = gr.ImageSlider(label="One pair", type="pil", format="png")
+                    slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
         erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session],
                                          [erase_status, loss_plot, grid, slider, patch_file, session, judged], api_name="erase")

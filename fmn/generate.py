@@ -76,7 +76,7 @@ def unknown_words(pipe: StableDiffusionPipeline, prompt: str) -> list[str]:
         return []
     known = set()
     for text in [*world["train_templates"], *world["night_wordings"], *world["colours"], *world["backgrounds"],
-                 *world["styles"], *world["identities"], *world["shapes"], "an and in the style of"]:
+                 *world["styles"], *world["identities"], *world["shapes"], "an and in the style of on"]:
         known |= set(re.findall(r"[a-z]+", text.lower()))
     for synonyms in world["shapes"].values():
         known |= {w for s in synonyms for w in s.split()}

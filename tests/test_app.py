@@ -42,7 +42,7 @@ def test_generate_endpoint_returns_image_and_a_map_per_word(client):
 @pytest.mark.parametrize("prompt, seed, message", [
     ("", 0, "prompt is empty"),
     ("a" * 2000, 0, "limit is 1000"),
-    ("a red circle", -5, "out of range"),
+    ("a red circle", -5, "less than minimum value 0"),  # gradio checks the Number bounds itself
 ])
 def test_bad_input_is_an_error_message(client, prompt, seed, message):
     with pytest.raises(Exception, match=message):
@@ -97,7 +97,8 @@ def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     carol = Client(app_url, verbose=False)  # a patch file carries the erasure to another session
     status = carol.predict(handle_file(patch), api_name="/load_patch")
     assert "Loaded" in status
-    assert np.array_equal(pixels(call(carol, "a red circle", 11)[0]), pixels(call(alice, "a red circle", 11)[0]))
+    carried = pixels(call(carol, "a red circle", 11)[0]) - pixels(call(alice, "a red circle", 11)[0])
+    assert np.abs(carried).max() <= 3  # the file holds fp16 factors
 
 
 @pytest.mark.parametrize("concept, steps, message", [("", 0, "concept is empty"), ("x" * 500, 0, "500 characters"),
