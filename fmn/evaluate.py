@@ -9,6 +9,7 @@ the embedded model, asks the judge how sure it is that each image shows the subj
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -102,10 +103,16 @@ class Comparison:
         return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-def _judge(pipe):
+@lru_cache(maxsize=1)
+def _load_judge():
     from .world.judge import Judge
 
-    return Judge.load(EMBEDDED_JUDGE) if world_of(pipe) is not None and EMBEDDED_JUDGE.exists() else None
+    return Judge.load(EMBEDDED_JUDGE)
+
+
+def _judge(pipe):
+    """The shapes world's judge (loaded once per process), or None for other models."""
+    return _load_judge() if world_of(pipe) is not None and EMBEDDED_JUDGE.exists() else None
 
 
 def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
