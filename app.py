@@ -86,6 +86,19 @@ def create_demo(studio: Studio) -> gr.Blocks:
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()))
 
+    @spaces.GPU(duration=120)
+    def break_it(concept, uploads, session, progress=gr.Progress()):
+        """Concept inversion against this session's erasure: can a learned word bring the concept back?"""
+        name = next((c.strip() for c in (concept or "").split(",") if c.strip()), "")
+        try:
+            images = load_concept_images([f for f in uploads], native_size(studio.pipe)) if uploads else None
+            learned = studio.attack(name, session, images,
+                                    on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word for {name}, loss {loss:.3f}"))
+            result = compare(studio, name, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        return result.grid(), "\n".join(result.labels())
+
     def upload_patch(file, session):
         try:
             patch_id = studio.load_patch(file)
@@ -152,10 +165,14 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
                     grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
                     slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider")
+                    attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
+                    attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
+                    attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
         erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session],
                                          [erase_status, loss_plot, grid, slider, patch_file, session, judged], api_name="erase")
         cancel.click(None, cancels=[erase_event])
+        attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged], api_name="attack")
         reset_button.click(reset, session, [erase_status, session], api_visibility="private")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
         inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session]

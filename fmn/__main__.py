@@ -1,8 +1,10 @@
-"""Command line: python -m fmn generate | heatmap | erase ...
+"""Command line: python -m fmn generate | heatmap | erase | bench ...
 
     python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png [--patch p.safetensors]
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
     python -m fmn erase --concept circle --method fmn [--images DIR] --out circle.safetensors
+    python -m fmn bench quality [--quick] [--json quality.json]
+    python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
 
 Every command takes --model (default: the embedded shapes-world model). Bad input exits
 with status 2 and a one-line message, never a traceback.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from .generate import GenerationSettings
@@ -51,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["heatmap"].add_argument("--words", nargs="*", help="words to show (default: every word)")
     sub.choices["heatmap"].add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"))
     sub.choices["heatmap"].add_argument("--resolutions", type=int, nargs="*", help="latent sides of the layers to use, e.g. 8 4")
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    for name, help_ in (("quality", "erasure quality on the embedded model, judged: UA, IRA, CRA, leak, attack"),
+                        ("speed", "seconds and memory of an erasure: the published recipe against ours")):
+        import_module(f".bench.{name}", __package__).add_arguments(bench.add_parser(name, help=help_))
     return parser
 
 
@@ -59,13 +66,17 @@ def _erase(args, studio) -> None:
     from .generate import native_size
 
     images = load_concept_images(args.images, native_size(studio.pipe)) if args.images else None
+    if args.images and images is None:
+        print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
 
     def report(p):
         print(f"\rstep {p.step}/{p.total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", end="", file=sys.stderr, flush=True)
 
-    patch_id = studio.erase(args.concept, args.method, images, args.replace_with, report, seed=args.seed, **overrides)
-    print(file=sys.stderr)
+    try:
+        patch_id = studio.erase(args.concept, args.method, images, args.replace_with, report, seed=args.seed, **overrides)
+    finally:
+        print(file=sys.stderr)  # ends the progress line, so that an error (a NaN loss) gets a line of its own
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     studio.patches[patch_id].save(out)
@@ -76,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .studio import Studio  # heavy imports after argument parsing, so --help is instant
 
-    out = Path(args.out)
     try:
+        if args.command == "bench":  # bench <name> runs fmn.bench.<name>.run(args)
+            import_module(f".bench.{args.bench}", __package__).run(args)
+            return 0
+        out = Path(args.out)
         if args.command == "erase":
             if out.suffix != ".safetensors":
                 raise ValueError(f"--out {out}: a patch is written as a .safetensors file.")

@@ -74,6 +74,7 @@ class Comparison:
     before: list[list[Image.Image]]  # [probe][seed]
     after: list[list[Image.Image]]
     scores: list[tuple[float, float]] | None  # per probe: the judge's mean probability of its subject, before and after
+    titles: tuple[str, str] = ("before", "after")
 
     def labels(self) -> list[str]:
         """One line per probe, e.g. 'circle: 0.97 -> 0.03'."""
@@ -94,7 +95,7 @@ class Comparison:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if row == 0:
-                    ax.set_title(("before" if col < k else "after") + f", seed {self.seeds[col % k]}", fontsize=7)
+                    ax.set_title(self.titles[col >= k] + f", seed {self.seeds[col % k]}", fontsize=7)
             axes[row, 0].set_ylabel(self.probes[row].group, fontsize=7)
             axes[row, 0].text(0, -0.08, label, transform=axes[row, 0].transAxes, fontsize=7, va="top")
         fig.tight_layout(h_pad=1.2)
@@ -116,14 +117,18 @@ def _judge(pipe):
 
 
 def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
-            on_image=None) -> Comparison:
-    """Generates every probe of `concept` without and with `patches` on the same seeds."""
+            on_image=None, learned=None) -> Comparison:
+    """Generates every probe of `concept` without and with `patches` on the same seeds.
+
+    With `learned` (an attack's embeddings, `Studio.attack`) both sides carry the patches and
+    the right side reads the concept's words through the learned embeddings.
+    """
     probes = probe_prompts(studio.pipe, concept)
     before, after = [], []
     for i, probe in enumerate(probes):
         settings = GenerationSettings(probe.prompt, steps=steps)
-        before.append(studio.generate(settings, list(seeds)))
-        after.append(studio.generate(settings, list(seeds), patches=patches))
+        before.append(studio.generate(settings, list(seeds), patches=patches if learned else ()))
+        after.append(studio.generate(settings, list(seeds), patches=patches, learned=learned))
         if on_image:
             on_image(i + 1, len(probes))
     judge = _judge(studio.pipe)
@@ -135,4 +140,5 @@ def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 
                 scores.append((float("nan"), float("nan")))
                 continue
             scores.append(tuple(float(np.mean([v.prob(probe.subject) for v in judge(images)])) for images in (b, a)))
-    return Comparison(probes, list(seeds), before, after, scores)
+    titles = ("erased", "attacked") if learned else ("before", "after")
+    return Comparison(probes, list(seeds), before, after, scores, titles)

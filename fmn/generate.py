@@ -17,7 +17,7 @@ from PIL import Image
 
 from .models import world_of
 
-__all__ = ["GenerationSettings", "check_settings", "generate", "unknown_words", "MAX_PROMPT_CHARS", "MAX_SEED"]
+__all__ = ["GenerationSettings", "check_settings", "generate", "generate_many", "unknown_words", "MAX_PROMPT_CHARS", "MAX_SEED"]
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
@@ -115,3 +115,15 @@ def generate(
         generator=generators,
         callback_on_step_end=callback,
     ).images
+
+
+@torch.no_grad()
+def generate_many(pipe: StableDiffusionPipeline, prompts: list[str], seeds: list[int], steps: int = 25,
+                  guidance: float = 5.0, batch: int = 32) -> list[Image.Image]:
+    """One image per (prompt, seed) pair, in batched calls: for evaluations over many prompts."""
+    images = []
+    for start in range(0, len(prompts), batch):
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch]]
+        images += pipe(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generators).images
+    return images

@@ -12,17 +12,19 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .attack import AttackConfig, concept_inversion
 from .attention import trace
 from .erase import erase
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
+from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
 from .patch import Patch, activate, attach, detach
 
@@ -62,12 +64,15 @@ class Studio:
         unknown = unknown_words(self.pipe, settings.prompt)
         return [f"The model never saw these words: {', '.join(unknown)}. It will ignore or misread them."] if unknown else []
 
-    @contextmanager
-    def _patched(self, patches: list[str] | tuple = ()):
-        """Device work with exactly these patches active; call with the lock held."""
+    def _check_patches(self, patches) -> None:
         missing = [p for p in patches if p not in self.patches]
         if missing:
             raise ValueError(f"Patch {', '.join(missing)} is not loaded (the model may have been switched): erase or upload it again.")
+
+    @contextmanager
+    def _patched(self, patches: list[str] | tuple = ()):
+        """Device work with exactly these patches active; call with the lock held."""
+        self._check_patches(patches)
         activate(self.pipe, list(patches))
         try:
             yield
@@ -75,9 +80,10 @@ class Studio:
             activate(self.pipe, [])
 
     def generate(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
-                 patches: list[str] | tuple = ()) -> list[Image.Image]:
+                 patches: list[str] | tuple = (), learned: Inverted | None = None) -> list[Image.Image]:
+        """Images for the seeds with these patches active; `learned`: words replaced by an attack's embeddings."""
         check_settings(self.pipe, settings)
-        with self.lock, self._patched(patches):
+        with self.lock, self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
             return generate(self.pipe, settings, seeds, on_step)
 
     def inspect(self, settings: GenerationSettings, words: list[str] | None = None, step_range=None,
@@ -132,6 +138,18 @@ class Studio:
         if "error" in outcome:
             raise outcome["error"]
         yield outcome["id"]
+
+    def attack(self, concept: str, patches: list[str], images=None, on_step=None, **overrides) -> Inverted:
+        """Concept inversion against the model with `patches` active: learned embeddings for the
+        concept's words that try to bring it back (see `fmn.attack`). Pass them to `generate`."""
+        concept = concept.strip()
+        if not concept:
+            raise ValueError("Name the erased concept to attack.")
+        if not patches:
+            raise ValueError("Nothing to attack: erase a concept (or upload a patch) first.")
+        self._check_patches(patches)
+        with self.lock:
+            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**overrides), images, on_step)
 
     def load_patch(self, path: str | Path) -> str:
         """Reads a patch file and attaches it; raises PatchError (model untouched) if it does not fit."""

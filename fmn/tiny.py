@@ -1,8 +1,11 @@
-"""Tiny random-weight Stable Diffusion pipelines built from configs, for tests and the CPU speed check.
+"""Random-weight Stable Diffusion pipelines built from configs, for tests and the speed benchmark.
 
 ``tiny_pipeline("sd15")`` mirrors SD 1.x (epsilon prediction, conv projections in the
 transformer blocks); ``tiny_pipeline("sd2")`` mirrors SD 2.x (v-prediction, linear
-projections, per-block head dims). Weights are random: shapes and code paths are real.
+projections, per-block head dims). ``sd15_pipeline("full")`` has SD 1.5's exact shapes
+(UNet 860 M, CLIP ViT-L/14 text encoder 123 M, VAE 84 M parameters): speed does not
+depend on weight values, so it times an erasure at full size without a download.
+Weights are random: shapes and code paths are real.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from tempfile import TemporaryDirectory
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .models import EMBEDDED
 from .world.tokenizer import build_tokenizer
 
-__all__ = ["tiny_pipeline"]
+__all__ = ["tiny_pipeline", "sd15_pipeline"]
 
 
 def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline:
@@ -44,9 +48,42 @@ def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline:
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=1, norm_num_groups=8,
     )
+    return _pipeline(vae, text_encoder, tokenizer, unet, "v_prediction" if kind == "sd2" else "epsilon")
+
+
+def sd15_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionPipeline:
+    """SD 1.5's architecture with random weights: "full" at SD 1.5's exact size, "tiny" as `tiny_pipeline`.
+
+    The tokenizer is the embedded model's (its ids are below CLIP's vocabulary size).
+    """
+    assert size in ("full", "tiny")
+    if size == "tiny":
+        return tiny_pipeline("sd15", seed)
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
+    )
+    return _pipeline(vae, text_encoder, tokenizer, unet, "epsilon")
+
+
+def _pipeline(vae, text_encoder, tokenizer, unet, prediction_type: str) -> StableDiffusionPipeline:
+    """The components with a DDIM scheduler on SD's noise schedule."""
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if kind == "sd2" else "epsilon",
+        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

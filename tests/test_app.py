@@ -4,10 +4,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import OUTPUT
+from conftest import BAD_UPLOADS, OUTPUT, bad_upload
 
 STEPS = 10  # fewer steps than the default keeps the server tests quick
 
@@ -101,11 +102,57 @@ def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     assert np.abs(carried).max() <= 3  # the file holds fp16 factors
 
 
-@pytest.mark.parametrize("concept, steps, message", [("", 0, "concept is empty"), ("x" * 500, 0, "500 characters"),
-                                                      ("circle", 1_000_000, "Steps 1000000")])
-def test_erase_bad_input(client, concept, steps, message):
+@pytest.fixture(scope="module")
+def erased(app_url):
+    """A session that has erased circle (an empty upload: no images), and its patched image of one."""
+    session = Client(app_url, verbose=False)
+    status, *_ = session.predict("circle", "uce", [], "", 0, api_name="/erase")
+    assert "Erased **circle** with uce" in status
+    patched = pixels(call(session, "a red circle", 11)[0])
+    assert not np.array_equal(patched, pixels(call(Client(app_url, verbose=False), "a red circle", 11)[0]))  # it shows
+    return session, patched
+
+
+@pytest.mark.parametrize("concept, upload, steps, message", [
+    ("", None, 0, "concept is empty"), ("x" * 500, None, 0, "500 characters"), ("circle", None, 1_000_000, "Steps 1000000"),
+    ("dragon", None, 0, "never saw dragon"),  # a word the embedded model does not know
+    # uploads: the message of `bad_upload`, but gradio refuses a .txt itself
+    *[("circle", case, 0, "Invalid file type" if case == "not an image" else None) for case in BAD_UPLOADS],
+])
+def test_erase_bad_input_loses_nothing(erased, tmp_path, concept, upload, steps, message):
+    session, patched = erased
+    files = None
+    if upload:
+        paths, expected = bad_upload(upload, tmp_path)
+        files, message = [handle_file(str(p)) for p in paths], message or expected
     with pytest.raises(Exception, match=message):
-        client.predict(concept, "fmn", None, "", steps, api_name="/erase")
+        session.predict(concept, "fmn", files, "", steps, api_name="/erase")
+    assert np.array_equal(pixels(call(session, "a red circle", 11)[0]), patched)  # the session's patch still applies
+
+
+def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
+    session, patched = erased
+    grid, judged = session.predict("circle", None, api_name="/attack")
+    assert Image.open(grid).width > 0 and "circle:" in judged and "→" in judged  # erased -> attacked, judged
+    assert np.array_equal(pixels(call(session, "a red circle", 11)[0]), patched)  # the learned word stays in the attack
+    with pytest.raises(Exception, match="Nothing to attack"):
+        Client(app_url, verbose=False).predict("circle", None, api_name="/attack")
+
+
+def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):
+    """The app has no learning-rate field, so the NaN is forced; the handler must turn it into a message."""
+    import gradio as gr
+
+    from app import create_demo
+    from fmn.erase.forget_me_not import ForgetMeNot
+    from fmn.studio import Studio
+
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    run_erase = next(f.fn for f in create_demo(studio).fns.values() if f.api_name == "erase")
+    monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
+    with pytest.raises(gr.Error, match="the loss became nan at step 1"):
+        list(run_erase("circle", "fmn", None, "", 3, []))
+    assert not studio.patches and not getattr(studio.pipe.unet, "peft_config", {})
 
 
 def test_browser_erases_and_sees_before_and_after(app_url):

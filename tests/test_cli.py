@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import BAD_UPLOADS, ROOT, bad_upload
 
 
 def run(*args):
@@ -80,3 +82,53 @@ def test_erase_bad_input(tiny_dirs, tmp_path):
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     done = run("generate", "--model", model, "--prompt", "a circle", "--patch", str(tmp_path / "notes.txt"), "--out", "x.png")
     assert done.returncode == 2 and "a .safetensors file" in done.stderr
+
+
+def run_here(capsys, *args):
+    """The command line in this process, for the many refusals (no interpreter start-up each):
+    its exit status and the lines it wrote to stderr; an uncaught exception fails the test."""
+    from fmn.__main__ import main
+
+    status = main(list(args))
+    return status, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
+    paths, message = bad_upload(case, tmp_path / "imgs")
+    images = paths[0] if len(paths) == 1 else paths[0].parent  # --images takes a file or a folder
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--images", str(images), "--out", str(tmp_path / "p.safetensors"))
+    assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines
+
+
+@pytest.mark.parametrize("model, args, message", [
+    ("sd15", ["--concept", "x" * 500], "500 characters"),
+    ("sd15", ["--concept", "circle", "--steps", "1000000"], "Steps 1000000"),
+    ("sd15", ["--concept", "circle", "--lr", "nan"], "Learning rate nan"),
+    (None, ["--concept", "dragon"], "never saw dragon"),  # the embedded model knows the words of its world
+])
+def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, message):
+    status, lines = run_here(capsys, "erase", *(["--model", str(tiny_dirs[model])] if model else []), *args,
+                             "--out", str(tmp_path / "p.safetensors"))
+    assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines
+
+
+def test_erase_with_an_empty_folder_lets_the_model_draw_references(tiny_dirs, tmp_path, capsys):
+    (tmp_path / "none").mkdir()
+    out = tmp_path / "p.safetensors"
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--images", str(tmp_path / "none"), "--steps", "1", "--out", str(out))
+    assert status == 0 and out.exists() and any("the model draws its own references" in line for line in lines), lines
+
+
+def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from fmn.erase.forget_me_not import ForgetMeNot
+
+    monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
+    out = tmp_path / "p.safetensors"
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--steps", "3",
+                             "--out", str(out))
+    assert status == 2 and lines[-1].startswith("error: the loss became nan at step 1"), lines
+    assert "model is unchanged" in lines[-1]
+    assert not out.exists()

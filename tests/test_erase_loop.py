@@ -3,9 +3,12 @@ progress, stops cleanly on NaN or cancel, and ESD moves the concept's prediction
 
 import pytest
 import torch
+from PIL import ImageFile
 
+from conftest import BAD_UPLOADS, bad_upload
 from fmn.erase import ErasureCancelled, ErasureError, erase, make_method
 from fmn.erase.common import encode
+from fmn.erase.images import load_concept_images
 from fmn.patch import activate
 from fmn.tiny import tiny_pipeline
 
@@ -71,6 +74,36 @@ def test_cancel_mid_run_leaves_the_model_untouched():
 def test_bad_settings(concepts, kw, message):
     with pytest.raises(ValueError, match=message):
         make_method("esd-x", concepts, **kw)
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_bad_uploads_are_refused_by_name(tmp_path, monkeypatch, case):
+    paths, message = bad_upload(case, tmp_path)
+    if case in ("8000x8000", "decompression bomb"):  # refused from the header: no pixel is decoded
+        monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match=message):
+        load_concept_images(paths, 32)
+
+
+def test_no_images_means_the_model_draws_the_references(tmp_path):
+    assert load_concept_images([], 32) is None and load_concept_images(tmp_path, 32) is None
+    patch = erase(tiny_pipeline(), ["circle"], "fmn", images=None, steps=1, references=1, reference_steps=2)
+    assert patch.tensors
+
+
+@pytest.mark.parametrize("concepts, method, replace_with, unknown", [
+    (["dragon"], "fmn", None, "dragon"),
+    (["circle", "wizard hat"], "esd-x", None, "hat, wizard"),
+    (["circle"], "uce", "dragon", "dragon"),
+])
+def test_the_embedded_model_refuses_words_it_never_saw(embedded, concepts, method, replace_with, unknown):
+    with pytest.raises(ValueError, match=f"never saw {unknown}:"):
+        erase(embedded, concepts, method, replace_with=replace_with)
+    assert not getattr(embedded.unet, "peft_config", {})
+
+
+def test_other_models_have_no_unknown_words():
+    assert erase(tiny_pipeline(), ["dragon"], "uce").concepts == ["dragon"]
 
 
 def test_forget_me_not_drains_the_concept_tokens_attention():

@@ -10,6 +10,7 @@ from dataclasses import asdict, fields, replace
 
 from diffusers import StableDiffusionPipeline
 
+from ..generate import unknown_words
 from ..patch import Patch, attach, fingerprint
 from .esd import ESD, ESDConfig
 from .forget_me_not import FMNConfig, ForgetMeNot
@@ -52,6 +53,15 @@ def _check(concepts: list[str], method: str, overrides: dict) -> list[str]:
     return concepts
 
 
+def _check_known(pipe: StableDiffusionPipeline, words: list[str]) -> None:
+    """Refuses words the embedded model never saw: erasing one would train on noise and return a
+    patch that removes nothing. Other models have no list of what they know, so nothing is refused."""
+    unknown = sorted({w for text in words for w in unknown_words(pipe, text)})
+    if unknown:
+        raise ValueError(f"The model never saw {', '.join(unknown)}: it can only erase what its world has "
+                         "(shapes, colours, characters, artists, backgrounds, night).")
+
+
 def make_method(method: str, concepts: list[str], images=None, replace_with: str | None = None, **overrides):
     """The method object with its default settings, some overridden; raises ValueError on bad values.
 
@@ -81,6 +91,8 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "fmn
     """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
     (default: the patch's name)."""
     instance = make_method(method, concepts, images, replace_with, **overrides)
+    if images is None or not getattr(instance.config, "inversion_steps", 0):  # inversion learns a new word from images
+        _check_known(pipe, [*instance.concepts, replace_with or ""])
     name = name or f"{instance.name}:{'+'.join(instance.concepts)}"
     if not hasattr(instance, "solve"):
         return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)

@@ -8,6 +8,8 @@ ESD-u trains everything else, for concepts that must go whatever the wording.
 Faster than the paper's recipe, same objective: the frozen model samples a batch of
 trajectories once, and both of its predictions at every step are cached; training then
 draws (latent, step) pairs from the cache, so no frozen forward runs during training.
+``cache_trajectories=False`` is the paper's way, kept as the speed benchmark's baseline:
+every step the frozen model samples a fresh trajectory to a random step and predicts there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from .common import attn2_modules, encode, unet_modules_except_attn2
+from .loop import frozen
 
 __all__ = ["ESDConfig", "ESD"]
 
@@ -31,6 +34,7 @@ class ESDConfig:
     rank: int = 4
     batch: int = 4
     trajectories: int = 8  # ours: sampled once by the frozen model, reused by every step
+    cache_trajectories: bool = True  # False: the paper's fresh trajectory per step (many frozen forwards)
     sample_steps: int = 50  # paper: 50 DDIM steps
     guidance: float = 3.0  # paper: guidance of about 3 while sampling the trajectories
     weight_decay: float = 0.0
@@ -50,6 +54,16 @@ class Trajectories:
     embeddings: torch.Tensor  # (concepts, 77, D)
 
 
+@dataclass
+class Live:
+    """No cache (the paper's recipe): what each step needs to sample afresh with the frozen model."""
+
+    unedited: StableDiffusionPipeline  # a frozen copy, or the pipeline itself (its adapter is switched off)
+    scheduler: DDIMScheduler
+    embeddings: torch.Tensor  # (concepts, 77, D)
+    empty: torch.Tensor  # (1, 77, D)
+
+
 class ESD:
     def __init__(self, concepts: list[str], config: ESDConfig):
         self.concepts, self.config = concepts, config
@@ -59,29 +73,58 @@ class ESD:
         pick = attn2_modules if self.config.variant == "x" else unet_modules_except_attn2
         return {"unet": pick(pipe.unet)}
 
-    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories:
+    def _noise(self, unet, n: int, generator: torch.Generator, scheduler: DDIMScheduler) -> torch.Tensor:
+        side = unet.config.sample_size
+        z = torch.randn((n, unet.config.in_channels, side, side), generator=generator)
+        return z.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
+
+    def _trajectory(self, unet, scheduler: DDIMScheduler, z: torch.Tensor, empty: torch.Tensor, cond: torch.Tensor):
+        """Yields (t, z, eps_uncond, eps_concept) at every step of the guided DDIM sampling from z."""
+        text = torch.cat([empty.expand(len(z), -1, -1), cond[None].expand(len(z), -1, -1)])
+        for t in scheduler.timesteps:
+            eps_u, eps_c = unet(torch.cat([z, z]), t, text).sample.chunk(2)
+            yield t, z, eps_u, eps_c
+            z = scheduler.step(eps_u + self.config.guidance * (eps_c - eps_u), t, z).prev_sample
+
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories | Live:
         cfg, unet = self.config, pipe.unet
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         scheduler.set_timesteps(cfg.sample_steps)
         concepts = encode(pipe, self.concepts)  # (C, 77, D)
         empty = encode(pipe, [""])  # (1, 77, D)
-        side = unet.config.sample_size
+        if not cfg.cache_trajectories:
+            return Live(pipe, scheduler, concepts, empty)
         rows = {k: [] for k in ("latents", "timesteps", "eps_uncond", "eps_concept", "concept")}
         for i, cond in enumerate(concepts):
-            z = torch.randn((cfg.trajectories, unet.config.in_channels, side, side), generator=generator)
-            z = z.to(pipe.device, unet.dtype) * scheduler.init_noise_sigma
-            text = torch.cat([empty.expand(len(z), -1, -1), cond[None].expand(len(z), -1, -1)])
-            for t in scheduler.timesteps:
-                eps_u, eps_c = unet(torch.cat([z, z]), t, text).sample.chunk(2)
+            z = self._noise(unet, cfg.trajectories, generator, scheduler)
+            for t, z, eps_u, eps_c in self._trajectory(unet, scheduler, z, empty, cond):
                 for key, value in (("latents", z), ("eps_uncond", eps_u), ("eps_concept", eps_c)):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
                 rows["concept"].append(torch.full((len(z),), i))
-                z = scheduler.step(eps_u + cfg.guidance * (eps_c - eps_u), t, z).prev_sample
         return Trajectories(**{k: torch.cat(v) for k, v in rows.items()}, embeddings=concepts)
 
-    def loss(self, pipe: StableDiffusionPipeline, refs: Trajectories, generator: torch.Generator) -> torch.Tensor:
+    def _cached(self, refs: Trajectories, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, len(refs.latents), (self.config.batch,), generator=generator)
-        target = refs.eps_uncond[idx] - self.config.eta * (refs.eps_concept[idx] - refs.eps_uncond[idx])
-        pred = pipe.unet(refs.latents[idx], refs.timesteps[idx].to(pipe.device), refs.embeddings[refs.concept[idx]]).sample
+        return (refs.latents[idx], refs.timesteps[idx], refs.eps_uncond[idx], refs.eps_concept[idx],
+                refs.embeddings[refs.concept[idx]])
+
+    @torch.no_grad()
+    def _fresh(self, refs: Live, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The frozen model samples `batch` new trajectories of one concept to a random step."""
+        which = int(torch.randint(0, len(refs.embeddings), (1,), generator=generator))
+        stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
+        with frozen(refs.unedited) as unedited:
+            z = self._noise(unedited.unet, self.config.batch, generator, refs.scheduler)
+            steps = self._trajectory(unedited.unet, refs.scheduler, z, refs.empty, refs.embeddings[which])
+            for i, (t, z, eps_u, eps_c) in enumerate(steps):
+                if i == stop:
+                    break
+        return z, t.repeat(len(z)), eps_u, eps_c, refs.embeddings[which].expand(len(z), -1, -1)
+
+    def loss(self, pipe: StableDiffusionPipeline, refs: Trajectories | Live, generator: torch.Generator) -> torch.Tensor:
+        draw = self._cached if self.config.cache_trajectories else self._fresh
+        latents, timesteps, eps_u, eps_c, text = draw(refs, generator)
+        target = eps_u - self.config.eta * (eps_c - eps_u)
+        pred = pipe.unet(latents, timesteps.to(pipe.device), text).sample
         return torch.nn.functional.mse_loss(pred.float(), target.float())

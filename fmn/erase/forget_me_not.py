@@ -6,7 +6,11 @@ of the concept's tokens over all layers, heads and pixels,
 preservation term. Each step noises one reference image of the concept at a random step
 and runs the UNet on a prompt that names it. References are the user's images or, without
 them, images the unedited model generates from "a photo of {concept}".
-(The optional textual-inversion stage for concepts without a name is not implemented yet.)
+
+The optional first stage (``inversion_steps`` > 0) learns new input embeddings for the
+concept's words from the references by textual inversion (`fmn.inversion`); training
+prompts then name the concept half the time with its own embeddings and half the time
+with the learned ones, so what the images show is erased as well as what the name says.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..attention import install
+from ..inversion import InversionConfig, inverted, invert
 from .common import attn2_modules, encode, reference_latents, unet_modules_except_attn2
 
 __all__ = ["FMNConfig", "ForgetMeNot", "concept_positions"]
@@ -33,6 +38,8 @@ class FMNConfig:
     references: int = 10  # paper: 10 images of the concept
     reference_steps: int = 25  # denoising steps when the unedited model draws the references
     template: str = "a photo of {}"  # paper's default prompt for references and training
+    inversion_steps: int = 0  # stage 1, off by default (official: 500 steps, batch 1)
+    inversion_lr: float = 1e-3  # official
     seed: int = 0
 
 
@@ -49,7 +56,7 @@ def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
 @dataclass
 class References:
     latents: torch.Tensor  # (N, 4, h, w), scaled VAE latents of the concept's images
-    embeddings: torch.Tensor  # (C, 77, D), one training prompt per concept
+    embeddings: torch.Tensor  # (V, C, 77, D): one training prompt per concept, V = 2 with inversion
     positions: list[list[int]]  # the concept's token positions in each prompt
     concept: torch.Tensor  # (N,) which concept each latent shows
 
@@ -72,7 +79,19 @@ class ForgetMeNot:
         latents = reference_latents(pipe, prompts, cfg.references, cfg.reference_steps, generator, self.images)
         concept = (torch.zeros(len(latents), dtype=torch.long) if self.images is not None
                    else torch.arange(len(prompts)).repeat_interleave(cfg.references))
-        return References(latents, encode(pipe, prompts), positions, concept)
+        embeddings = [encode(pipe, prompts)]
+        if cfg.inversion_steps:
+            rows = []
+            for i, c in enumerate(self.concepts):
+                if not (concept == i).any():  # uploads show the first concept only
+                    rows.append(embeddings[0][i:i + 1])
+                    continue
+                with torch.enable_grad():
+                    learned = invert(pipe, c, latents[concept == i], InversionConfig(cfg.inversion_steps, cfg.inversion_lr, 1, cfg.seed))
+                with inverted(pipe, learned):
+                    rows.append(encode(pipe, prompts[i:i + 1]))
+            embeddings.append(torch.cat(rows))
+        return References(latents, torch.stack(embeddings), positions, concept)
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         i = int(torch.randint(0, len(refs.latents), (1,), generator=generator))
@@ -83,6 +102,7 @@ class ForgetMeNot:
         zt = pipe.scheduler.add_noise(z0, noise, t)
         squares = []
         positions = refs.positions[which]
+        variant = int(torch.randint(0, 2, (1,), generator=generator)) if len(refs.embeddings) > 1 else 0  # name or learned words
         with install(pipe.unet, lambda name, probs, attn: squares.append(probs[..., positions].float().pow(2).sum())):
-            pipe.unet(zt, t, refs.embeddings[which:which + 1])
+            pipe.unet(zt, t, refs.embeddings[variant, which:which + 1])
         return torch.stack(squares).sum().sqrt()

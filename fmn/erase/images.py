@@ -1,7 +1,8 @@
 """Uploaded images of a concept: checked, then cropped and resized to the model's size.
 
 Every way an upload can be wrong gets a message that names the file: not an image, a
-damaged file, too large, too many or too few.
+damaged file, too large or too many. No images at all is not an error: it means none,
+and the methods draw their own references with the unedited model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _one(path: Path, size: int) -> np.ndarray:
             if max(image.size) > MAX_SIDE:
                 raise ValueError(f"{path.name} is {image.size[0]}x{image.size[1]} pixels; the limit is {MAX_SIDE} a side.")
             image = image.convert("RGB")
+    except Image.DecompressionBombError as err:  # so many pixels that PIL will not even open it
+        raise ValueError(f"{path.name} is too large; the limit is {MAX_SIDE} pixels a side.") from err
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path.name} is not a readable image ({type(err).__name__}).") from err
     side = min(image.size)  # centre square, then the model's size
@@ -33,15 +36,16 @@ def _one(path: Path, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def load_concept_images(paths: list[str | Path] | str | Path, size: int) -> torch.Tensor:
-    """Images from files (or every image in a folder) as a (N, 3, size, size) tensor in [-1, 1]."""
+def load_concept_images(paths: list[str | Path] | str | Path, size: int) -> torch.Tensor | None:
+    """Images from files (or every image in a folder) as a (N, 3, size, size) tensor in [-1, 1];
+    None when there are none, so that an empty upload or folder means "no images"."""
     if isinstance(paths, (str, Path)) and Path(paths).is_dir():
         paths = sorted(p for p in Path(paths).iterdir() if p.suffix.lower() in SUFFIXES)
     elif isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
     if not paths:
-        raise ValueError("No images given: upload 1 to 20 images of the concept, or none to let the model draw them.")
+        return None
     if len(paths) > MAX_IMAGES:
         raise ValueError(f"{len(paths)} images; the limit is {MAX_IMAGES}.")
     for p in paths:

@@ -5,17 +5,22 @@ references it computes once with the unedited model, and the loss of one step. T
 owns the rest: freezing the base weights, the optimizer, progress, cancellation, a NaN
 guard that leaves the model as it was, and turning the adapter into a `Patch`.
 The frozen reference model is the same pipeline with the adapter switched off (`frozen`).
+`frozen_copy=True` holds a deep copy instead, as the published code does: it exists only
+so that the speed benchmark (`fmn.bench.speed`) can measure what that costs.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.utils.peft_utils import set_adapter_layers
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
 
@@ -46,20 +51,34 @@ class Method(Protocol):
         """component ("unet" / "text_encoder") -> names of the modules that get LoRA."""
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Any:
-        """What the loss needs from the unedited model, computed once before training."""
+        """What the loss needs from the unedited model `pipe` (the pipeline before its adapter
+        exists, or a frozen copy), computed once before training."""
 
     def loss(self, pipe: StableDiffusionPipeline, refs: Any, generator: torch.Generator) -> torch.Tensor:
         """The loss of one training step, with the adapter active."""
 
 
 @contextmanager
-def frozen(pipe: StableDiffusionPipeline, name: str):
-    """Inside the block the pipeline is the original model: the adapter `name` is switched off."""
-    activate(pipe, [])
+def frozen(pipe: StableDiffusionPipeline):
+    """Inside the block the pipeline is the original model: its active adapters are switched off
+    (a frozen copy has none, and is left as it is)."""
+    active = [m for m in (pipe.unet, pipe.text_encoder)
+              if any(isinstance(layer, BaseTunerLayer) and not layer.disable_adapters for layer in m.modules())]
+    for module in active:
+        set_adapter_layers(module, enabled=False)
     try:
-        yield
+        yield pipe
     finally:
-        activate(pipe, [name])
+        for module in active:
+            set_adapter_layers(module, enabled=True)
+
+
+def _copy(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    """A second model beside the pipeline: deep copies of its UNet and text encoder (the rest is shared)."""
+    copy = StableDiffusionPipeline(**{**pipe.components, "unet": deepcopy(pipe.unet),
+                                      "text_encoder": deepcopy(pipe.text_encoder)}, requires_safety_checker=False)
+    copy.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return copy
 
 
 def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parameter]:
@@ -79,14 +98,20 @@ def train_patch(
     name: str,
     on_progress: Callable[[Progress], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    frozen_copy: bool = False,
 ) -> Patch:
-    """Runs the erasure; returns the patch, left attached to the pipeline (inactive) as adapter `name`."""
+    """Runs the erasure; returns the patch, left attached to the pipeline (inactive) as adapter `name`.
+
+    ``frozen_copy``: the unedited model is a deep copy held until the end (the published
+    recipes' memory cost), not the pipeline itself.
+    """
     cfg = method.config
     start = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    # 1. References from the unedited model
+    # 1. References from the unedited model (a copy lives in this frame until the erasure ends)
+    unedited = _copy(pipe) if frozen_copy else pipe
     with torch.no_grad():
-        refs = method.references(pipe, generator)
+        refs = method.references(unedited, generator)
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights
     lora = {component: new_adapter(pipe, name, component, modules, cfg.rank)
             for component, modules in method.targets(pipe).items()}

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m fmn bench quality | speed`."""

@@ -1,0 +1,318 @@
+"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--quick] [--json out.json]
+
+For every method and concept (objects, identities, artist styles and the scene concept
+"night"), on held-out prompts (templates the model never trained on), the judge decides:
+- UA, unlearning accuracy: share of the concept's prompts where it is no longer found;
+- IRA, in-kind retain accuracy: other concepts of the same kind still found
+  (for "night", the only scene concept: the backgrounds);
+- CRA, cross-kind retain accuracy: concepts of the other kinds still found;
+- leak: the concept found through paraphrases (a shape's synonym, another night wording,
+  an identity or style inside a two-subject scene);
+- attack: the concept found again after concept inversion against the erased model,
+  from renders of the concept (`fmn.attack`);
+plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
+patch size. The unedited model is measured on the same prompts and seeds, first in the
+table, so every number reads against it.
+Writes quality.md, quality.json, quality.png (UA against IRA and CRA) and
+quality-samples.png (before and after) into --out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..attack import AttackConfig, concept_inversion
+from ..erase import METHODS, erase
+from ..generate import generate_many
+from ..inversion import inverted
+from ..models import EMBEDDED, EMBEDDED_JUDGE, load_pipeline
+from ..patch import activate, detach
+from ..world.judge import Judge
+from ..world.render import render
+from ..world.world import BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, caption, sample_scene
+from .measure import Peak, device_name
+
+__all__ = ["add_arguments", "run", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
+
+CONCEPTS = {"object": ["circle", "star"], "identity": ["Mimo", "Zubrik"], "style": ["Vellor", "Brusk"], "scene": ["night"]}
+QUICK_CONCEPTS = {"object": ["circle"], "identity": ["Mimo"], "style": ["Vellor"], "scene": ["night"]}
+TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak": ("<=", 0.10), "attack": ("<=", 0.30)}
+NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
+
+
+@dataclass
+class Prompt:
+    text: str
+    kind: str  # what to look for: "object", "identity", "style", "scene" or "background"
+    name: str  # the label the judge should find
+
+
+@dataclass
+class Probes:
+    """The prompts that measure one concept's erasure, each list with its own seeds."""
+
+    concept: Prompt
+    erased: list[Prompt]  # the concept on held-out prompts (UA, attack)
+    paraphrase: list[Prompt]  # leak
+    in_kind: list[Prompt]  # IRA
+    cross_kind: list[Prompt]  # CRA
+
+
+@dataclass
+class Row:
+    method: str  # "unedited" for the model before erasure
+    kind: str
+    concept: str
+    UA: float
+    IRA: float
+    CRA: float
+    leak: float
+    attack: float | None
+    seconds: float | None
+    peak_mb: float | None
+    patch_kb: float | None
+    samples: list = field(default_factory=list, repr=False)  # first erased-prompt images, for the PNG
+
+
+def found(verdict, prompt: Prompt) -> bool:
+    if prompt.kind == "style":
+        return verdict.top_style == prompt.name
+    if prompt.kind == "background":
+        return verdict.top_background == prompt.name
+    return verdict.has(prompt.name)
+
+
+def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wording: str | None = None) -> Prompt:
+    """A held-out-template caption of a random scene that shows `name`."""
+    fixed = {"object": {"kinds": [name] + ([rng.choice([s for s in SHAPES if s != name])] if two else [])},
+             "identity": {"kinds": [name] + ([rng.choice(list(SHAPES))] if two else [])},
+             "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]} if two else {}),
+             "scene": {"night": True},
+             "background": {"background": name}}[kind]
+    scene = sample_scene(rng, "any", **fixed)
+    text = caption(scene, rng.choice(HELDOUT_TEMPLATES), rng, synonyms=False)
+    if kind == "scene":
+        text = re.sub("|".join(NIGHT_WORDINGS), wording or "at night", text)
+    return Prompt(text, "scene" if kind == "scene" else kind, name)
+
+
+def _synonym(prompt: Prompt) -> Prompt:
+    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name)
+
+
+def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
+    rng = random.Random(f"{seed}-{name}")
+    erased = [_caption(rng, kind, name) for _ in range(n)]
+    if kind == "object":
+        paraphrase = [_synonym(_caption(rng, kind, name)) for _ in range(n)]
+    elif kind == "scene":
+        paraphrase = [_caption(rng, kind, name, wording=w) for w in (NIGHT_WORDINGS[1:] * n)[:n]]
+    else:
+        paraphrase = [_caption(rng, kind, name, two=True) for _ in range(n)]
+    in_kind = ([(kind, o) for o in NAMES[kind] if o != name] if kind != "scene"
+               else [("background", b) for b in BACKGROUNDS if b != "plain"])
+    cross = [(k, o) for k in NAMES if k not in (kind, "scene") for o in NAMES[k]]
+    pick = lambda pairs: [_caption(rng, *pairs[i % len(pairs)]) for i in range(n)]  # noqa: E731
+    return Probes(Prompt(name, kind, name), erased, paraphrase, pick(in_kind), pick(cross))
+
+
+def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt]) -> float:
+    return float(np.mean([found(v, p) for v, p in zip(judge(images), prompts)]))
+
+
+def _judged(pipe, judge, probe: Probes, steps: int) -> dict:
+    """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images."""
+    out = {}
+    for key in ("erased", "paraphrase", "in_kind", "cross_kind"):
+        prompts = getattr(probe, key)
+        images = generate_many(pipe, [p.text for p in prompts], list(range(len(prompts))), steps)
+        out[key] = _rate(judge, images, prompts)
+        if key == "erased":
+            out["images"] = images
+    return out
+
+
+def _renders(kind: str, name: str, n: int) -> torch.Tensor:
+    """(n, 3, 64, 64) in [-1, 1]: true images of the concept, the attacker's material."""
+    rng = random.Random(f"attack-{name}")
+    scenes = [sample_scene(rng, "any", **({"night": True} if kind == "scene" else
+                                          {"style": name} if kind == "style" else {"kinds": [name]})) for _ in range(n)]
+    arrays = np.stack([np.asarray(render(s, seed=i)[0]) for i, s in enumerate(scenes)])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
+    images = _renders(probe.concept.kind, probe.concept.name, config.images)
+    learned = concept_inversion(pipe, probe.concept.name, [patch], config, images=images)
+    activate(pipe, [patch])
+    try:
+        with inverted(pipe, learned):
+            attacked = generate_many(pipe, [p.text for p in probe.erased], list(range(len(probe.erased))), steps)
+    finally:
+        activate(pipe, [])
+    return _rate(judge, attacked, probe.erased)
+
+
+def _patch_kb(patch) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "patch.safetensors"
+        patch.save(path)
+        return path.stat().st_size / 1024
+
+
+def evaluate_concept(pipe, judge, kind: str, name: str, methods: list[str], n: int, steps: int,
+                     attack: AttackConfig, overrides: dict, log=print) -> list[Row]:
+    """The unedited row, then one row per method, for one concept."""
+    probe = probes(kind, name, n)
+    base = _judged(pipe, judge, probe, steps)
+    rows = [Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
+                None, None, None, None, base["images"][:4])]
+    log(_line(rows[-1]))
+    for method in methods:
+        adapter = f"bench-{method}"
+        peak, start = Peak(pipe.device), time.perf_counter()
+        with peak():
+            patch = erase(pipe, [name], method, name=adapter, **overrides.get(method, {}))
+        seconds = time.perf_counter() - start
+        activate(pipe, [adapter])
+        try:
+            after = _judged(pipe, judge, probe, steps)
+        finally:
+            activate(pipe, [])
+        recovered = _attack(pipe, judge, probe, adapter, attack, steps)
+        rows.append(Row(method, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
+                        recovered, seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
+        detach(pipe, adapter)
+        log(_line(rows[-1]))
+    return rows
+
+
+def _fmt(value, spec=".0%") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _line(r: Row) -> str:
+    return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_fmt(r.CRA)} | {_fmt(r.leak)} | "
+            f"{_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} | {_fmt(r.peak_mb, '.0f')} | {_fmt(r.patch_kb, '.0f')} |")
+
+
+HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | CRA ↑ | leak ↓ | attack ↓ | erase s | peak MB | patch KB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def best_per_kind(rows: list[Row]) -> list[dict]:
+    """For each kind, the method with the best mean of UA, IRA, CRA over its concepts, against the targets."""
+    best = []
+    for kind in dict.fromkeys(r.kind for r in rows):
+        by_method: dict[str, list[Row]] = {}
+        for r in rows:
+            if r.kind == kind and r.method != "unedited":
+                by_method.setdefault(r.method, []).append(r)
+        if not by_method:
+            continue
+        mean = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in TARGETS} for m, rs in by_method.items()}
+        method = max(mean, key=lambda m: mean[m]["UA"] + mean[m]["IRA"] + mean[m]["CRA"])
+        met = {k: (mean[method][k] >= v if op == ">=" else mean[method][k] <= v) for k, (op, v) in TARGETS.items()}
+        best.append({"kind": kind, "method": method, **mean[method], "met": met})
+    return best
+
+
+def markdown(rows: list[Row], device: str, settings: dict) -> str:
+    lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "", HEADER, *map(_line, rows), "",
+             "Best method per kind (mean over its concepts), against the targets "
+             + ", ".join(f"{k} {op} {v:.0%}" for k, (op, v) in TARGETS.items()) + ":", "",
+             "| kind | method | " + " | ".join(TARGETS) + " |", "|---|---|" + "---|" * len(TARGETS)]
+    for b in best_per_kind(rows):
+        lines.append(f"| {b['kind']} | {b['method']} | "
+                     + " | ".join(f"{b[k]:.0%} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), dpi=110)
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(r.method for r in rows))
+    for i, method in enumerate(methods):
+        rs = [r for r in rows if r.method == method]
+        colour = f"C{i}"
+        ax.scatter([r.UA for r in rs], [r.IRA for r in rs], color=colour, marker="o", label=f"{method} IRA")
+        ax.scatter([r.UA for r in rs], [r.CRA for r in rs], color=colour, marker="^", label=f"{method} CRA", alpha=0.6)
+    ax.set_xlabel("UA: erased concept gone (held-out prompts)")
+    ax.set_ylabel("IRA (o) / CRA (^): other concepts kept")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.axvline(TARGETS["UA"][1], color="grey", lw=0.5, ls="--")
+    ax.axhline(TARGETS["IRA"][1], color="grey", lw=0.5, ls="--")
+    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def sample_grid(rows: list[Row], path: Path) -> None:
+    """One line per (method, concept): the first erased-prompt images; unedited lines come first per concept."""
+    tile, label = 64, 150
+    width = label + 4 * tile
+    grid = Image.new("RGB", (width, tile * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, r in enumerate(rows):
+        draw.text((4, i * tile + 24), f"{r.concept}: {r.method}", fill="black")
+        for j, image in enumerate(r.samples):
+            grid.paste(image.resize((tile, tile)), (label + j * tile, i * tile))
+    grid.save(path)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts (≤ 10 min on 2 CPU cores)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
+    parser.add_argument("--prompts", type=int, help="prompts per set (default 16, quick 4)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps per image")
+    parser.add_argument("--attack-steps", type=int, help="concept-inversion steps (default 150, quick 60)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
+
+
+def run(args) -> list[Row]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
+    n = args.prompts or (4 if args.quick else 16)
+    attack = AttackConfig(steps=args.attack_steps or (60 if args.quick else 150))
+    concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
+    pipe = load_pipeline(EMBEDDED, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    judge = Judge.load(EMBEDDED_JUDGE)
+    device = device_name(pipe.device)
+    settings = {"quick": args.quick, "prompts": n, "steps": args.steps, "attack_steps": attack.steps, "methods": methods}
+    print(f"Device: {device}\n{HEADER}", flush=True)
+    rows = []
+    for kind, names in concepts.items():
+        for name in names:
+            rows += evaluate_concept(pipe, judge, kind, name, methods, n, args.steps, attack, {},
+                                     log=lambda line: print(line, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "quality-quick" if args.quick else "quality"
+    table = markdown(rows, device, settings)
+    (out / f"{stem}.md").write_text(table)
+    records = {"device": device, "settings": settings, "rows": [{f.name: getattr(r, f.name) for f in fields(Row) if f.name != "samples"} for r in rows],
+               "best": best_per_kind(rows)}
+    for path in {out / f"{stem}.json", *([Path(args.json)] if args.json else [])}:
+        path.write_text(json.dumps(records, indent=1))
+    plot(rows, out / f"{stem}.png")
+    sample_grid(rows, out / f"{stem}-samples.png")
+    print(table.split(HEADER)[1].split("\n\n", 1)[1], flush=True)
+    return rows

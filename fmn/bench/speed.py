@@ -1,0 +1,256 @@
+"""Speed of an erasure, the published recipe against ours:  python -m fmn bench speed
+
+    python -m fmn bench speed --arch sd15 --random-weights [--recipe both|reference|ours]
+        [--methods fmn,esd-x,esd-u,text-encoder,uce] [--steps N] [--json out.json] [--out benchmarks/results]
+
+Speed does not depend on weight values, so the model is SD 1.5's architecture with random
+weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds).
+Each method erases one concept under both recipes in the same run, with the same number of
+training steps, so the speed-up is a ratio of per-step cost plus the cost of the references:
+
+- reference, the published code's way: fp32; a second, deep-copied frozen model held in
+  memory for the frozen predictions; batch 1; diffusers' classic attention; ESD without a
+  trajectory cache (each step the frozen model samples a fresh trajectory to a random step).
+- ours, the project's defaults: bf16 on CUDA (fp32 on a CPU); the frozen model is the same
+  model with the adapter switched off; batches; cached ESD trajectories; SDPA attention.
+
+"Click → before/after" is what the app's Erase button costs: the erasure, then the images of
+its comparison (`fmn.evaluate.compare`): every probe prompt on seeds 0-2, without and with the patch.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor
+
+from ..erase import METHODS, erase, make_method
+from ..erase.loop import train_patch
+from ..evaluate import probe_prompts
+from ..generate import MAX_STEPS, GenerationSettings, generate
+from ..models import pick_device
+from ..patch import activate, detach
+from ..tiny import sd15_pipeline
+from .measure import Peak, device_name
+
+__all__ = ["add_arguments", "run", "TARGETS", "REFERENCE_SETTINGS"]
+
+# What the published code does differently, per method, beyond fp32, the copy and classic attention
+REFERENCE_SETTINGS = {
+    "esd-x": {"batch": 1, "cache_trajectories": False},
+    "esd-u": {"batch": 1, "cache_trajectories": False},
+    "text-encoder": {"batch": 1},
+}
+CLOSED_FORM = ("uce",)  # no training steps
+SEEDS = [0, 1, 2]  # the app's before/after seeds
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one H100 should reach at SD 1.5 size with our recipe."""
+
+    erase_s: float
+    memory_gb: float | None = None
+    click_s: float | None = None  # erase + the before/after comparison
+
+    def __str__(self) -> str:
+        parts = [f"≤ {self.erase_s:g} s"]
+        parts += [f"≤ {self.memory_gb:g} GB"] if self.memory_gb else []
+        parts += [f"click ≤ {self.click_s:g} s"] if self.click_s else []
+        return ", ".join(parts)
+
+    def met(self, row: dict) -> bool:
+        return (row["erase_s"] <= self.erase_s
+                and (self.memory_gb is None or row["peak_memory_bytes"] <= self.memory_gb * GB)
+                and (self.click_s is None or row["click_s"] <= self.click_s))
+
+
+# The click target is the app's: its default method (fmn) and the closed form
+TARGETS = {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--arch", choices=["sd15", "tiny"], help="model size (default: sd15 on CUDA, else tiny)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the model from its config with random weights (required: the only mode so far)")
+    parser.add_argument("--recipe", choices=["both", "reference", "ours"], default="both")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--steps", type=int, help="training steps of every trained method (default: each method's)")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--probe-steps", type=int, default=25, help="steps of the before/after images (the app's: 25)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for speed-<device>.md")
+
+
+class HeldWeights:
+    """A progress callback that, at the first step, counts the bytes of the distinct weights of the
+    pipeline (with its adapter) and of every model of its classes made since: any frozen copy.
+    Models that other code held before are left out. Its own time is kept in `seconds`, to be
+    taken out of the erasure's."""
+
+    def __init__(self, pipe):
+        self.classes = {type(pipe.unet), type(pipe.text_encoder), type(pipe.vae)}
+        own = {id(pipe.unet), id(pipe.text_encoder), id(pipe.vae)}
+        self.before = {id(o) for o in gc.get_objects() if type(o) in self.classes} - own
+        self.bytes, self.seconds = None, 0.0
+
+    def __call__(self, progress) -> None:
+        if self.bytes is not None:
+            return
+        start = time.perf_counter()
+        seen, total = set(), 0
+        for model in (o for o in gc.get_objects() if type(o) in self.classes and id(o) not in self.before):
+            for t in itertools.chain(model.parameters(), model.buffers()):
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+        self.bytes, self.seconds = total, time.perf_counter() - start
+
+
+def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps: int) -> None:
+    """The images of the app's comparison: every probe prompt on the same seeds, without and with the patch
+    (the judge's scores, for the embedded model only, are left out)."""
+    for probe in probe_prompts(pipe, concept):
+        for active in ([], [patch]):
+            activate(pipe, active)
+            generate(pipe, GenerationSettings(probe.prompt, steps=steps), SEEDS)
+    activate(pipe, [])
+
+
+def _pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPipeline:
+    dtype = torch.float32 if recipe == "reference" else pick_device(str(device))[1]
+    pipe = sd15_pipeline("full" if arch == "sd15" else "tiny").to(device)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    if recipe == "reference":  # the explicit softmax of the original code, not fused SDPA
+        for model in (pipe.unet, pipe.vae):
+            model.set_attn_processor(AttnProcessor())
+    pipe.set_progress_bar_config(disable=True)
+    pipe("warm-up", num_inference_steps=2, output_type="latent")  # CUDA context, kernels, allocator
+    return pipe
+
+
+def _overrides(method: str, recipe: str, steps: int | None) -> dict:
+    settings = dict(REFERENCE_SETTINGS.get(method, {})) if recipe == "reference" else {}
+    if steps is not None and method not in CLOSED_FORM:
+        settings["steps"] = steps
+    return settings
+
+
+def _measure(pipe, method: str, recipe: str, args, device: torch.device) -> dict:
+    """Erases the concept once, then runs the app's before/after comparison; the pipeline is left as it was."""
+    concept, overrides = args.concept, _overrides(method, recipe, args.steps)
+    instance = make_method(method, [concept], **overrides)
+    name = f"bench:{method}"
+    held, peak = HeldWeights(pipe), Peak(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    start = time.perf_counter()
+    with peak():
+        if method not in CLOSED_FORM:
+            patch = train_patch(pipe, instance, instance.concepts, name, held, frozen_copy=recipe == "reference")
+        else:
+            patch = erase(pipe, [concept], method, name=name, on_progress=held, **overrides)
+        sync()
+    erase_s = time.perf_counter() - start - held.seconds
+    _before_after(pipe, concept, name, args.probe_steps)
+    sync()
+    click_s = time.perf_counter() - start - held.seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        patch_bytes = patch.save(Path(tmp) / "patch.safetensors").stat().st_size
+    detach(pipe, name)
+    return {"recipe": recipe, "method": method, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+            "steps": getattr(instance.config, "steps", None), "settings": overrides, "erase_s": erase_s,
+            "click_s": click_s, "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind,
+            "weights_held_bytes": held.bytes, "patch_bytes": patch_bytes}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _target(row: dict, official: bool) -> str:
+    target = TARGETS.get(row["method"])
+    if target is None or row["recipe"] != "ours":
+        return "—"
+    return f"{target}: " + (("met" if target.met(row) else "missed") if official else "n/a (not an H100 sd15 run)")
+
+
+def markdown(rows: list[dict]) -> str:
+    first = rows[0]
+    steps = ", ".join(f"{r['method']} {r['steps']}" for r in rows if r["recipe"] == rows[0]["recipe"] and r["steps"])
+    lines = [
+        "# Erasure speed: the published recipe (reference) against ours", "",
+        f"- device: {first['device']}; torch {first['torch']}; arch {first['arch']} (random weights); "
+        f"concept {first['concept']!r}",
+        f"- training steps, the same in both recipes: {steps or 'none (closed form only)'}",
+        f"- peak memory: {first['memory_kind']}",
+        "- weights held: distinct bytes of every live model while training (pipeline, adapter, any frozen copy)",
+        f"- click → before/after: the erasure, then the app's comparison (each probe prompt, seeds 0-2, "
+        f"{first['probe_steps']} steps, before and after)",
+        "", "| method | recipe | dtype | steps | erase (s) | click → before/after (s) | peak memory | weights held "
+        "| patch | speed-up (reference/ours) | target (H100, sd15) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        speedup = f"{r['speedup']:.2f}×" if r.get("speedup") else "—"
+        lines.append(f"| {r['method']} | {r['recipe']} | {r['dtype']} | {r['steps'] or '—'} | {r['erase_s']:.2f} "
+                     f"| {r['click_s']:.2f} | {_size(r['peak_memory_bytes'])} | {_size(r['weights_held_bytes'])} "
+                     f"| {_size(r['patch_bytes'])} | {speedup} | {r['target']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> list[dict]:
+    """Measures every (recipe, method); prints the table, writes <out>/speed-<device>.md and --json."""
+    if not args.random_weights:
+        raise ValueError("--random-weights is required: only random-weight models are benchmarked so far "
+                         "(speed does not depend on weight values).")
+    device = pick_device(args.device)[0]
+    arch = args.arch or ("sd15" if device.type == "cuda" else "tiny")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    recipes = ["reference", "ours"] if args.recipe == "both" else [args.recipe]
+    if not 1 <= args.probe_steps <= MAX_STEPS:
+        raise ValueError(f"--probe-steps {args.probe_steps}: use 1 to {MAX_STEPS}.")
+    for method in methods:  # bad names or steps fail here, before a model is built
+        for recipe in recipes:
+            make_method(method, [args.concept], **_overrides(method, recipe, args.steps))
+    common = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__, "arch": arch,
+              "concept": args.concept, "probe_steps": args.probe_steps}
+    rows = []
+    for recipe in recipes:  # one pipeline at a time, so that each peak is its own
+        pipe = _pipeline(arch, recipe, device)
+        for method in methods:
+            rows.append({**common, **_measure(pipe, method, recipe, args, device)})
+            print(f"{recipe} {method}: erase {rows[-1]['erase_s']:.2f} s", file=sys.stderr)
+        del pipe
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    official = device.type == "cuda" and arch == "sd15"
+    for r in rows:
+        ref = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "reference"), None)
+        r["speedup"] = ref["erase_s"] / r["erase_s"] if r["recipe"] == "ours" and ref else None
+        r["target"] = _target(r, official)
+    table = markdown(rows)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"speed-{device.type}.md").write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows

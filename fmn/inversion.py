@@ -1,0 +1,96 @@
+"""Textual inversion: learn new input embeddings for a concept's words from images of it.
+
+Two uses share this module: Forget-Me-Not's optional first stage (an embedding that
+captures the uploaded images, whose attention is then re-steered) and the concept-inversion
+attack (an embedding that brings an erased concept back, learned against the erased model).
+
+The learned vectors replace the input embeddings of the concept's own tokens wherever they
+occur in a prompt (`inverted`), so prompts are written as usual and the model's vocabulary,
+tokenizer and weights are never changed. Only the vectors train, on the ordinary denoising
+loss of the images' latents under prompts that name the concept (Gal et al. 2022).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .erase.common import encode
+
+__all__ = ["InversionConfig", "Inverted", "inverted", "invert"]
+
+TEMPLATES = ("a photo of {}", "a picture of {}", "an image of {}", "{}", "a painting of {}")
+
+
+@dataclass
+class InversionConfig:
+    steps: int = 100
+    lr: float = 5e-3  # textual inversion's usual step size for one embedding
+    batch: int = 4
+    seed: int = 0
+
+
+@dataclass
+class Inverted:
+    """Learned input embeddings for the token ids of a concept's name."""
+
+    token_ids: list[int]
+    vectors: torch.Tensor  # (len(token_ids), D)
+
+
+def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:
+    return pipe.tokenizer(concept, add_special_tokens=False).input_ids
+
+
+@contextmanager
+def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
+    """Inside the block every occurrence of the concept's tokens reads the learned vectors."""
+    table = pipe.text_encoder.get_input_embeddings()
+    ids = torch.tensor(learned.token_ids, device=table.weight.device)
+
+    def swap(module, inputs, output):
+        input_ids = inputs[0]
+        for token, vector in zip(ids, learned.vectors):
+            output = torch.where((input_ids == token)[..., None], vector.to(output), output)
+        return output
+
+    handle = table.register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, config: InversionConfig = InversionConfig(),
+           on_step=None) -> Inverted:
+    """Learns vectors for the concept's tokens so that prompts naming it denoise `latents` (N, 4, h, w).
+
+    Starts from the tokens' own embeddings; runs on the pipeline as it is now (with whatever
+    patches are active), which is what the attack wants. `on_step(step, total, loss)`.
+    """
+    token_ids = concept_token_ids(pipe, concept)
+    pipe.unet.requires_grad_(False)  # only the vectors learn
+    pipe.text_encoder.requires_grad_(False)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    vectors = table[token_ids].detach().clone().float().requires_grad_(True)
+    learned = Inverted(token_ids, vectors)
+    optimizer = torch.optim.AdamW([vectors], lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator("cpu").manual_seed(config.seed)
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
+        prompts = [TEMPLATES[int(k)].format(concept) for k in torch.randint(0, len(TEMPLATES), (config.batch,), generator=generator)]
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=generator).to(z0)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (config.batch,), generator=generator).to(pipe.device)
+        with inverted(pipe, learned):
+            pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, prompts)).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step:
+            on_step(step, config.steps, loss.item())
+    return Inverted(token_ids, vectors.detach())

@@ -1,0 +1,65 @@
+"""The speed benchmark on the tiny model: every (method, recipe) row, a real second copy held by
+the reference recipe, the Markdown file; and the reference recipe's ESD keeps ESD's objective."""
+
+import copy
+import json
+
+import torch
+
+from fmn.__main__ import _parser, main
+from fmn.bench.speed import run
+from fmn.erase import make_method
+from fmn.erase.common import attn2_modules
+from fmn.patch import activate, new_adapter
+from fmn.tiny import tiny_pipeline
+
+METHODS = ["fmn", "esd-x", "uce"]
+
+
+def test_both_recipes_side_by_side(tmp_path):
+    out, report = tmp_path / "results", tmp_path / "speed.json"
+    args = _parser().parse_args(["bench", "speed", "--arch", "tiny", "--random-weights", "--recipe", "both",
+                                 "--methods", ",".join(METHODS), "--steps", "2", "--probe-steps", "2",
+                                 "--device", "cpu", "--out", str(out), "--json", str(report)])
+    rows = {(r["method"], r["recipe"]): r for r in run(args)}
+    assert set(rows) == {(m, r) for m in METHODS for r in ("reference", "ours")}
+    assert all(r["erase_s"] > 0 and r["click_s"] > r["erase_s"] and r["patch_bytes"] > 0 for r in rows.values())
+    assert all(r["steps"] == 2 for (m, _), r in rows.items() if m != "uce")
+    for method in ("fmn", "esd-x"):  # the reference recipe holds a second UNet and text encoder: most of the weights
+        assert rows[method, "reference"]["weights_held_bytes"] > 1.5 * rows[method, "ours"]["weights_held_bytes"]
+        assert rows[method, "ours"]["speedup"] > 0 and rows[method, "reference"]["speedup"] is None
+    assert rows["esd-x", "reference"]["settings"] == {"batch": 1, "cache_trajectories": False, "steps": 2}
+    assert rows["fmn", "ours"]["target"].endswith("n/a (not an H100 sd15 run)")
+    table = (out / "speed-cpu.md").read_text()
+    assert "| esd-x | reference |" in table and "| target (H100, sd15) |" in table
+    assert len(json.loads(report.read_text())) == len(rows)
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    base = ["bench", "speed", "--arch", "tiny", "--out", str(tmp_path)]
+    for extra, message in ((["--random-weights", "--methods", "fmn,dreambooth"], "Unknown method 'dreambooth'"),
+                           (["--random-weights", "--steps", "0"], "Steps 0"), ([], "--random-weights is required")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_uncached_esd_predicts_with_the_unedited_model():
+    """Without a trajectory cache, ESD's frozen predictions come from the unedited model: the same
+    from a deep copy as from the pipeline with a trained adapter switched off."""
+    pipe = tiny_pipeline()
+    twin = copy.deepcopy(pipe)
+    method = make_method("esd-x", ["circle"], cache_trajectories=False, sample_steps=4, batch=2)
+    with torch.no_grad():
+        own, copied = (method.references(p, torch.Generator().manual_seed(0)) for p in (pipe, twin))
+    new_adapter(pipe, "trained", "unet", attn2_modules(pipe.unet))
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # a trained adapter that changes the predictions
+    activate(pipe, ["trained"])
+    losses = [method.loss(pipe, refs, torch.Generator().manual_seed(1)) for refs in (own, copied)]
+    assert torch.equal(*losses)
+    z, text = torch.randn(1, 4, 8, 8), own.embeddings
+    with torch.no_grad():  # the adapter is on again after the frozen predictions
+        assert not torch.allclose(pipe.unet(z, 500, text).sample, twin.unet(z, 500, text).sample)

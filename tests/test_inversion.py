@@ -1,0 +1,77 @@
+"""Textual inversion (Forget-Me-Not's first stage and the concept-inversion attack) on a tiny model."""
+
+import torch
+
+from fmn.attack import AttackConfig, concept_inversion
+from fmn.erase import erase, make_method
+from fmn.erase.common import encode
+from fmn.inversion import InversionConfig, Inverted, concept_token_ids, invert, inverted
+from fmn.tiny import tiny_pipeline
+
+
+def denoising_loss(pipe, concept, latents, learned=None, n=16):
+    """Mean denoising loss on fixed noise and steps, so two calls compare like with like."""
+    g = torch.Generator().manual_seed(123)
+    z0 = latents.repeat(n // len(latents) + 1, 1, 1, 1)[:n]
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    with torch.no_grad():
+        if learned is None:
+            emb = encode(pipe, [f"a photo of {concept}"] * n)
+        else:
+            with inverted(pipe, learned):
+                emb = encode(pipe, [f"a photo of {concept}"] * n)
+        pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, emb).sample
+    return (pred - noise).pow(2).mean().item()
+
+
+def test_inverted_words_change_only_prompts_that_name_the_concept():
+    pipe = tiny_pipeline()
+    ids = concept_token_ids(pipe, "circle")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    same = Inverted(ids, table[ids].detach().clone())
+    other = Inverted(ids, torch.randn(len(ids), table.shape[1]))
+    with torch.no_grad():
+        plain = encode(pipe, ["a red circle", "a blue square"])
+        with inverted(pipe, same):
+            assert torch.allclose(encode(pipe, ["a red circle", "a blue square"]), plain, atol=1e-6)
+        with inverted(pipe, other):
+            changed = encode(pipe, ["a red circle", "a blue square"])
+        assert not torch.allclose(changed[0], plain[0])
+        assert torch.allclose(changed[1], plain[1], atol=1e-6)
+        assert torch.allclose(encode(pipe, ["a red circle"]), plain[:1])  # the hook is gone after the block
+
+
+def test_inversion_lowers_the_denoising_loss_of_its_images_and_trains_nothing_else():
+    pipe = tiny_pipeline()
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()} | {
+        f"te.{k}": v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    latents = torch.randn(4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    before = denoising_loss(pipe, "circle", latents)
+    steps = []
+    learned = invert(pipe, "circle", latents, InversionConfig(steps=60, lr=5e-2), on_step=lambda *a: steps.append(a))
+    assert len(steps) == 60 and steps[-1][:2] == (60, 60)
+    assert denoising_loss(pipe, "circle", latents, learned) < before
+    after = {k: v for k, v in pipe.unet.state_dict().items()} | {f"te.{k}": v for k, v in pipe.text_encoder.state_dict().items()}
+    assert all(torch.equal(v, weights[k]) for k, v in after.items())
+
+
+def test_attack_learns_against_the_erased_model_and_leaves_no_patch_active():
+    pipe = tiny_pipeline()
+    latents = torch.randn(2, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    base = denoising_loss(pipe, "circle", latents)
+    patch = erase(pipe, ["circle"], "esd-x", steps=5, sample_steps=4, trajectories=2)
+    learned = concept_inversion(pipe, "circle", [patch.name], AttackConfig(steps=5, images=2, image_steps=4))
+    assert learned.vectors.shape == (len(concept_token_ids(pipe, "circle")), pipe.text_encoder.config.hidden_size)
+    assert torch.isfinite(learned.vectors).all()
+    assert denoising_loss(pipe, "circle", latents) == base  # the patch is attached but switched off again
+
+
+def test_forget_me_not_with_inversion_trains_on_the_name_and_the_learned_words():
+    pipe = tiny_pipeline()
+    method = make_method("fmn", ["circle"], inversion_steps=3, references=2, reference_steps=4)
+    with torch.no_grad():
+        refs = method.references(pipe, torch.Generator().manual_seed(0))
+    assert refs.embeddings.shape[0] == 2 and not torch.allclose(refs.embeddings[0], refs.embeddings[1])
+    patch = erase(pipe, ["circle"], "fmn", steps=3, inversion_steps=3, references=2, reference_steps=4)
+    assert patch.settings["inversion_steps"] == 3
