@@ -15,7 +15,7 @@ from fmn.attention import trace
 from fmn.generate import GenerationSettings, generate
 
 PLAIN = np.array([225, 225, 225])
-POINTING_SPEC, POINTING_REACHED = 0.80, 0.70  # the target; the shipped model scores 75 % (18 of 24)
+POINTING_SPEC, POINTING_REACHED = 0.80, 0.75  # the target; the shipped model scores 79 % (19 of 24)
 PROMPTS = [f"a {colour} {shape}" for colour, shape in itertools.product(
     ["red", "blue", "green", "purple"], ["circle", "square", "triangle", "star", "heart", "ring"])]
 

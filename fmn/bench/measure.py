@@ -55,7 +55,7 @@ class Peak:
         except OSError:
             before = None
         yield
-        self.bytes = None if before is None else self._status("VmHWM") - before
+        self.bytes = None if before is None else max(0, self._status("VmHWM") - before)
 
     @property
     def kind(self) -> str:

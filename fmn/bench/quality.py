@@ -47,6 +47,8 @@ __all__ = ["add_arguments", "run", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
 CONCEPTS = {"object": ["circle", "star"], "identity": ["Mimo", "Zubrik"], "style": ["Vellor", "Brusk"], "scene": ["night"]}
 QUICK_CONCEPTS = {"object": ["circle"], "identity": ["Mimo"], "style": ["Vellor"], "scene": ["night"]}
 TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak": ("<=", 0.10), "attack": ("<=", 0.30)}
+# Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
+KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
 
 
@@ -276,9 +278,9 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts (≤ 10 min on 2 CPU cores)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
-    parser.add_argument("--prompts", type=int, help="prompts per set (default 16, quick 4)")
+    parser.add_argument("--prompts", type=int, help="prompts per set (default 12, quick 4)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps per image")
-    parser.add_argument("--attack-steps", type=int, help="concept-inversion steps (default 150, quick 60)")
+    parser.add_argument("--attack-steps", type=int, help="concept-inversion steps (default 100, quick 60)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
@@ -289,8 +291,8 @@ def run(args) -> list[Row]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
-    n = args.prompts or (4 if args.quick else 16)
-    attack = AttackConfig(steps=args.attack_steps or (60 if args.quick else 150))
+    n = args.prompts or (4 if args.quick else 12)
+    attack = AttackConfig(steps=args.attack_steps or (60 if args.quick else 100))
     concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
     pipe = load_pipeline(EMBEDDED, device=args.device)
     pipe.set_progress_bar_config(disable=True)
@@ -301,7 +303,7 @@ def run(args) -> list[Row]:
     rows = []
     for kind, names in concepts.items():
         for name in names:
-            rows += evaluate_concept(pipe, judge, kind, name, methods, n, args.steps, attack, {},
+            rows += evaluate_concept(pipe, judge, kind, name, methods, n, args.steps, attack, KIND_SETTINGS.get(kind, {}),
                                      log=lambda line: print(line, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
