@@ -37,7 +37,7 @@ from ..generate import generate_many
 from ..inversion import inverted
 from ..models import EMBEDDED, EMBEDDED_JUDGE, load_pipeline
 from ..patch import activate, detach
-from ..world.judge import Judge
+from ..world.judge import Judge, to_tensor
 from ..world.render import render
 from ..world.world import BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, caption, sample_scene
 from .measure import Peak, device_name
@@ -149,8 +149,7 @@ def _renders(kind: str, name: str, n: int) -> torch.Tensor:
     rng = random.Random(f"attack-{name}")
     scenes = [sample_scene(rng, "any", **({"night": True} if kind == "scene" else
                                           {"style": name} if kind == "style" else {"kinds": [name]})) for _ in range(n)]
-    arrays = np.stack([np.asarray(render(s, seed=i)[0]) for i, s in enumerate(scenes)])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_tensor(np.stack([np.asarray(render(s, seed=i)[0]) for i, s in enumerate(scenes)]))
 
 
 def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:

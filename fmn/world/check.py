@@ -15,6 +15,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from ..generate import generate_many
 from .judge import Judge
 from .world import HELDOUT_TEMPLATES, caption, sample_scene
 
@@ -58,11 +59,7 @@ def run_check(model: str | Path, judge_dir: str | Path, n_prompts: int = 240, se
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load(judge_dir)
     pairs = heldout_prompts(n_prompts, seed)
-    images = []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
-        gens = [torch.Generator().manual_seed(seed * 10_000 + start + i) for i in range(len(chunk))]
-        images += pipe([p for _, p in chunk], num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=gens).images
+    images = generate_many(pipe, [p for _, p in pairs], [seed * 10_000 + i for i in range(len(pairs))], STEPS, GUIDANCE, batch)
     acc = score([s for s, _ in pairs], judge(images))
     print(f"{'attribute':<12}{'accuracy':>10}{'gate':>8}")
     for key, value in acc.items():
