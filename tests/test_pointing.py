@@ -36,4 +36,5 @@ def test_object_word_heatmap_peaks_inside_the_object(embedded):
         if mask.sum() > 0:  # a generation with no object cannot be pointed at
             hits.append(bool(mask[y, x]))
     assert len(hits) >= 20
+    print(f"pointing game {np.mean(hits):.0%} ({sum(hits)} of {len(hits)})")  # README's figure (pytest -s)
     assert np.mean(hits) >= POINTING_REACHED, f"pointing game {np.mean(hits):.0%} over {len(hits)} prompts"
