@@ -57,22 +57,3 @@ def test_probes_use_held_out_wording_and_the_right_paraphrases():
     night = probes("scene", "night", 8)
     assert all("at night" in q.text for q in night.erased)
     assert not any("at night" in q.text for q in night.paraphrase) and all(q.kind == "background" for q in night.in_kind)
-
-
-# Issue #5's bar, per method, for an object and an identity: the concept's judged presence on
-# held-out prompts falls from >= 90 % to <= 20 %, other concepts stay within 10 points.
-ERASE_SPEC = {"baseline": 0.90, "after": 0.20, "kept": 0.10}
-# What the shipped model reaches on the quick run (4 prompts a set, so one image is 25 points).
-# The model draws "circle" on none of its held-out prompts, so no object erasure can be shown
-# yet; "Mimo" on 3 of 4. At their published defaults ESD-x removes Mimo (and other characters
-# with it) and ESD-u mostly; FMN, text-encoder unlearning and UCE leave it (see README).
-ERASE_REACHED = {"baseline": 0.50, "after": {"esd-x": 0.25, "esd-u": 0.50}}
-
-
-def test_identity_erasure_as_far_as_the_model_allows(quick):
-    _, records, _ = quick
-    rows = {(r["method"], r["concept"]): r for r in records["rows"]}
-    mimo = QUICK_CONCEPTS["identity"][0]
-    assert 1 - rows["unedited", mimo]["UA"] >= ERASE_REACHED["baseline"]
-    for method, presence in ERASE_REACHED["after"].items():
-        assert 1 - rows[method, mimo]["UA"] <= presence, rows[method, mimo]

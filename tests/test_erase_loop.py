@@ -131,22 +131,25 @@ def test_forget_me_not_drains_the_concept_tokens_attention():
 
 
 def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
-    from fmn.erase.forget_me_not import concept_positions
+    from fmn.erase.uce import UCE, UCEConfig
 
     pipe = tiny_pipeline()
+    rows = UCE(["circle"], UCEConfig())._embeddings  # the concept's rows: its last token, the end token, the padding
 
     def keys(word, guide=None):
         layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
         with torch.no_grad():
-            emb = encode(pipe, [guide if guide is not None else word])[0][concept_positions(pipe.tokenizer, word, word)]
-            return layer(emb)
+            return layer(rows(pipe, word, guide))
 
     circle, guide, star = keys("circle"), keys("circle", guide=""), keys("star")
     patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01)
     activate(pipe, [patch.name])
-    assert (keys("circle") - guide).norm() < 0.2 * (circle - guide).norm()  # circle now looks like the guide
-    assert (keys("star") - star).norm() < 0.2 * (circle - guide).norm()  # star barely moved
-    assert patch.lora["unet"]["r"] == 1 and len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers (down, mid, 2 up) x (to_k, to_v) x (A, B)
+    # 76 rows in 32 dimensions cannot all be mapped exactly: a least-squares compromise (measured 0.14, 0.51, 0.27)
+    assert (keys("circle")[0] - guide[0]).norm() < 0.2 * (circle[0] - guide[0]).norm()  # the concept's token: now the guide's
+    assert (keys("circle") - guide).norm() < 0.6 * (circle - guide).norm()  # its rows as a whole: most of the way
+    assert (keys("star") - star).norm() < 0.4 * (circle - guide).norm()  # star moved far less
+    assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
+    assert patch.lora["unet"]["r"] == len(circle) and len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
 
 
 def test_text_encoder_unlearning_changes_only_the_text_encoder():

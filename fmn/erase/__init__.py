@@ -12,6 +12,7 @@ from diffusers import StableDiffusionPipeline
 
 from ..generate import unknown_words
 from ..patch import Patch, attach, fingerprint
+from .common import world_preserve
 from .esd import ESD, ESDConfig
 from .forget_me_not import FMNConfig, ForgetMeNot
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
@@ -93,6 +94,8 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "fmn
     instance = make_method(method, concepts, images, replace_with, **overrides)
     if images is None or not getattr(instance.config, "inversion_steps", 0):  # inversion learns a new word from images
         _check_known(pipe, [*instance.concepts, replace_with or ""])
+    if not instance.config.preserve:
+        instance.config.preserve = world_preserve(pipe, [*instance.concepts, replace_with or ""])
     name = name or f"{instance.name}:{'+'.join(instance.concepts)}"
     if not hasattr(instance, "solve"):
         return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)

@@ -14,7 +14,7 @@ every step the frozen model samples a fresh trajectory to a random step and pred
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -28,9 +28,9 @@ __all__ = ["ESDConfig", "ESD"]
 @dataclass
 class ESDConfig:
     variant: str = "x"  # "x": attn2 only; "u": everything but attn2
-    eta: float = 1.0  # negative guidance (paper: 1.0; later releases: 2.0)
-    steps: int = 200  # paper: 1000 at batch 1; ours: 200 at batch 4 on cached latents
-    lr: float = 1e-3  # paper: 1e-5 on full weights; a rank-4 LoRA needs a larger step
+    eta: float = 2.0  # negative guidance (paper: 1.0; later releases: 2.0)
+    steps: int = 400  # paper: 1000 at batch 1; ours: 400 at batch 4 on cached latents
+    lr: float = 5e-3  # paper: 1e-5 on full weights; a rank-4 LoRA needs a far larger step (tuned on the embedded model)
     rank: int = 4
     batch: int = 4
     trajectories: int = 8  # ours: sampled once by the frozen model, reused by every step
@@ -39,6 +39,8 @@ class ESDConfig:
     guidance: float = 3.0  # paper: guidance of about 3 while sampling the trajectories
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
+    preserve_weight: float = 1.0  # ours: the preservation term's weight (0: none, as in the paper)
     seed: int = 0
 
 

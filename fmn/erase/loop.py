@@ -2,8 +2,10 @@
 
 A method supplies three things (see `Method`): which layers get a LoRA adapter, the
 references it computes once with the unedited model, and the loss of one step. The loop
-owns the rest: freezing the base weights, the optimizer, progress, cancellation, a NaN
-guard that leaves the model as it was, and turning the adapter into a `Patch`.
+owns the rest: freezing the base weights, the optimizer, a preservation term (the patched
+model must still predict what the unedited one did for the concepts in ``config.preserve``,
+weighted by ``config.preserve_weight``), progress, cancellation, a NaN guard that leaves the
+model as it was, and turning the adapter into a `Patch`.
 The frozen reference model is the same pipeline with the adapter switched off (`frozen`).
 `frozen_copy=True` holds a deep copy instead, as the published code does: it exists only
 so that the speed benchmark (`fmn.bench.speed`) can measure what that costs.
@@ -23,8 +25,13 @@ from diffusers.utils.peft_utils import set_adapter_layers
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
+from .common import Anchors
 
 __all__ = ["Method", "Progress", "ErasureError", "ErasureCancelled", "frozen", "train_patch"]
+
+
+PRESERVE_BATCH = 2  # anchors per step: a second, small forward pass
+ANCHOR_STEPS = 25  # denoising steps of the anchors' images
 
 
 class ErasureError(ValueError):
@@ -45,7 +52,7 @@ class Progress:
 
 class Method(Protocol):
     name: str
-    config: Any  # the method's settings dataclass: steps, lr, rank, ...
+    config: Any  # the method's settings dataclass: steps, lr, rank, preserve, preserve_weight, ...
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         """component ("unet" / "text_encoder") -> names of the modules that get LoRA."""
@@ -112,6 +119,8 @@ def train_patch(
     unedited = _copy(pipe) if frozen_copy else pipe
     with torch.no_grad():
         refs = method.references(unedited, generator)
+        keep = Anchors.draw(unedited, cfg.preserve, ANCHOR_STEPS, generator) \
+            if cfg.preserve and cfg.preserve_weight else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights
     lora = {component: new_adapter(pipe, name, component, modules, cfg.rank)
             for component, modules in method.targets(pipe).items()}
@@ -122,6 +131,8 @@ def train_patch(
     try:
         for step in range(1, cfg.steps + 1):
             loss = method.loss(pipe, refs, generator)
+            if keep is not None:
+                loss = loss + cfg.preserve_weight * keep.loss(pipe, PRESERVE_BATCH, generator)
             if not torch.isfinite(loss):
                 raise ErasureError(f"the loss became {loss.item()} at step {step}: lower the learning rate "
                                    f"(now {cfg.lr:g}). The model is unchanged.")

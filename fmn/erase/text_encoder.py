@@ -9,7 +9,7 @@ block's self-attention; image latents are computed once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -23,14 +23,16 @@ TEMPLATES = ("a photo of a {}", "a picture of {}", "an image of {}", "a painting
 
 @dataclass
 class TextEncoderConfig:
-    steps: int = 10  # paper: about 5 epochs over 4 images at batch 2
-    lr: float = 1e-3  # paper: 1e-5 (Adam) on full weights; a rank-4 LoRA needs a larger step
+    steps: int = 60  # paper: about 5 epochs over 4 images at batch 2; ours, tuned on the embedded model
+    lr: float = 3e-3  # paper: 1e-5 (Adam) on full weights; a rank-4 LoRA needs a far larger step
     rank: int = 4
     batch: int = 2  # paper
     references: int = 4  # paper: about 4 images
     reference_steps: int = 25
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
+    preserve_weight: float = 30.0  # ours: gradient ascent is unbounded, so the term that holds it back weighs more
     seed: int = 0
 
 

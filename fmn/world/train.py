@@ -51,6 +51,8 @@ class TrainConfig:
     unet_steps: int = 2_400
     unet_batch: int = 32
     unet_lr: float = 4e-4  # from scratch; warm-up then cosine to 10 %
+    unet_minutes: float = 0.0  # > 0: a time budget that sets unet_steps from the measured speed (printed, to re-run)
+    captions_per_scene: int = 8  # tokenized once, so a training step does no text work on the CPU
     warmup: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # for classifier-free guidance
@@ -256,6 +258,31 @@ def export(cfg: TrainConfig, vae, text_encoder, tokenizer, unet, scale: float, j
     return out
 
 
+def caption_bank(scenes: list[Scene], tokenizer: CLIPTokenizer, per_scene: int, seed: int) -> torch.Tensor:
+    """Token ids of `per_scene` captions of every scene, (scenes, per_scene, 77): tokenizing once, not every step,
+    keeps a GPU step from waiting on the CPU. Templates, synonyms and night wordings vary between the captions."""
+    rng = random.Random(seed)
+    texts = [caption(scene, rng.choice(TRAIN_TEMPLATES), rng) for scene in scenes for _ in range(per_scene)]
+    ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    return ids.view(len(scenes), per_scene, -1)
+
+
+def _steps_in(minutes: float, step_fn, params, batches: int = 20) -> int:
+    """How many training steps fit in `minutes`, from the time of a few forward-backward passes (not applied)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    rng = np.random.default_rng(0)
+    step_fn(0, rng).backward()  # warm-up: kernels, allocator
+    sync()
+    start = time.time()
+    for _ in range(batches):
+        step_fn(0, rng).backward()
+    sync()
+    for p in params:
+        p.grad = None
+    per_step = (time.time() - start) / batches * 1.15  # + the optimizer step and the EMA
+    return max(1, int(minutes * 60 / per_step))
+
+
 def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir) -> None:
     device = _device()
     text_encoder = make_text_encoder(tokenizer).to(device).train()
@@ -269,29 +296,33 @@ def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir)
     ema_holder = torch.nn.Module()
     for i, (k, v) in enumerate(ema.items()):
         ema_holder.register_buffer(f"b{i}", v)
-    noise_scheduler = make_scheduler()
-    alphas = noise_scheduler.alphas_cumprod.to(device)
-    latents = latents * scale
-    rng_captions = random.Random(cfg.seed)
+    alphas = make_scheduler().alphas_cumprod.to(device)
+    latents = (latents * scale).to(device)
+    bank = caption_bank(scenes, tokenizer, cfg.captions_per_scene, cfg.seed).to(device)
+    empty = tokenizer([""], padding="max_length", return_tensors="pt").input_ids.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     live = list(text_encoder.state_dict().values()) + list(unet.state_dict().values())
     shadow = list(ema_holder.buffers())
+    floats = [i for i, s in enumerate(shadow) if s.dtype.is_floating_point]
 
     def step_fn(step, rng):
-        idx = rng.integers(0, len(latents), cfg.unet_batch)
-        texts = [
-            "" if rng_captions.random() < cfg.caption_dropout
-            else caption(scenes[i], rng_captions.choice(TRAIN_TEMPLATES), rng_captions)
-            for i in idx
-        ]
-        ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(device)
-        z0 = latents[idx].to(device)
+        n = cfg.unet_batch
+        idx = torch.from_numpy(rng.integers(0, len(latents), n)).to(device)
+        which = torch.from_numpy(rng.integers(0, cfg.captions_per_scene, n)).to(device)
+        dropped = torch.from_numpy(rng.random(n) < cfg.caption_dropout).to(device)
+        ids = torch.where(dropped[:, None], empty, bank[idx, which])
+        z0 = latents[idx]
         noise = torch.randn_like(z0)
-        t = torch.randint(0, 1000, (len(idx),), device=device)
+        t = torch.randint(0, 1000, (n,), device=device)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, text_encoder(ids).last_hidden_state).sample
         return (pred - noise).pow(2).mean()
+
+    if cfg.unet_minutes > 0:
+        cfg.unet_steps = _steps_in(cfg.unet_minutes, step_fn, params)
+        print(f"[denoiser] {cfg.unet_minutes:g} min on {device} at batch {cfg.unet_batch}: "
+              f"--unet-steps {cfg.unet_steps}", flush=True)
 
     def schedule(step):
         if step < cfg.warmup:
@@ -302,11 +333,7 @@ def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir)
     for step in _train_loop("denoiser", cfg, work, params, cfg.unet_steps, cfg.unet_lr, step_fn, modules, schedule):
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for s, p in zip(shadow, live):
-                if s.dtype.is_floating_point:
-                    s.lerp_(p, 1 - decay)
-                else:
-                    s.copy_(p)
+            torch._foreach_lerp_([shadow[i] for i in floats], [live[i] for i in floats], 1 - decay)
         if step % cfg.export_every == 0 or step == cfg.unet_steps:
             _export_ema(cfg, vae, tokenizer, text_encoder, unet, shadow, scale, judge_dir, step)
 
@@ -328,6 +355,7 @@ def train(cfg: TrainConfig) -> None:
     """Runs every stage of the recipe, resuming whatever was done before."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on a GPU: fp32 weights, tensor-core speed
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
