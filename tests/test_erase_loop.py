@@ -167,3 +167,17 @@ def test_text_encoder_unlearning_changes_only_the_text_encoder():
     activate(pipe, [])
     with torch.no_grad():
         assert torch.equal(encode(pipe, ["a photo of a circle"]), before)
+
+
+@pytest.mark.parametrize("method", ["fmn", "esd-u", "text-encoder"])
+def test_patches_reproduce_and_stack_on_patched_layers(method):
+    """The same settings give the same patch whatever ran before (peft's initial values are seeded),
+    and a second erasure on a model that already holds a patch targets the same layers."""
+    pipe = tiny_pipeline()
+    settings = {"fmn": dict(steps=3, references=2, reference_steps=3), "esd-u": dict(steps=2, sample_steps=3, trajectories=1),
+                "text-encoder": dict(steps=2, references=2, reference_steps=3)}[method]
+    first = erase(pipe, ["circle"], method, name="first", **settings)
+    torch.rand(1000)  # moves the global generator
+    second = erase(pipe, ["circle"], method, name="second", **settings)
+    assert first.lora == second.lora
+    assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)

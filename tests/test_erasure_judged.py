@@ -14,16 +14,17 @@ PROMPTS = 10  # per set: one image is 10 points
 CONCEPTS = [("object", "triangle"), ("identity", "Tobble")]  # drawn on 10 of 10 held-out prompts before erasure
 SPEC = {"baseline": 0.90, "after": 0.20, "kept": 0.10}
 # (method, concept) -> where a method misses SPEC at its defaults, what it reaches: presence after, and the
-# share lost in kind / across kinds; measured values in the comments, the bar one image (10 points) looser.
-# UCE meets SPEC on both; FMN and text-encoder unlearning on the identity. ESD-u is built for global concepts
-# (night), not for one object or character: it leaves the triangle (presence 90 %).
+# share lost in kind / across kinds; measured values in the comments (patches are seeded, so they repeat),
+# the bar one image (10 points) looser. UCE meets SPEC on both, text-encoder unlearning on the identity.
+# ESD-u is built for global concepts (night), not for one object or character: it leaves the triangle.
 REACHED = {
-    ("fmn", "triangle"): {"after": 0.4, "in_kind": 0.3, "cross_kind": 0.6},  # 30 %, -20, -50
-    ("text-encoder", "triangle"): {"after": 0.1, "in_kind": 0.3, "cross_kind": 0.3},  # 0 %, -20, -20
-    ("esd-x", "triangle"): {"after": 0.4, "in_kind": 0.1, "cross_kind": 0.4},  # 30 %, 0, -30
-    ("esd-x", "Tobble"): {"after": 0.4, "in_kind": 0.2, "cross_kind": 0.1},  # 30 %, -10, 0
-    ("esd-u", "triangle"): {"after": 1.0, "in_kind": 0.1, "cross_kind": 0.4},  # 90 %, 0, -30
-    ("esd-u", "Tobble"): {"after": 0.7, "in_kind": 0.4, "cross_kind": 0.4},  # 60 %, -30, -30
+    ("fmn", "triangle"): {"after": 0.3, "in_kind": 0.3, "cross_kind": 0.7},  # 20 %, -20, -60
+    ("fmn", "Tobble"): {"after": 0.2, "in_kind": 0.1, "cross_kind": 0.3},  # 10 %, 0, -20
+    ("esd-x", "triangle"): {"after": 0.3, "in_kind": 0.1, "cross_kind": 0.3},  # 20 %, 0, -20
+    ("esd-x", "Tobble"): {"after": 0.4, "in_kind": 0.2, "cross_kind": 0.2},  # 30 %, -10, -10
+    ("esd-u", "triangle"): {"after": 1.0, "in_kind": 0.2, "cross_kind": 0.2},  # 90 %, -10, -10
+    ("esd-u", "Tobble"): {"after": 0.5, "in_kind": 0.7, "cross_kind": 0.5},  # 40 %, -60, -40
+    ("text-encoder", "triangle"): {"after": 0.1, "in_kind": 0.2, "cross_kind": 0.3},  # 0 %, -10, -20
 }
 
 

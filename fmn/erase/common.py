@@ -10,7 +10,7 @@ from torch import nn
 
 from ..models import world_of
 
-__all__ = ["encode", "attn2_modules", "unet_modules_except_attn2", "reference_latents", "Anchors", "world_preserve"]
+__all__ = ["encode", "layer_names", "attn2_modules", "unet_modules_except_attn2", "reference_latents", "Anchors", "world_preserve"]
 
 ATTN2_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -21,14 +21,21 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     return pipe.text_encoder(ids.to(pipe.device))[0]
 
 
+def layer_names(model: nn.Module, kinds: tuple[type, ...]) -> list[str]:
+    """Names of the model's layers of these kinds as the base model names them: a layer that another
+    patch already wrapped (peft keeps it as ``<name>.base_layer``) is listed under its own name, and
+    the patches' own factors (``<name>.lora_A.<patch>``) are left out."""
+    return [n.removesuffix(".base_layer") for n, m in model.named_modules() if isinstance(m, kinds) and ".lora_" not in n]
+
+
 def attn2_modules(unet: nn.Module) -> list[str]:
     """Names of the cross-attention projections (ESD-x, Forget-Me-Not's attn2-only patch)."""
-    return [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and any(n.endswith(f"attn2.{x}") for x in ATTN2_LAYERS)]
+    return [n for n in layer_names(unet, (nn.Linear,)) if any(n.endswith(f"attn2.{x}") for x in ATTN2_LAYERS)]
 
 
 def unet_modules_except_attn2(unet: nn.Module) -> list[str]:
     """Names of every linear and convolution layer outside cross-attention (ESD-u)."""
-    return [n for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and ".attn2." not in n]
+    return [n for n in layer_names(unet, (nn.Linear, nn.Conv2d)) if ".attn2." not in n]
 
 
 def reference_latents(pipe: StableDiffusionPipeline, prompts: list[str], per_prompt: int, steps: int,

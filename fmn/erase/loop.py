@@ -121,9 +121,12 @@ def train_patch(
         refs = method.references(unedited, generator)
         keep = Anchors.draw(unedited, cfg.preserve, ANCHOR_STEPS, generator) \
             if cfg.preserve and cfg.preserve_weight else None
-    # 2. A fresh LoRA adapter on the method's layers, the only trainable weights
-    lora = {component: new_adapter(pipe, name, component, modules, cfg.rank)
-            for component, modules in method.targets(pipe).items()}
+    # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
+    # initial values from the global generator, so seed it here (and only here) for reproducible patches
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        lora = {component: new_adapter(pipe, name, component, modules, cfg.rank)
+                for component, modules in method.targets(pipe).items()}
     activate(pipe, [name])
     params = _trainable(pipe, name)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .common import encode, reference_latents
+from .common import encode, layer_names, reference_latents
 
 __all__ = ["TextEncoderConfig", "TextEncoderUnlearning"]
 
@@ -49,7 +49,7 @@ class TextEncoderUnlearning:
         self.concepts, self.config, self.images = concepts, config, images
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        names = [n for n, m in pipe.text_encoder.named_modules() if isinstance(m, torch.nn.Linear)]
+        names = layer_names(pipe.text_encoder, (torch.nn.Linear,))
         last = max(int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n)
         return {"text_encoder": [n for n in names if n.endswith(("mlp.fc1", "mlp.fc2"))
                                  or (f"layers.{last}.self_attn." in n)]}
