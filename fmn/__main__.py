@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--concept", action="append", required=True, help="what to erase (repeatable)")
     e.add_argument("--method", default="fmn", choices=["fmn", "esd-x", "esd-u", "text-encoder", "uce"])
     e.add_argument("--images", help="a folder of 1-20 images of the concept (fmn, text-encoder)")
-    e.add_argument("--replace-with", help="steer toward this concept instead of nothing (uce)")
+    e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     e.add_argument("--seed", type=int, default=0)

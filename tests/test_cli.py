@@ -74,6 +74,8 @@ def test_erase_bad_input(tiny_dirs, tmp_path):
         (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
         (["--concept", "circle", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
+        (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with", "square",
+          "--out", "p.safetensors"], "leave the uploads out"),
         (["--concept", "circle", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"], "broken.png is not a readable image"),
         (["--concept", "circle", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"], "no such file"),
     ]

@@ -26,7 +26,7 @@ def test_esd_x_moves_the_concept_toward_negative_guidance():
     with torch.no_grad():
         refs = method.references(pipe, gen)
     idx = torch.arange(0, len(refs.latents), 3)
-    target = refs.eps_uncond[idx] - (refs.eps_concept[idx] - refs.eps_uncond[idx])
+    target = refs.eps_guide[idx] - (refs.eps_concept[idx] - refs.eps_guide[idx])
     concept_before = predictions(pipe, "circle", refs, idx)
     before = (concept_before - target).pow(2).mean()
     seen = []
@@ -39,6 +39,19 @@ def test_esd_x_moves_the_concept_toward_negative_guidance():
     # (what the erasure spares is a question for a trained model: see the embedded-model tests)
     assert all(k.startswith("unet.") and ".attn2." in k for k in patch.tensors)
     activate(pipe, [])
+
+
+@pytest.mark.parametrize("method, small", [("fmn", {"references": 1, "reference_steps": 2}),
+                                           ("esd-x", {"sample_steps": 4, "trajectories": 2})])
+def test_a_replacement_is_the_unedited_model_on_the_same_latent(method, small):
+    """A concept guided to itself starts on target (the fresh patch is the unedited model, and the
+    guide's target is the unedited model at the same noisy latent), guided to nothing it does not."""
+    losses = {}
+    for guide in ("circle", None):
+        seen = []
+        erase(tiny_pipeline(), ["circle"], method, replace_with=guide, on_progress=seen.append, steps=1, **small)
+        losses[guide] = seen[0].loss
+    assert losses["circle"] < 1e-4 * losses[None], losses
 
 
 def test_esd_u_changes_everything_but_attn2():

@@ -8,6 +8,7 @@ import pytest
 
 from fmn.bench.quality import found_rates, probes
 from fmn.erase import METHODS, erase
+from fmn.generate import generate_many
 from fmn.patch import activate, detach
 
 PROMPTS = 10  # per set: one image is 10 points
@@ -23,7 +24,7 @@ REACHED = {
     ("esd-x", "triangle"): {"after": 0.3, "in_kind": 0.1, "cross_kind": 0.3},  # 20 %, 0, -20
     ("esd-x", "Tobble"): {"after": 0.4, "in_kind": 0.2, "cross_kind": 0.2},  # 30 %, -10, -10
     ("esd-u", "triangle"): {"after": 1.0, "in_kind": 0.2, "cross_kind": 0.2},  # 90 %, -10, -10
-    ("esd-u", "Tobble"): {"after": 0.5, "in_kind": 0.7, "cross_kind": 0.5},  # 40 %, -60, -40
+    ("esd-u", "Tobble"): {"after": 0.1, "in_kind": 1.0, "cross_kind": 0.4},  # 0 %, -90, -30: every character goes
     ("text-encoder", "triangle"): {"after": 0.1, "in_kind": 0.2, "cross_kind": 0.3},  # 0 %, -10, -20
 }
 
@@ -52,3 +53,25 @@ def test_method_erases_the_concept_and_keeps_the_rest(embedded, judge, baselines
     assert after["erased"] <= bar["after"] + 1e-9, (after, before)
     for key in lost:
         assert lost[key] <= bar[key] + 1e-9, (key, after, before)
+
+
+REPLACED = {"shows": 0.80, "left": 0.20}  # the replacement on >= 80 % of the concept's prompts, the concept on <= 20 %
+# ESD-u, which hardly erases the triangle (above), does not replace it either: heart 0 %, triangle 70 %
+REPLACED_REACHED = {"esd-u": {"shows": 0.0, "left": 0.8}}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_replaces_the_concept_with_another(embedded, judge, method):
+    """Concept correction (--replace-with): prompts that ask for a triangle get a heart."""
+    prompts = [p.text for p in probes("object", "triangle", PROMPTS).erased]
+    erase(embedded, ["triangle"], method, replace_with="heart", name="judged")
+    activate(embedded, ["judged"])
+    try:
+        verdicts = judge(generate_many(embedded, prompts, list(range(len(prompts))), 25))
+    finally:
+        activate(embedded, [])
+        detach(embedded, "judged")
+    shows, left = (sum(v.has(name) for v in verdicts) / len(verdicts) for name in ("heart", "triangle"))
+    print(f"{method} triangle -> heart: heart on {shows:.0%}, triangle on {left:.0%}")  # README's figures (pytest -s)
+    bar = REPLACED_REACHED.get(method, REPLACED)
+    assert shows >= bar["shows"] and left <= bar["left"], (shows, left)

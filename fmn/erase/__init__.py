@@ -67,15 +67,16 @@ def make_method(method: str, concepts: list[str], images=None, replace_with: str
     """The method object with its default settings, some overridden; raises ValueError on bad values.
 
     ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for the methods that learn from
-    images; ``replace_with``: a concept to steer toward instead of nothing (UCE's guide).
+    images; ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``).
     """
     concepts = _check(concepts, method, overrides)
     if images is not None and method not in USES_IMAGES:
         raise ValueError(f"{method} learns from the model itself and takes no images; "
                          f"upload images with {' or '.join(sorted(USES_IMAGES))}.")
-    if replace_with:
-        if method != "uce":
-            raise ValueError(f"Replacing a concept is not supported yet by {method}; use uce.")
+    if replace_with and replace_with.strip():
+        if method == "text-encoder" and images is not None:
+            raise ValueError("text-encoder, replacing a concept, learns from images of the replacement that it "
+                             "draws itself; leave the uploads out, or erase without a replacement.")
         overrides["guide"] = replace_with.strip()
     instance = METHODS[method](concepts, images)
     known = {f.name for f in fields(instance.config)}

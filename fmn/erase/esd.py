@@ -2,6 +2,8 @@
 
 The edited model, prompted with the concept, learns to predict what the original model
 predicts when guided *away* from it: target = eps*(z,t,"") - eta * (eps*(z,t,c) - eps*(z,t,"")).
+With a guide concept g (concept correction, ``guide``), g takes the empty prompt's place, so the
+concept is steered away from itself and toward g: target = eps*(z,t,g) - eta * (eps*(z,t,c) - eps*(z,t,g)).
 ESD-x trains the cross-attention (attn2) only, for concepts tied to a word (styles, names);
 ESD-u trains everything else, for concepts that must go whatever the wording.
 
@@ -34,6 +36,7 @@ class ESDConfig:
     rank: int = 4
     batch: int = 4
     trajectories: int = 8  # ours: sampled once by the frozen model, reused by every step
+    guide: str = ""  # steer toward this concept instead of away to nothing ("": the paper's empty prompt)
     cache_trajectories: bool = True  # False: the paper's fresh trajectory per step (many frozen forwards)
     sample_steps: int = 50  # paper: 50 DDIM steps
     guidance: float = 3.0  # paper: guidance of about 3 while sampling the trajectories
@@ -50,7 +53,7 @@ class Trajectories:
 
     latents: torch.Tensor  # (N, 4, h, w)
     timesteps: torch.Tensor  # (N,)
-    eps_uncond: torch.Tensor  # (N, 4, h, w)
+    eps_guide: torch.Tensor  # (N, 4, h, w) at the empty prompt, or the guide concept
     eps_concept: torch.Tensor  # (N, 4, h, w)
     concept: torch.Tensor  # (N,) index into `embeddings`
     embeddings: torch.Tensor  # (concepts, 77, D)
@@ -63,7 +66,7 @@ class Live:
     unedited: StableDiffusionPipeline  # a frozen copy, or the pipeline itself (its adapter is switched off)
     scheduler: DDIMScheduler
     embeddings: torch.Tensor  # (concepts, 77, D)
-    empty: torch.Tensor  # (1, 77, D)
+    guide: torch.Tensor  # (1, 77, D): the empty prompt, or the guide concept
 
 
 class ESD:
@@ -80,27 +83,28 @@ class ESD:
         z = torch.randn((n, unet.config.in_channels, side, side), generator=generator)
         return z.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
 
-    def _trajectory(self, unet, scheduler: DDIMScheduler, z: torch.Tensor, empty: torch.Tensor, cond: torch.Tensor):
-        """Yields (t, z, eps_uncond, eps_concept) at every step of the guided DDIM sampling from z."""
-        text = torch.cat([empty.expand(len(z), -1, -1), cond[None].expand(len(z), -1, -1)])
+    def _trajectory(self, unet, scheduler: DDIMScheduler, z: torch.Tensor, guide: torch.Tensor, cond: torch.Tensor):
+        """Yields (t, z, eps_guide, eps_concept) at every step of the DDIM sampling from z, guided
+        toward the concept and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
+        text = torch.cat([guide.expand(len(z), -1, -1), cond[None].expand(len(z), -1, -1)])
         for t in scheduler.timesteps:
-            eps_u, eps_c = unet(torch.cat([z, z]), t, text).sample.chunk(2)
-            yield t, z, eps_u, eps_c
-            z = scheduler.step(eps_u + self.config.guidance * (eps_c - eps_u), t, z).prev_sample
+            eps_g, eps_c = unet(torch.cat([z, z]), t, text).sample.chunk(2)
+            yield t, z, eps_g, eps_c
+            z = scheduler.step(eps_g + self.config.guidance * (eps_c - eps_g), t, z).prev_sample
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories | Live:
         cfg, unet = self.config, pipe.unet
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         scheduler.set_timesteps(cfg.sample_steps)
         concepts = encode(pipe, self.concepts)  # (C, 77, D)
-        empty = encode(pipe, [""])  # (1, 77, D)
+        guide = encode(pipe, [cfg.guide])  # (1, 77, D)
         if not cfg.cache_trajectories:
-            return Live(pipe, scheduler, concepts, empty)
-        rows = {k: [] for k in ("latents", "timesteps", "eps_uncond", "eps_concept", "concept")}
+            return Live(pipe, scheduler, concepts, guide)
+        rows = {k: [] for k in ("latents", "timesteps", "eps_guide", "eps_concept", "concept")}
         for i, cond in enumerate(concepts):
             z = self._noise(unet, cfg.trajectories, generator, scheduler)
-            for t, z, eps_u, eps_c in self._trajectory(unet, scheduler, z, empty, cond):
-                for key, value in (("latents", z), ("eps_uncond", eps_u), ("eps_concept", eps_c)):
+            for t, z, eps_g, eps_c in self._trajectory(unet, scheduler, z, guide, cond):
+                for key, value in (("latents", z), ("eps_guide", eps_g), ("eps_concept", eps_c)):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
                 rows["concept"].append(torch.full((len(z),), i))
@@ -108,7 +112,7 @@ class ESD:
 
     def _cached(self, refs: Trajectories, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, len(refs.latents), (self.config.batch,), generator=generator)
-        return (refs.latents[idx], refs.timesteps[idx], refs.eps_uncond[idx], refs.eps_concept[idx],
+        return (refs.latents[idx], refs.timesteps[idx], refs.eps_guide[idx], refs.eps_concept[idx],
                 refs.embeddings[refs.concept[idx]])
 
     @torch.no_grad()
@@ -118,15 +122,15 @@ class ESD:
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
         with frozen(refs.unedited) as unedited:
             z = self._noise(unedited.unet, self.config.batch, generator, refs.scheduler)
-            steps = self._trajectory(unedited.unet, refs.scheduler, z, refs.empty, refs.embeddings[which])
-            for i, (t, z, eps_u, eps_c) in enumerate(steps):
+            steps = self._trajectory(unedited.unet, refs.scheduler, z, refs.guide, refs.embeddings[which])
+            for i, (t, z, eps_g, eps_c) in enumerate(steps):
                 if i == stop:
                     break
-        return z, t.repeat(len(z)), eps_u, eps_c, refs.embeddings[which].expand(len(z), -1, -1)
+        return z, t.repeat(len(z)), eps_g, eps_c, refs.embeddings[which].expand(len(z), -1, -1)
 
     def loss(self, pipe: StableDiffusionPipeline, refs: Trajectories | Live, generator: torch.Generator) -> torch.Tensor:
         draw = self._cached if self.config.cache_trajectories else self._fresh
-        latents, timesteps, eps_u, eps_c, text = draw(refs, generator)
-        target = eps_u - self.config.eta * (eps_c - eps_u)
+        latents, timesteps, eps_g, eps_c, text = draw(refs, generator)
+        target = eps_g - self.config.eta * (eps_c - eps_g)
         pred = pipe.unet(latents, timesteps.to(pipe.device), text).sample
         return torch.nn.functional.mse_loss(pred.float(), target.float())

@@ -11,6 +11,10 @@ The optional first stage (``inversion_steps`` > 0) learns new input embeddings f
 concept's words from the references by textual inversion (`fmn.inversion`); training
 prompts then name the concept half the time with its own embeddings and half the time
 with the learned ones, so what the images show is erased as well as what the name says.
+
+Concept correction (``guide``, the paper's identity A -> identity B): instead of toward zero,
+the concept's maps are pulled toward the unedited model's maps of the guide's words (their
+mean over the guide's tokens) on a prompt that names the guide, at the same noisy latent.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from diffusers import StableDiffusionPipeline
 from ..attention import install
 from ..inversion import InversionConfig, inverted, invert
 from .common import attn2_modules, encode, reference_latents, unet_modules_except_attn2
+from .loop import frozen
 
 __all__ = ["FMNConfig", "ForgetMeNot", "concept_positions"]
 
@@ -38,6 +43,7 @@ class FMNConfig:
     references: int = 10  # paper: 10 images of the concept
     reference_steps: int = 25  # denoising steps when the unedited model draws the references
     template: str = "a photo of {}"  # paper's default prompt for references and training
+    guide: str = ""  # steer the concept's attention toward this concept's ("": toward nothing, the paper)
     inversion_steps: int = 0  # stage 1, off by default (official: 500 steps, batch 1)
     inversion_lr: float = 1e-3  # official
     preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
@@ -61,6 +67,8 @@ class References:
     embeddings: torch.Tensor  # (V, C, 77, D): one training prompt per concept, V = 2 with inversion
     positions: list[list[int]]  # the concept's token positions in each prompt
     concept: torch.Tensor  # (N,) which concept each latent shows
+    guide: torch.Tensor | None = None  # (1, 77, D): the prompt naming the guide, if any
+    guide_positions: list[int] | None = None  # the guide's token positions in it
 
 
 class ForgetMeNot:
@@ -93,7 +101,20 @@ class ForgetMeNot:
                 with inverted(pipe, learned):
                     rows.append(encode(pipe, prompts[i:i + 1]))
             embeddings.append(torch.cat(rows))
-        return References(latents, torch.stack(embeddings), positions, concept)
+        refs = References(latents, torch.stack(embeddings), positions, concept)
+        if cfg.guide:
+            prompt = cfg.template.format(cfg.guide)
+            refs.guide, refs.guide_positions = encode(pipe, [prompt]), concept_positions(pipe.tokenizer, prompt, cfg.guide)
+        return refs
+
+    @torch.no_grad()
+    def _guide_maps(self, pipe: StableDiffusionPipeline, refs: References, zt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """Per attn2 layer, the unedited model's map of the guide's words: (batch * heads, pixels, 1)."""
+        maps = []
+        with frozen(pipe), install(pipe.unet, lambda name, probs, attn: maps.append(
+                probs[..., refs.guide_positions].float().mean(-1, keepdim=True))):
+            pipe.unet(zt, t, refs.guide)
+        return maps
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         i = int(torch.randint(0, len(refs.latents), (1,), generator=generator))
@@ -102,9 +123,15 @@ class ForgetMeNot:
         noise = torch.randn(z0.shape, generator=generator).to(z0)
         t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (1,), generator=generator).to(pipe.device)
         zt = pipe.scheduler.add_noise(z0, noise, t)
-        squares = []
         positions = refs.positions[which]
         variant = int(torch.randint(0, 2, (1,), generator=generator)) if len(refs.embeddings) > 1 else 0  # name or learned words
-        with install(pipe.unet, lambda name, probs, attn: squares.append(probs[..., positions].float().pow(2).sum())):
+        targets = self._guide_maps(pipe, refs, zt, t) if refs.guide is not None else None
+        squares = []
+
+        def sink(name, probs, attn):
+            maps = probs[..., positions].float()
+            squares.append((maps if targets is None else maps - targets[len(squares)]).pow(2).sum())
+
+        with install(pipe.unet, sink):
             pipe.unet(zt, t, refs.embeddings[variant, which:which + 1])
         return torch.stack(squares).sum().sqrt()

@@ -5,6 +5,9 @@ images of the concept, prompted by the concept inside random templates, pushes t
 encoder to stop describing it: ``loss = -|| eps_theta(z_t, t, E_phi(prompt)) - eps ||^2``.
 The released configuration trains the feed-forward layers of every block and the last
 block's self-attention; image latents are computed once.
+
+With a guide concept (``guide``, concept correction), the references are images of the guide and
+the same loss is descended instead: the text encoder learns to make the concept's prompts mean the guide.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class TextEncoderConfig:
     reference_steps: int = 25
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    guide: str = ""  # make the concept's prompts mean this concept ("": unlearn them, the paper)
     preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
     preserve_weight: float = 30.0  # ours: gradient ascent is unbounded, so the term that holds it back weighs more
     seed: int = 0
@@ -56,7 +60,7 @@ class TextEncoderUnlearning:
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         cfg = self.config
-        prompts = [TEMPLATES[0].format(c) for c in self.concepts]
+        prompts = [TEMPLATES[0].format(cfg.guide or c) for c in self.concepts]
         latents = reference_latents(pipe, prompts, cfg.references, cfg.reference_steps, generator, self.images)
         concept = (torch.zeros(len(latents), dtype=torch.long) if self.images is not None
                    else torch.arange(len(prompts)).repeat_interleave(cfg.references))
@@ -70,4 +74,5 @@ class TextEncoderUnlearning:
         noise = torch.randn(z0.shape, generator=generator).to(z0)
         t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(idx),), generator=generator).to(pipe.device)
         pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, prompts)).sample
-        return -torch.nn.functional.mse_loss(pred.float(), noise.float())
+        sign = 1.0 if self.config.guide else -1.0  # descend toward the guide's images, or ascend away from the concept's
+        return sign * torch.nn.functional.mse_loss(pred.float(), noise.float())
