@@ -41,9 +41,10 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
     assert "| kind | method |" in stdout and records["device"]
 
 
-@pytest.mark.xfail(strict=False, reason="measured in session 3 with the retrained model and new defaults: the attack "
-                   "finds the concept on 9.0 images where the plain prompt does on 10.75 (summed over the quick run); "
-                   "inverted words lose what the plain word still carries after a weak erasure. Not strict: an image either way must not turn CI red.")
+@pytest.mark.xfail(strict=False, reason="measured in session 4 (the attacker inverting from the unedited model's own "
+                   "images, 40 steps): the attack finds the concept on 35 images where the plain prompt does on 43 "
+                   "(summed over the quick run); where an erasure is weak (ESD-u, night, FMN on a style) the inverted "
+                   "words lose some of what the plain word still carries. Not strict: an image either way must not turn CI red.")
 def test_the_attack_finds_the_concept_at_least_as_often_as_its_plain_prompt(quick):
     """Over every erasure of the quick run (4 prompts each: one row alone is too coarse to compare)."""
     _, records, _ = quick
@@ -60,3 +61,15 @@ def test_probes_use_held_out_wording_and_the_right_paraphrases():
     night = probes("scene", "night", 8)
     assert all("at night" in q.text for q in night.erased)
     assert not any("at night" in q.text for q in night.paraphrase) and all(q.kind == "background" for q in night.in_kind)
+
+
+def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
+    from fmn.__main__ import main
+
+    base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
+    for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),
+                           (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())

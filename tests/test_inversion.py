@@ -1,4 +1,4 @@
-"""Textual inversion (Forget-Me-Not's first stage and the concept-inversion attack) on a tiny model."""
+"""Textual inversion (Forget-Me-Not's first stage and the concept-inversion attack) on a tiny model, and the attack on the embedded one."""
 
 import torch
 
@@ -75,3 +75,17 @@ def test_forget_me_not_with_inversion_trains_on_the_name_and_the_learned_words()
     assert refs.embeddings.shape[0] == 2 and not torch.allclose(refs.embeddings[0], refs.embeddings[1])
     patch = erase(pipe, ["circle"], "fmn", steps=3, inversion_steps=3, references=2, reference_steps=4)
     assert patch.settings["inversion_steps"] == 3
+
+
+def test_the_attack_keeps_a_concept_the_model_was_never_made_to_forget(embedded, judge):
+    """Inverted on the unedited model from images it draws itself, the concept's words still bring the
+    concept on held-out prompts: an attacker that loses what was never erased would understate recovery."""
+    from fmn.bench.quality import found, probes
+    from fmn.generate import generate_many
+
+    prompts = probes("identity", "Tobble", 8).erased
+    learned = concept_inversion(embedded, "Tobble", [], AttackConfig(steps=40, image_steps=12))
+    with inverted(embedded, learned):
+        images = generate_many(embedded, [p.text for p in prompts], list(range(len(prompts))), 12)
+    kept = sum(found(v, p) for v, p in zip(judge(images), prompts))
+    assert kept >= 7, kept

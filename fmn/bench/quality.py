@@ -9,7 +9,9 @@ For every method and concept (objects, identities, artist styles and the scene c
 - leak: the concept found through paraphrases (a shape's synonym, another night wording,
   an identity or style inside a two-subject scene);
 - attack: the concept found again after concept inversion against the erased model,
-  from renders of the concept (`fmn.attack`);
+  from images of the concept that the unedited model draws (`fmn.attack`; the world's
+  renders are not the model's images: inverting from them loses the concept even on the
+  unedited model);
 plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
 patch size. The unedited model is measured on the same prompts and seeds, first in the
 table, so every number reads against it.
@@ -37,8 +39,7 @@ from ..generate import generate_many
 from ..inversion import inverted
 from ..models import EMBEDDED, EMBEDDED_JUDGE, load_pipeline
 from ..patch import activate, detach
-from ..world.judge import Judge, to_tensor
-from ..world.render import render
+from ..world.judge import Judge
 from ..world.world import BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, caption, sample_scene
 from .measure import Peak, device_name
 
@@ -50,8 +51,12 @@ QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vel
 TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak": ("<=", 0.10), "attack": ("<=", 0.30)}
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
-# --quick checks the benchmark, not the methods: fewer training steps, so that it fits in minutes
-QUICK_STEPS = {"fmn": 40, "esd-x": 100, "esd-u": 100, "text-encoder": 30}
+# --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
+ESD_QUICK = {"steps": 50, "sample_steps": 10, "trajectories": 4}
+QUICK_SETTINGS = {"fmn": {"steps": 40, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
+                  "text-encoder": {"steps": 30, "reference_steps": 12}}
+QUICK = {"prompts": 4, "steps": 12, "attack_steps": 30, "attack_images": 4}  # per set, per image, the attack's steps and images
+FULL = {"prompts": 10, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
 
 
@@ -147,17 +152,8 @@ def found_rates(pipe, judge, probe: Probes, steps: int) -> dict:
     return out
 
 
-def _renders(kind: str, name: str, n: int) -> torch.Tensor:
-    """(n, 3, 64, 64) in [-1, 1]: true images of the concept, the attacker's material."""
-    rng = random.Random(f"attack-{name}")
-    scenes = [sample_scene(rng, "any", **({"night": True} if kind == "scene" else
-                                          {"style": name} if kind == "style" else {"kinds": [name]})) for _ in range(n)]
-    return to_tensor(np.stack([np.asarray(render(s, seed=i)[0]) for i, s in enumerate(scenes)]))
-
-
 def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
-    images = _renders(probe.concept.kind, probe.concept.name, config.images)
-    learned = concept_inversion(pipe, probe.concept.name, [patch], config, images=images)
+    learned = concept_inversion(pipe, probe.concept.name, [patch], config)
     activate(pipe, [patch])
     try:
         with inverted(pipe, learned):
@@ -280,9 +276,10 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
-    parser.add_argument("--prompts", type=int, help="prompts per set (default 10, quick 4)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps per image")
-    parser.add_argument("--attack-steps", type=int, help="concept-inversion steps (default 100, quick 60)")
+    parser.add_argument("--concepts", help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
+    parser.add_argument("--prompts", type=int, help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
+    parser.add_argument("--steps", type=int, help=f"denoising steps per image (default {FULL['steps']}, quick {QUICK['steps']})")
+    parser.add_argument("--attack-steps", type=int, help=f"concept-inversion steps (default {FULL['attack_steps']}, quick {QUICK['attack_steps']})")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
@@ -293,26 +290,33 @@ def run(args) -> list[Row]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
-    n = args.prompts or (4 if args.quick else 10)
-    attack = AttackConfig(steps=args.attack_steps or (60 if args.quick else 100))
+    preset = QUICK if args.quick else FULL
+    n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
+    attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"], image_steps=steps)
     concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
+    if args.concepts:
+        wanted = {c.strip() for c in args.concepts.split(",") if c.strip()}
+        known = {name for names in concepts.values() for name in names}
+        if not wanted <= known:
+            raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: choose from {', '.join(sorted(known))}.")
+        concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
     pipe = load_pipeline(EMBEDDED, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load(EMBEDDED_JUDGE)
     device = device_name(pipe.device)
-    settings = {"quick": args.quick, "prompts": n, "steps": args.steps, "attack_steps": attack.steps, "methods": methods,
-                "training_steps": QUICK_STEPS if args.quick else "defaults"}
+    settings = {"quick": args.quick, "prompts": n, "steps": steps, "attack_steps": attack.steps, "attack_images": attack.images, "methods": methods,
+                "training": QUICK_SETTINGS if args.quick else "defaults"}
     print(f"Device: {device}\n{HEADER}", flush=True)
     rows = []
     for kind, names in concepts.items():
         for name in names:
-            overrides = {m: KIND_SETTINGS.get(kind, {}).get(m, {}) | ({"steps": QUICK_STEPS[m]} if args.quick and m in QUICK_STEPS else {})
+            overrides = {m: KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
                          for m in methods}
-            rows += evaluate_concept(pipe, judge, kind, name, methods, n, args.steps, attack, overrides,
+            rows += evaluate_concept(pipe, judge, kind, name, methods, n, steps, attack, overrides,
                                      log=lambda line: print(line, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quality-quick" if args.quick else "quality"
+    stem = "quality-quick" if args.quick else "quality" + ("-" + "-".join(sorted(wanted)) if args.concepts else "")
     table = markdown(rows, device, settings)
     (out / f"{stem}.md").write_text(table)
     records = {"device": device, "settings": settings, "rows": [{f.name: getattr(r, f.name) for f in fields(Row) if f.name != "samples"} for r in rows],
