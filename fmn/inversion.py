@@ -7,13 +7,16 @@ attack (an embedding that brings an erased concept back, learned against the era
 The learned vectors replace the input embeddings of the concept's own tokens wherever they
 occur in a prompt (`inverted`), so prompts are written as usual and the model's vocabulary,
 tokenizer and weights are never changed. Only the vectors train, on the ordinary denoising
-loss of the images' latents under prompts that name the concept (Gal et al. 2022).
+loss of the images' latents under prompts that name the concept (Gal et al. 2022). Given a
+`score` (as diffusers' textual-inversion script validates by sampling images every few steps),
+the vectors that scored best, the starting ones included, are the result.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -31,6 +34,7 @@ class InversionConfig:
     lr: float = 5e-3  # textual inversion's usual step size for one embedding
     batch: int = 4
     seed: int = 0
+    score_every: int = 0  # with a `score`: steps between scorings (0: only the start and the end)
 
 
 @dataclass
@@ -65,11 +69,14 @@ def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
 
 
 def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, config: InversionConfig = InversionConfig(),
-           on_step=None) -> Inverted:
+           on_step=None, score: Callable[[Inverted], float] | None = None, prompts: list[str] | None = None) -> Inverted:
     """Learns vectors for the concept's tokens so that prompts naming it denoise `latents` (N, 4, h, w).
 
     Starts from the tokens' own embeddings; runs on the pipeline as it is now (with whatever
     patches are active), which is what the attack wants. `on_step(step, total, loss)`.
+    `prompts` name the concept while it trains (default: TEMPLATES around its name).
+    `score(learned)`, higher is better, picks the result among the start, every
+    `config.score_every` steps and the end; without it the result is the last step's.
     """
     token_ids = concept_token_ids(pipe, concept)
     pipe.unet.requires_grad_(False)  # only the vectors learn
@@ -77,20 +84,33 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
     table = pipe.text_encoder.get_input_embeddings().weight
     vectors = table[token_ids].detach().clone().float().requires_grad_(True)
     learned = Inverted(token_ids, vectors)
+    prompts = prompts or [t.format(concept) for t in TEMPLATES]
+    scored: list[tuple[float, Inverted]] = []
+
+    def keep_score(step: int) -> None:
+        if score and (step in (0, config.steps) or (config.score_every and step % config.score_every == 0)):
+            snapshot = Inverted(token_ids, vectors.detach().clone())
+            with torch.no_grad():
+                scored.append((score(snapshot), snapshot))
+
     optimizer = torch.optim.AdamW([vectors], lr=config.lr, weight_decay=0.0)
     generator = torch.Generator("cpu").manual_seed(config.seed)
+    keep_score(0)
     for step in range(1, config.steps + 1):
         idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
-        prompts = [TEMPLATES[int(k)].format(concept) for k in torch.randint(0, len(TEMPLATES), (config.batch,), generator=generator)]
+        batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=generator).to(z0)
         t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (config.batch,), generator=generator).to(pipe.device)
         with inverted(pipe, learned):
-            pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, prompts)).sample
+            pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, batch_prompts)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if on_step:
             on_step(step, config.steps, loss.item())
+        keep_score(step)
+    if scored:
+        return max(scored, key=lambda pair: pair[0])[1]
     return Inverted(token_ids, vectors.detach())

@@ -41,12 +41,9 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
     assert "| kind | method |" in stdout and records["device"]
 
 
-@pytest.mark.xfail(strict=False, reason="measured in session 4 (the attacker inverting from the unedited model's own "
-                   "images, 40 steps): the attack finds the concept on 35 images where the plain prompt does on 43 "
-                   "(summed over the quick run); where an erasure is weak (ESD-u, night, FMN on a style) the inverted "
-                   "words lose some of what the plain word still carries. Not strict: an image either way must not turn CI red.")
 def test_the_attack_finds_the_concept_at_least_as_often_as_its_plain_prompt(quick):
-    """Over every erasure of the quick run (4 prompts each: one row alone is too coarse to compare)."""
+    """Over every erasure of the quick run (4 prompts each: one row alone is too coarse to compare).
+    The attacker keeps the best words its eye saw, the name's own among them, so it cannot end weaker."""
     _, records, _ = quick
     erased = [r for r in records["rows"] if r["method"] != "unedited"]
     attacked, plain = sum(r["attack"] for r in erased), sum(1 - r["UA"] for r in erased)

@@ -11,7 +11,8 @@ For every method and concept (objects, identities, artist styles and the scene c
 - attack: the concept found again after concept inversion against the erased model,
   from images of the concept that the unedited model draws (`fmn.attack`; the world's
   renders are not the model's images: inverting from them loses the concept even on the
-  unedited model);
+  unedited model). The attacker words the concept as the training captions do, and the
+  judge is its eye: it keeps the words that drew the concept most surely while it learned;
 plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
 patch size. The unedited model is measured on the same prompts and seeds, first in the
 table, so every number reads against it.
@@ -40,7 +41,8 @@ from ..inversion import inverted
 from ..models import EMBEDDED, EMBEDDED_JUDGE, load_pipeline
 from ..patch import activate, detach
 from ..world.judge import Judge
-from ..world.world import BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, caption, sample_scene
+from ..world.world import (BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, TRAIN_TEMPLATES,
+                           caption, sample_scene)
 from .measure import Peak, device_name
 
 __all__ = ["add_arguments", "run", "probes", "found_rates", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
@@ -52,9 +54,9 @@ TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak":
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
-ESD_QUICK = {"steps": 50, "sample_steps": 10, "trajectories": 4}
-QUICK_SETTINGS = {"fmn": {"steps": 40, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
-                  "text-encoder": {"steps": 30, "reference_steps": 12}}
+ESD_QUICK = {"steps": 30, "sample_steps": 10, "trajectories": 3}
+QUICK_SETTINGS = {"fmn": {"steps": 25, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
+                  "text-encoder": {"steps": 20, "reference_steps": 12}}
 QUICK = {"prompts": 4, "steps": 12, "attack_steps": 30, "attack_images": 4}  # per set, per image, the attack's steps and images
 FULL = {"prompts": 10, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
@@ -73,6 +75,7 @@ class Probes:
 
     concept: Prompt
     erased: list[Prompt]  # the concept on held-out prompts (UA, attack)
+    attacker: list[Prompt]  # the concept as the attacker words it: training templates, other scenes
     paraphrase: list[Prompt]  # leak
     in_kind: list[Prompt]  # IRA
     cross_kind: list[Prompt]  # CRA
@@ -102,15 +105,16 @@ def found(verdict, prompt: Prompt) -> bool:
     return verdict.has(prompt.name)
 
 
-def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wording: str | None = None) -> Prompt:
-    """A held-out-template caption of a random scene that shows `name`."""
+def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wording: str | None = None,
+             templates: list[str] = HELDOUT_TEMPLATES) -> Prompt:
+    """A caption (held-out template by default) of a random scene that shows `name`."""
     fixed = {"object": {"kinds": [name] + ([rng.choice([s for s in SHAPES if s != name])] if two else [])},
              "identity": {"kinds": [name] + ([rng.choice(list(SHAPES))] if two else [])},
              "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]} if two else {}),
              "scene": {"night": True},
              "background": {"background": name}}[kind]
     scene = sample_scene(rng, "any", **fixed)
-    text = caption(scene, rng.choice(HELDOUT_TEMPLATES), rng, synonyms=False)
+    text = caption(scene, rng.choice(templates), rng, synonyms=False)
     if kind == "scene":
         text = re.sub("|".join(NIGHT_WORDINGS), wording or "at night", text)
     return Prompt(text, "scene" if kind == "scene" else kind, name)
@@ -123,6 +127,8 @@ def _synonym(prompt: Prompt) -> Prompt:
 def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
     rng = random.Random(f"{seed}-{name}")
     erased = [_caption(rng, kind, name) for _ in range(n)]
+    own = random.Random(f"{seed}-{name}-attacker")  # its own draws: the other sets stay as they were
+    attacker = [_caption(own, kind, name, templates=TRAIN_TEMPLATES) for _ in range(n)]
     if kind == "object":
         paraphrase = [_synonym(_caption(rng, kind, name)) for _ in range(n)]
     elif kind == "scene":
@@ -133,7 +139,7 @@ def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
                else [("background", b) for b in BACKGROUNDS if b != "plain"])
     cross = [(k, o) for k in NAMES if k not in (kind, "scene") for o in NAMES[k]]
     pick = lambda pairs: [_caption(rng, *pairs[i % len(pairs)]) for i in range(n)]  # noqa: E731
-    return Probes(Prompt(name, kind, name), erased, paraphrase, pick(in_kind), pick(cross))
+    return Probes(Prompt(name, kind, name), erased, attacker, paraphrase, pick(in_kind), pick(cross))
 
 
 def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt]) -> float:
@@ -153,7 +159,11 @@ def found_rates(pipe, judge, probe: Probes, steps: int) -> dict:
 
 
 def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
-    learned = concept_inversion(pipe, probe.concept.name, [patch], config)
+    """Recovery: the erased prompts again, their concept's words read as the attacker learned them.
+    The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
+    name = probe.concept.name
+    looks_like = lambda images: float(np.mean([v.prob(name) for v in judge(images)]))  # noqa: E731
+    learned = concept_inversion(pipe, name, [patch], config, looks_like=looks_like, prompts=[p.text for p in probe.attacker])
     activate(pipe, [patch])
     try:
         with inverted(pipe, learned):
@@ -316,7 +326,9 @@ def run(args) -> list[Row]:
                                      log=lambda line: print(line, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quality-quick" if args.quick else "quality" + ("-" + "-".join(sorted(wanted)) if args.concepts else "")
+    run_names = sorted(name for names in concepts.values() for name in names)
+    subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
+    stem = "quality-quick" if args.quick else "quality" + subset
     table = markdown(rows, device, settings)
     (out / f"{stem}.md").write_text(table)
     records = {"device": device, "settings": settings, "rows": [{f.name: getattr(r, f.name) for f in fields(Row) if f.name != "samples"} for r in rows],
