@@ -111,7 +111,7 @@ def _load_judge():
     return Judge.load(EMBEDDED_JUDGE)
 
 
-def _judge(pipe):
+def judge_for(pipe):
     """The shapes world's judge (loaded once per process), or None for other models."""
     return _load_judge() if world_of(pipe) is not None and EMBEDDED_JUDGE.exists() else None
 
@@ -131,7 +131,7 @@ def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 
         after.append(studio.generate(settings, list(seeds), patches=patches, learned=learned))
         if on_image:
             on_image(i + 1, len(probes))
-    judge = _judge(studio.pipe)
+    judge = judge_for(studio.pipe)
     scores = None
     if judge is not None:
         scores = []

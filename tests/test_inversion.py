@@ -89,3 +89,22 @@ def test_the_attack_keeps_a_concept_the_model_was_never_made_to_forget(embedded,
         images = generate_many(embedded, [p.text for p in prompts], list(range(len(prompts))), 12)
     kept = sum(found(v, p) for v, p in zip(judge(images), prompts))
     assert kept >= 7, kept
+
+
+def test_the_studio_attacks_with_the_judge_as_its_eye_on_the_shapes_world(monkeypatch):
+    """The app's "Try to break it" keeps the words the judge finds the concept in most surely, as the
+    benchmark's attacker does; a word the judge does not know is attacked blind."""
+    import fmn.studio
+    from fmn.world.render import render
+    from fmn.world.world import Scene, Thing
+
+    studio = fmn.studio.Studio(device="cpu")
+    patch = studio.erase(["circle"], "uce")
+    eyes = []
+    monkeypatch.setattr(fmn.studio, "concept_inversion", lambda *args: eyes.append(args[-1]))
+    studio.attack("circle", [patch])
+    studio.attack("dragon", [patch])
+    eye, blind = eyes
+    circles = [render(Scene([Thing("circle", c, 32, 32, 24)]))[0] for c in ("red", "blue")]
+    squares = [render(Scene([Thing("square", c, 32, 32, 24)]))[0] for c in ("red", "blue")]
+    assert blind is None and eye(circles) > 0.9 > 0.1 > eye(squares)

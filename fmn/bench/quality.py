@@ -54,10 +54,10 @@ TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak":
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
-ESD_QUICK = {"steps": 30, "sample_steps": 10, "trajectories": 3}
-QUICK_SETTINGS = {"fmn": {"steps": 25, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
+ESD_QUICK = {"steps": 20, "sample_steps": 10, "trajectories": 2}
+QUICK_SETTINGS = {"fmn": {"steps": 20, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
                   "text-encoder": {"steps": 20, "reference_steps": 12}}
-QUICK = {"prompts": 4, "steps": 12, "attack_steps": 30, "attack_images": 4}  # per set, per image, the attack's steps and images
+QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}  # per set, per image, the attack's steps and images
 FULL = {"prompts": 10, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
 
@@ -162,8 +162,7 @@ def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps:
     """Recovery: the erased prompts again, their concept's words read as the attacker learned them.
     The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
     name = probe.concept.name
-    looks_like = lambda images: float(np.mean([v.prob(name) for v in judge(images)]))  # noqa: E731
-    learned = concept_inversion(pipe, name, [patch], config, looks_like=looks_like, prompts=[p.text for p in probe.attacker])
+    learned = concept_inversion(pipe, name, [patch], config, looks_like=judge.sureness(name), prompts=[p.text for p in probe.attacker])
     activate(pipe, [patch])
     try:
         with inverted(pipe, learned):

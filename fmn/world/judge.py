@@ -144,6 +144,13 @@ class Judge:
             "subjects": SUBJECTS, "colours": COLOUR_NAMES, "style": STYLE_CLASSES, "background": BACKGROUND_CLASSES}}))
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, folder / "model.safetensors")
 
+    def knows(self, label: str) -> bool:
+        return label in NIGHT_ALIASES or label in {*SUBJECTS, *COLOUR_NAMES, *STYLE_CLASSES, *BACKGROUND_CLASSES}
+
+    def sureness(self, label: str):
+        """How surely images show `label`, on average: the attacker's eye on the shapes world."""
+        return lambda images: float(np.mean([v.prob(label) for v in self(images)]))
+
     @torch.no_grad()
     def __call__(self, images: list[Image.Image] | np.ndarray, batch_size: int = 256) -> list[Verdict]:
         x = to_tensor(images)
