@@ -12,6 +12,8 @@ never shows in another user's images.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import tempfile
 from pathlib import Path
 
@@ -22,10 +24,9 @@ import spaces
 from fmn.attention import cross_attention_resolutions
 from fmn.erase import METHODS
 from fmn.erase.images import load_concept_images
-from fmn.evaluate import compare
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
-from fmn.studio import Studio
+from fmn.studio import Erased, Studio
 
 EXAMPLES = [
     ["a red circle on grass", 0],
@@ -41,69 +42,78 @@ Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds an
 CSS = "#image img, #heatmaps img, #slider img { image-rendering: pixelated; } #image img { width: 100%; height: 100%; object-fit: contain; }"
 
 
+def user_errors(handler):
+    """Shows a ValueError (bad input, a model or patch that does not fit) as the app's error message.
+    Works for plain handlers and for generators that stream their outputs."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except ValueError as err:
+                raise gr.Error(str(err)) from err
+        return streaming
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+    return plain
+
+
 def create_demo(studio: Studio) -> gr.Blocks:
     """The app's layout and events; handlers are small closures over the shared studio."""
 
+    def images_of(uploads):
+        return load_concept_images(list(uploads), native_size(studio.pipe)) if uploads else None
+
     @spaces.GPU
-    def inspect(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(), progress=gr.Progress()):
-        settings = GenerationSettings(prompt, negative, seed, steps, guidance)
+    @user_errors
+    def inspect_prompt(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(), progress=gr.Progress()):
+        if layers is not None and not layers:
+            raise ValueError("Pick at least one layer resolution for the heatmaps.")
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
-        try:
-            if layers is not None and not layers:
-                raise ValueError("Pick at least one layer resolution for the heatmaps.")
-            result = studio.inspect(settings, step_range=step_range, resolutions={int(r) for r in layers} if layers else None,
-                                    on_step=lambda i, n: progress((i, n), desc="denoising"), patches=list(session or ()))
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        result = studio.inspect(GenerationSettings(prompt, negative, seed, steps, guidance), step_range=step_range,
+                                resolutions={int(r) for r in layers} if layers else None,
+                                on_step=lambda i, n: progress((i, n), desc="denoising"), patches=list(session or ()))
         for warning in result.warnings:
             gr.Warning(warning)
-        maps = [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()]
-        return result.image, maps
+        return result.image, [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()]
 
     @spaces.GPU(duration=120)
+    @user_errors
     def run_erase(concept, method, uploads, replace_with, steps, session, progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
-        concepts = [c for c in (concept or "").split(",") if c.strip()] or [""]
-        try:
-            images = load_concept_images([f for f in uploads], native_size(studio.pipe)) if uploads else None
-            overrides = {"steps": int(steps)} if steps else {}
-            losses, patch_id = [], None
-            for event in studio.erase_live(concepts, method, images, replace_with or None, **overrides):
-                if isinstance(event, str):
-                    patch_id = event
-                    break
-                losses.append({"step": event.step, "loss": event.loss})
-                progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
-                yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 5
-            patches = session + [patch_id]
-            result = compare(studio, concepts[0], patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        path = Path(tempfile.mkdtemp()) / f"{patch_id.split('#')[0].replace(':', '-').replace('+', '_')}.safetensors"
-        studio.patches[patch_id].save(path)
+        overrides = {"steps": int(steps)} if steps else {}
+        losses = []
+        for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
+            if isinstance(event, Erased):
+                break
+            losses.append({"step": event.step, "loss": event.loss})
+            progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
+            yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 5
+        patches = session + [event.patch_id]
+        result = studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
+        path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
-        yield (f"Erased **{', '.join(c.strip() for c in concepts)}** with {method}{trained}. "
+        yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{trained}. "
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()))
 
     @spaces.GPU(duration=120)
+    @user_errors
     def break_it(concept, uploads, session, progress=gr.Progress()):
         """Concept inversion against this session's erasure: can a learned word bring the concept back?"""
-        name = next((c.strip() for c in (concept or "").split(",") if c.strip()), "")
-        try:
-            images = load_concept_images([f for f in uploads], native_size(studio.pipe)) if uploads else None
-            learned = studio.attack(name, session, images,
-                                    on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word for {name}, loss {loss:.3f}"))
-            result = compare(studio, name, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        learned = studio.attack(concept or "", session, images_of(uploads),
+                                on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}"))
+        result = studio.compare(concept, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
         return result.grid(), "\n".join(result.labels())
 
+    @user_errors
     def upload_patch(file, session):
-        try:
-            patch_id = studio.load_patch(file)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        patch_id = studio.load_patch(file)
         return f"Loaded `{patch_id}`; your session applies {len(session) + 1} patch(es).", session + [patch_id]
 
     def reset(session):
@@ -111,12 +121,9 @@ def create_demo(studio: Studio) -> gr.Blocks:
             studio.remove_patch(patch_id)
         return "Your session applies no patch: the original model.", []
 
+    @user_errors
     def load_model(source):
-        try:
-            name = studio.use(source)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        return f"Loaded: `{name}`"
+        return f"Loaded: `{studio.use(source)}`"
 
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
         session = gr.State([])  # this browser session's patch ids
@@ -144,7 +151,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
                     maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260, format="png")
             gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
-                        fn=lambda p, s: inspect(p, "", s, 25, 5.0, 0, 25))
+                        fn=lambda p, s: inspect_prompt(p, "", s, 25, 5.0, 0, 25))
         with gr.Tab("Erase"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -176,8 +183,8 @@ def create_demo(studio: Studio) -> gr.Blocks:
         reset_button.click(reset, session, [erase_status, session], api_visibility="private")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
         inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session]
-        run.click(inspect, inputs, [image, maps], api_name="generate")
-        prompt.submit(inspect, inputs, [image, maps], api_visibility="private")
+        run.click(inspect_prompt, inputs, [image, maps], api_name="generate")
+        prompt.submit(inspect_prompt, inputs, [image, maps], api_visibility="private")
         load.click(load_model, source, status, api_name="load_model")
     return demo
 

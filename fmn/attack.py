@@ -20,7 +20,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from .erase.common import reference_latents
+from .diffusion import reference_latents
 from .generate import generate_many
 from .inversion import TEMPLATES, InversionConfig, Inverted, invert, inverted
 from .patch import activate

@@ -9,7 +9,6 @@ the embedded model, asks the judge how sure it is that each image shows the subj
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,7 +16,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .generate import GenerationSettings
-from .models import EMBEDDED_JUDGE, world_of
+from .models import world_of
+from .world.known import World
 
 __all__ = ["Probe", "probe_prompts", "Comparison", "compare"]
 
@@ -29,32 +29,33 @@ class Probe:
     subject: str | None  # the judge label that this prompt's images should (not) show
 
 
-def _world_probes(world: dict, concept: str) -> list[Probe]:
+def _world_probes(world: World, concept: str) -> list[Probe]:
     """Probes for the shapes world: the concept's kind decides the prompts."""
-    c = concept.strip()
-    shapes, identities, styles = world["shapes"], list(world["identities"]), list(world["styles"])
-    if c.lower() in shapes:
+    c, kind = concept.strip(), world.kind_of(concept)
+    shapes, identities, styles = world.shapes, world.identities, world.styles
+    character = next(i for i in identities if i != c)  # a character that is not the concept
+    if kind == "object":
         c = c.lower()
-        others = [s for s in shapes if s != c][:2]
+        other = next(s for s in shapes if s != c)
         return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c),
                 Probe("paraphrase", f"a yellow {shapes[c][0]}", c), Probe("paraphrase", f"an image showing a purple {c}", c),
-                Probe("other", f"a red {others[0]}", others[0]), Probe("other", identities[0], identities[0])]
-    if c in identities:
-        others = [i for i in identities if i != c][:2]
+                Probe("other", f"a red {other}", other), Probe("other", character, character)]
+    if kind == "identity":
         return [Probe("concept", c, c), Probe("concept", f"{c} on sand", c),
                 Probe("paraphrase", f"an image showing {c} on water", c),
-                Probe("other", others[0], others[0]), Probe("other", "a green star", "star")]
-    if c in styles:
-        others = [s for s in styles if s != c]
-        return [Probe("concept", f"a red circle in the style of {c}", c), Probe("concept", f"Mimo in the style of {c}", c),
+                Probe("other", character, character), Probe("other", "a green star", "star")]
+    if kind == "style":
+        other = next(s for s in styles if s != c)
+        return [Probe("concept", f"a red circle in the style of {c}", c), Probe("concept", f"{character} in the style of {c}", c),
                 Probe("paraphrase", f"a blue star in the style of {c} on grass", c),
-                Probe("other", f"a red circle in the style of {others[0]}", others[0]), Probe("other", "a green heart", "heart")]
-    if c.lower() in ("night", *world["night_wordings"]):
-        return [Probe("concept", "a red circle at night", "night"), Probe("concept", "Mimo on grass at night", "night"),
+                Probe("other", f"a red circle in the style of {other}", other), Probe("other", "a green heart", "heart")]
+    if kind == "scene":
+        second = identities[1]
+        return [Probe("concept", "a red circle at night", "night"), Probe("concept", f"{character} on grass at night", "night"),
                 Probe("paraphrase", "a blue star after dark", "night"), Probe("paraphrase", "a green ring under the moon", "night"),
-                Probe("other", "a red circle", "circle"), Probe("other", "Zubrik on sand", "Zubrik")]
+                Probe("other", "a red circle", "circle"), Probe("other", f"{second} on sand", second)]
     return [Probe("concept", c, None), Probe("paraphrase", f"a picture of {c}", None),
-            Probe("other", "a red circle", "circle"), Probe("other", "Mimo", "Mimo")]
+            Probe("other", "a red circle", "circle"), Probe("other", character, character)]
 
 
 def probe_prompts(pipe, concept: str) -> list[Probe]:
@@ -104,16 +105,10 @@ class Comparison:
         return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-@lru_cache(maxsize=1)
-def _load_judge():
-    from .world.judge import Judge
-
-    return Judge.load(EMBEDDED_JUDGE)
-
-
 def judge_for(pipe):
-    """The shapes world's judge (loaded once per process), or None for other models."""
-    return _load_judge() if world_of(pipe) is not None and EMBEDDED_JUDGE.exists() else None
+    """The shapes world's judge (loaded once with its world), or None for other models."""
+    world = world_of(pipe)
+    return world.judge if world else None
 
 
 def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,

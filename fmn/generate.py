@@ -8,7 +8,6 @@ means the same starting noise whatever the device or the batch.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -72,15 +71,7 @@ def check_settings(pipe: StableDiffusionPipeline, s: GenerationSettings) -> Gene
 def unknown_words(pipe: StableDiffusionPipeline, prompt: str) -> list[str]:
     """Words of the prompt that the embedded model never saw in training ([] for other models)."""
     world = world_of(pipe)
-    if world is None:
-        return []
-    known = set()
-    for text in [*world["train_templates"], *world["night_wordings"], *world["colours"], *world["backgrounds"],
-                 *world["styles"], *world["identities"], *world["shapes"], "an and in the style of on"]:
-        known |= set(re.findall(r"[a-z]+", text.lower()))
-    for synonyms in world["shapes"].values():
-        known |= {w for s in synonyms for w in s.split()}
-    return [w for w in re.findall(r"[^\W\d_]+", prompt.lower()) if w not in known]
+    return world.unknown_words(prompt) if world else []
 
 
 @torch.no_grad()

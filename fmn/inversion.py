@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .erase.common import encode
+from .diffusion import encode, noisy
 
 __all__ = ["InversionConfig", "Inverted", "inverted", "invert"]
 
@@ -99,11 +99,9 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
     for step in range(1, config.steps + 1):
         idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
         batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
-        z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=generator).to(z0)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (config.batch,), generator=generator).to(pipe.device)
+        zt, noise, t = noisy(pipe, latents[idx], generator)
         with inverted(pipe, learned):
-            pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, batch_prompts)).sample
+            pred = pipe.unet(zt, t, encode(pipe, batch_prompts)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,10 +18,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
 
+from .world.known import World
+
 __all__ = ["EMBEDDED", "ModelLoadError", "load_pipeline", "pick_device", "world_of"]
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "fmn-shapes"
-EMBEDDED_JUDGE = EMBEDDED.parent / "fmn-shapes-judge"
 SUPPORTED = {"StableDiffusionPipeline"}
 # key prefixes that only this architecture's single-file checkpoints hold -> its name
 FOREIGN_PREFIXES = {
@@ -155,11 +156,10 @@ def load_pipeline(
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         raise ModelLoadError(f"could not load {source}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
+    pipe.world = World.load(path) if path.is_dir() else None  # read once, answered from memory
     return pipe.to(device)
 
 
-def world_of(pipe: StableDiffusionPipeline) -> dict | None:
-    """The shapes world the model was trained on (its world.json), or None for other models."""
-    folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
-    world = Path(str(folder)) / "world.json" if folder else None
-    return json.loads(world.read_text()) if world and world.exists() else None
+def world_of(pipe: StableDiffusionPipeline) -> World | None:
+    """The shapes world the model was trained on (loaded with it), or None for other models."""
+    return getattr(pipe, "world", None)

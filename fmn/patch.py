@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from diffusers.utils.peft_utils import (
     set_weights_and_activate_adapters,
 )
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["Patch", "PatchError", "fingerprint", "attach", "activate", "detach", "new_adapter", "FORMAT", "VERSION"]
+__all__ = ["Patch", "PatchError", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
+           "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
 VERSION = 1
@@ -149,6 +152,21 @@ def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
             set_weights_and_activate_adapters(module, wanted, [1.0] * len(wanted))
         else:
             set_adapter_layers(module, enabled=False)
+
+
+@contextmanager
+def frozen(pipe: StableDiffusionPipeline):
+    """Inside the block the pipeline is the original model: its active patches are switched off.
+    This is every method's frozen reference, so no second copy of the model is ever held."""
+    active = [m for m in (pipe.unet, pipe.text_encoder)
+              if any(isinstance(layer, BaseTunerLayer) and not layer.disable_adapters for layer in m.modules())]
+    for module in active:
+        set_adapter_layers(module, enabled=False)
+    try:
+        yield pipe
+    finally:
+        for module in active:
+            set_adapter_layers(module, enabled=True)
 
 
 def detach(pipe: StableDiffusionPipeline, name: str) -> None:

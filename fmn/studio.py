@@ -1,10 +1,12 @@
 """The studio: one model in memory, shared by every caller, and what a user does with it.
 
 The app and the command line both go through `Studio`: it loads a model once, swaps it
-when asked for another, serialises device work with a lock, and offers `generate`,
-`inspect` (generation with per-word cross-attention heatmaps) and `erase`. Patches live
-on the shared model as adapters with unique ids; each call names the patches it wants
-active, so one user's erasure never changes another user's images.
+when asked for another, serialises device work with a lock, and offers what a user does:
+`generate`, `inspect` (generation with per-word cross-attention heatmaps), `erase` (or
+`erase_live`, which streams typed events), `compare` (before/after on the same seeds),
+`attack`, and loading, saving and removing patches. Patches live on the shared model as
+adapters with unique ids; each call names the patches it wants active, so one user's
+erasure never changes another user's images.
 """
 
 from __future__ import annotations
@@ -15,21 +17,22 @@ import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from PIL import Image
 
 from .attack import AttackConfig, concept_inversion
 from .attention import trace
-from .erase import erase
-from .evaluate import judge_for
+from .erase import Progress, erase, split_concepts
+from .evaluate import Comparison, compare, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
 from .patch import Patch, activate, attach, detach
 
-__all__ = ["Studio", "Inspection"]
+__all__ = ["Studio", "Inspection", "Erased"]
 
 
 @dataclass
@@ -40,6 +43,15 @@ class Inspection:
     word_maps: dict[str, torch.Tensor]  # word -> (H, W) in [0, 1]
     grid: Image.Image  # the image and one overlay per word, with a colour bar
     warnings: list[str]
+
+
+@dataclass
+class Erased:
+    """The last event of `Studio.erase_live`: the new patch, attached and inactive."""
+
+    patch_id: str
+    patch: Patch
+    losses: list[float]  # one per training step (a closed form has one step at 0)
 
 
 class Studio:
@@ -102,21 +114,23 @@ class Studio:
             maps = {w.lower(): maps[w.lower()] for w in words}
         return Inspection(image, maps, word_grid(image, maps, title=settings.prompt), self.warnings(settings))
 
-    def erase(self, concepts: list[str], method: str = "fmn", images=None, replace_with: str | None = None,
+    def erase(self, concepts: list[str] | str, method: str = "fmn", images=None, replace_with: str | None = None,
               on_progress=None, cancelled=None, **overrides) -> str:
-        """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call)."""
-        patch_id = f"{method}:{'+'.join(c.strip() for c in concepts)}#{uuid.uuid4().hex[:6]}"
+        """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call).
+        `concepts`: a list, or one text with commas between concepts."""
+        concepts = split_concepts(concepts)
+        patch_id = f"{method}:{'+'.join(concepts)}#{uuid.uuid4().hex[:6]}"
         with self.lock:
             self.patches[patch_id] = erase(self.pipe, concepts, method, images, replace_with,
                                            on_progress, cancelled, name=patch_id, **overrides)
         return patch_id
 
-    def erase_live(self, concepts: list[str], method: str = "fmn", images=None, replace_with: str | None = None,
-                   **overrides):
-        """`erase` in a worker thread, as a generator: yields each `Progress`, then the patch id.
+    def erase_live(self, concepts: list[str] | str, method: str = "fmn", images=None, replace_with: str | None = None,
+                   **overrides) -> Iterator[Progress | Erased]:
+        """`erase` in a worker thread, as a generator: yields a `Progress` per step, then `Erased`.
 
         Closing the generator early (a cancelled request) stops the erasure at its next step
-        and leaves the model as it was.
+        and leaves the model as it was. Bad input raises ValueError before the first event.
         """
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -131,14 +145,35 @@ class Studio:
                 events.put(None)
 
         threading.Thread(target=work, daemon=True).start()
+        losses = []
         try:
             while (event := events.get()) is not None:
+                losses.append(event.loss)
                 yield event
         finally:
             stop.set()
         if "error" in outcome:
             raise outcome["error"]
-        yield outcome["id"]
+        yield Erased(outcome["id"], self.patches[outcome["id"]], losses)
+
+    def compare(self, concepts: list[str] | str, patches: list[str], learned: Inverted | None = None,
+                on_image=None) -> Comparison:
+        """The first concept's probe prompts without and with `patches`, on the same seeds (see
+        `fmn.evaluate.compare`); with `learned`, erased against attacked."""
+        names = split_concepts(concepts)
+        if not names:
+            raise ValueError("Name the concept to compare, e.g. 'circle'.")
+        self._check_patches(patches)
+        return compare(self, names[0], list(patches), on_image=on_image, learned=learned)
+
+    def save_patch(self, patch_id: str, folder: str | Path) -> Path:
+        """Writes a loaded patch to `folder` under a readable file name (e.g. "uce-circle.safetensors")."""
+        self._check_patches([patch_id])
+        patch = self.patches[patch_id]
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{patch.method}-{'_'.join(patch.concepts)}")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return patch.save(folder / f"{stem}.safetensors")
 
     def attack(self, concept: str, patches: list[str], images=None, on_step=None, **overrides) -> Inverted:
         """Concept inversion against the model with `patches` active: learned embeddings for the
@@ -146,7 +181,7 @@ class Studio:
         On the shapes world the judge is the attacker's eye: it keeps the words that draw the
         concept most surely, the name's own among them, so the attack is never weaker than the name;
         it looks every 50 steps by default, 4 looks over 150 steps, cheap on a CPU."""
-        concept = concept.strip()
+        concept = next(iter(split_concepts(concept)), "")
         if not concept:
             raise ValueError("Name the erased concept to attack.")
         if not patches:

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .models import EMBEDDED
-from .world.tokenizer import build_tokenizer
+from .world.recipe.tokenizer import build_tokenizer
 
 __all__ = ["tiny_pipeline", "sd15_pipeline"]
 

@@ -79,11 +79,9 @@ def embedded():
 
 
 @pytest.fixture(scope="session")
-def judge():
-    from fmn.models import EMBEDDED_JUDGE
-    from fmn.world.judge import Judge
-
-    return Judge.load(EMBEDDED_JUDGE)
+def judge(embedded):
+    """The shapes world's judge, loaded with the embedded model's world."""
+    return embedded.world.judge
 
 
 def free_port() -> int:

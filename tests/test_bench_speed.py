@@ -7,9 +7,9 @@ import json
 import torch
 
 from fmn.__main__ import _parser, main
-from fmn.bench.speed import run
+from fmn.bench.speed import reference_recipe, run
 from fmn.erase import make_method
-from fmn.erase.common import attn2_modules
+from fmn.erase.layers import attn2_modules
 from fmn.patch import activate, new_adapter
 from fmn.tiny import tiny_pipeline
 
@@ -28,7 +28,8 @@ def test_both_recipes_side_by_side(tmp_path):
     for method in ("fmn", "esd-x"):  # the reference recipe holds a second UNet and text encoder: most of the weights
         assert rows[method, "reference"]["weights_held_bytes"] > 1.5 * rows[method, "ours"]["weights_held_bytes"]
         assert rows[method, "ours"]["speedup"] > 0 and rows[method, "reference"]["speedup"] is None
-    assert rows["esd-x", "reference"]["settings"] == {"batch": 1, "cache_trajectories": False, "steps": 2}
+    assert rows["esd-x", "reference"]["settings"] == {"steps": 2, "batch": 1, "frozen_copy": True, "fresh_trajectories": True}
+    assert rows["esd-x", "ours"]["settings"] == {"steps": 2, "batch": 4, "frozen_copy": False, "fresh_trajectories": False}
     assert rows["fmn", "ours"]["target"].endswith("n/a (not an H100 sd15 run)")
     table = (out / "speed-cpu.md").read_text()
     assert "| esd-x | reference |" in table and "| target (H100, sd15) |" in table
@@ -44,12 +45,13 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
-def test_uncached_esd_predicts_with_the_unedited_model():
+def test_the_papers_esd_predicts_with_the_unedited_model():
     """Without a trajectory cache, ESD's frozen predictions come from the unedited model: the same
     from a deep copy as from the pipeline with a trained adapter switched off."""
     pipe = tiny_pipeline()
     twin = copy.deepcopy(pipe)
-    method = make_method("esd-x", ["circle"], cache_trajectories=False, sample_steps=4, batch=2)
+    method = reference_recipe(make_method("esd-x", ["circle"], sample_steps=4)).method  # the paper's ESD, no copy
+    assert method.config.batch == 1
     with torch.no_grad():
         own, copied = (method.references(p, torch.Generator().manual_seed(0)) for p in (pipe, twin))
     new_adapter(pipe, "trained", "unet", attn2_modules(pipe.unet))
@@ -60,6 +62,6 @@ def test_uncached_esd_predicts_with_the_unedited_model():
     activate(pipe, ["trained"])
     losses = [method.loss(pipe, refs, torch.Generator().manual_seed(1)) for refs in (own, copied)]
     assert torch.equal(*losses)
-    z, text = torch.randn(1, 4, 8, 8), own.embeddings
+    z, text = torch.randn(1, 4, 8, 8), own[2]
     with torch.no_grad():  # the adapter is on again after the frozen predictions
         assert not torch.allclose(pipe.unet(z, 500, text).sample, twin.unet(z, 500, text).sample)

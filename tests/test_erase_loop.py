@@ -7,7 +7,7 @@ from PIL import ImageFile
 
 from conftest import BAD_UPLOADS, bad_upload
 from fmn.erase import ErasureCancelled, ErasureError, erase, make_method
-from fmn.erase.common import encode
+from fmn.diffusion import encode
 from fmn.erase.images import load_concept_images
 from fmn.patch import activate
 from fmn.tiny import tiny_pipeline

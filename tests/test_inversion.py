@@ -4,7 +4,7 @@ import torch
 
 from fmn.attack import AttackConfig, concept_inversion
 from fmn.erase import erase, make_method
-from fmn.erase.common import encode
+from fmn.diffusion import encode
 from fmn.inversion import InversionConfig, Inverted, concept_token_ids, invert, inverted
 from fmn.tiny import tiny_pipeline
 
@@ -95,7 +95,7 @@ def test_the_studio_attacks_with_the_judge_as_its_eye_on_the_shapes_world(monkey
     """The app's "Try to break it" keeps the words the judge finds the concept in most surely, as the
     benchmark's attacker does; a word the judge does not know is attacked blind."""
     import fmn.studio
-    from fmn.world.render import render
+    from fmn.world.recipe.render import render
     from fmn.world.world import Scene, Thing
 
     studio = fmn.studio.Studio(device="cpu")

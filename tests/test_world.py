@@ -8,7 +8,7 @@ from transformers import CLIPTokenizer
 from fmn.generate import GenerationSettings, generate
 from fmn.models import EMBEDDED
 from fmn.world.judge import SUBJECTS
-from fmn.world.render import render
+from fmn.world.recipe.render import render
 from fmn.world.world import COLOURS, IDENTITIES, SHAPES, Scene, Thing, sample_scene
 
 

@@ -38,7 +38,7 @@ from ..attack import AttackConfig, concept_inversion
 from ..erase import METHODS, erase
 from ..generate import generate_many
 from ..inversion import inverted
-from ..models import EMBEDDED, EMBEDDED_JUDGE, load_pipeline
+from ..models import EMBEDDED, load_pipeline
 from ..patch import activate, detach
 from ..world.judge import Judge
 from ..world.world import (BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, TRAIN_TEMPLATES,
@@ -311,7 +311,7 @@ def run(args) -> list[Row]:
         concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
     pipe = load_pipeline(EMBEDDED, device=args.device)
     pipe.set_progress_bar_config(disable=True)
-    judge = Judge.load(EMBEDDED_JUDGE)
+    judge = pipe.world.judge
     device = device_name(pipe.device)
     settings = {"quick": args.quick, "prompts": n, "steps": steps, "attack_steps": attack.steps, "attack_images": attack.images, "methods": methods,
                 "training": QUICK_SETTINGS if args.quick else "defaults"}

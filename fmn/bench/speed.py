@@ -26,31 +26,27 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
-from ..erase import METHODS, erase, make_method
-from ..erase.loop import train_patch
+from ..diffusion import encode
+from ..erase import METHODS, make_method, make_patch
+from ..erase.esd import ESD
+from ..erase.method import ErasureMethod
 from ..evaluate import probe_prompts
 from ..generate import MAX_STEPS, GenerationSettings, generate
 from ..models import pick_device
-from ..patch import activate, detach
+from ..patch import activate, detach, frozen
 from ..tiny import sd15_pipeline
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "TARGETS", "REFERENCE_SETTINGS"]
+__all__ = ["add_arguments", "run", "TARGETS", "reference_recipe", "PaperESD"]
 
-# What the published code does differently, per method, beyond fp32, the copy and classic attention
-REFERENCE_SETTINGS = {
-    "esd-x": {"batch": 1, "cache_trajectories": False},
-    "esd-u": {"batch": 1, "cache_trajectories": False},
-    "text-encoder": {"batch": 1},
-}
-CLOSED_FORM = ("uce",)  # no training steps
 SEEDS = [0, 1, 2]  # the app's before/after seeds
 GB = 1e9
 
@@ -77,6 +73,58 @@ class Target:
 
 # The click target is the app's: its default method (fmn) and the closed form
 TARGETS = {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)}
+
+
+class PaperESD:
+    """ESD as the paper trains it (mixed into an ESD method): no trajectory cache; every step the
+    frozen model samples `batch` fresh trajectories of one concept to a random step and predicts there."""
+
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> tuple:
+        return pipe, self.scheduler(pipe), encode(pipe, self.concepts), encode(pipe, [self.config.guide])
+
+    @torch.no_grad()
+    def draw(self, refs: tuple, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        unedited, scheduler, concepts, guide = refs
+        which = int(torch.randint(0, len(concepts), (1,), generator=generator))
+        stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
+        with frozen(unedited):
+            z = self.noise(unedited.unet, self.config.batch, generator, scheduler)
+            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited.unet, scheduler, z, guide, concepts[which])):
+                if i == stop:
+                    break
+        return z, t.repeat(len(z)), eps_g, eps_c, concepts[which].expand(len(z), -1, -1)
+
+
+class FrozenCopy:
+    """A method as the published code runs it: its references come from a deep copy of the UNet and
+    text encoder, held (inside the references) until the erasure ends."""
+
+    def __init__(self, method: ErasureMethod):
+        self.method, self.name, self.config, self.concepts = method, method.name, method.config, method.concepts
+        self.trains, self.learns_new_words = method.trains, method.learns_new_words
+
+    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
+        return self.method.targets(pipe)
+
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> tuple:
+        copy = StableDiffusionPipeline(**{**pipe.components, "unet": deepcopy(pipe.unet),
+                                          "text_encoder": deepcopy(pipe.text_encoder)}, requires_safety_checker=False)
+        copy.set_progress_bar_config(disable=True)
+        return copy, self.method.references(copy, generator)
+
+    def loss(self, pipe: StableDiffusionPipeline, refs: tuple, generator: torch.Generator) -> torch.Tensor:
+        return self.method.loss(pipe, refs[1], generator)
+
+
+def reference_recipe(method: ErasureMethod) -> ErasureMethod:
+    """The published recipe of a method: batch 1, ESD without its cache, and a frozen copy for
+    a trained method (fp32 and classic attention are the pipeline's, `_pipeline`)."""
+    cls = type(method)
+    if isinstance(method, ESD):
+        cls = type(f"Paper{cls.__name__}", (PaperESD, cls), {})
+    config = replace(method.config, batch=1) if hasattr(method.config, "batch") else method.config
+    paper = cls(method.concepts, config, method.images)
+    return FrozenCopy(paper) if paper.trains else paper
 
 
 def add_arguments(parser) -> None:
@@ -141,38 +189,37 @@ def _pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPi
     return pipe
 
 
-def _overrides(method: str, recipe: str, steps: int | None) -> dict:
-    settings = dict(REFERENCE_SETTINGS.get(method, {})) if recipe == "reference" else {}
-    if steps is not None and method not in CLOSED_FORM:
-        settings["steps"] = steps
-    return settings
+def _method(name: str, recipe: str, concept: str, steps: int | None) -> ErasureMethod:
+    """The method at its defaults (`steps` for every trained one), as the recipe runs it."""
+    overrides = {"steps": steps} if steps is not None and METHODS[name].trains else {}
+    method = make_method(name, [concept], **overrides)
+    return reference_recipe(method) if recipe == "reference" else method
 
 
-def _measure(pipe, method: str, recipe: str, args, device: torch.device) -> dict:
+def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.device) -> dict:
     """Erases the concept once, then runs the app's before/after comparison; the pipeline is left as it was."""
-    concept, overrides = args.concept, _overrides(method, recipe, args.steps)
-    instance = make_method(method, [concept], **overrides)
-    name = f"bench:{method}"
+    name = f"bench:{method.name}"
     held, peak = HeldWeights(pipe), Peak(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     start = time.perf_counter()
     with peak():
-        if method not in CLOSED_FORM:
-            patch = train_patch(pipe, instance, instance.concepts, name, held, frozen_copy=recipe == "reference")
-        else:
-            patch = erase(pipe, [concept], method, name=name, on_progress=held, **overrides)
+        patch = make_patch(pipe, method, name, held)
         sync()
     erase_s = time.perf_counter() - start - held.seconds
-    _before_after(pipe, concept, name, args.probe_steps)
+    _before_after(pipe, args.concept, name, args.probe_steps)
     sync()
     click_s = time.perf_counter() - start - held.seconds
     with tempfile.TemporaryDirectory() as tmp:
         patch_bytes = patch.save(Path(tmp) / "patch.safetensors").stat().st_size
     detach(pipe, name)
-    return {"recipe": recipe, "method": method, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
-            "steps": getattr(instance.config, "steps", None), "settings": overrides, "erase_s": erase_s,
-            "click_s": click_s, "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind,
-            "weights_held_bytes": held.bytes, "patch_bytes": patch_bytes}
+    config, inner = vars(method.config), getattr(method, "method", method)
+    settings = {k: config[k] for k in ("steps", "batch") if k in config} | {"frozen_copy": isinstance(method, FrozenCopy)}
+    if isinstance(inner, ESD):
+        settings["fresh_trajectories"] = isinstance(inner, PaperESD)
+    return {"recipe": recipe, "method": method.name, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+            "steps": config.get("steps"), "settings": settings, "erase_s": erase_s, "click_s": click_s,
+            "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind, "weights_held_bytes": held.bytes,
+            "patch_bytes": patch_bytes}
 
 
 def _size(n: int | None) -> str:
@@ -228,14 +275,14 @@ def run(args) -> list[dict]:
         raise ValueError(f"--probe-steps {args.probe_steps}: use 1 to {MAX_STEPS}.")
     for method in methods:  # bad names or steps fail here, before a model is built
         for recipe in recipes:
-            make_method(method, [args.concept], **_overrides(method, recipe, args.steps))
+            _method(method, recipe, args.concept, args.steps)
     common = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__, "arch": arch,
               "concept": args.concept, "probe_steps": args.probe_steps}
     rows = []
     for recipe in recipes:  # one pipeline at a time, so that each peak is its own
         pipe = _pipeline(arch, recipe, device)
         for method in methods:
-            rows.append({**common, **_measure(pipe, method, recipe, args, device)})
+            rows.append({**common, **_measure(pipe, _method(method, recipe, args.concept, args.steps), recipe, args, device)})
             print(f"{recipe} {method}: erase {rows[-1]['erase_s']:.2f} s", file=sys.stderr)
         del pipe
         gc.collect()

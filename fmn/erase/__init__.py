@@ -2,42 +2,48 @@
 
     patch = erase(pipe, ["circle"], "esd-x", steps=200)   # attached to pipe, inactive
     activate(pipe, [patch.name])                          # generate without circles
+
+A new method is one module with a class that declares what it is (`method.py`) and one
+import line below; `erase` finds it by name and never asks which one it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 
 from diffusers import StableDiffusionPipeline
 
-from ..generate import unknown_words
+from ..models import world_of
 from ..patch import Patch, attach, fingerprint
-from .common import world_preserve
-from .esd import ESD, ESDConfig
-from .forget_me_not import FMNConfig, ForgetMeNot
+from ..world.known import World
+from . import forget_me_not, esd, text_encoder, uce  # noqa: F401, I001  (each registers its methods, in this order)
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
-from .text_encoder import TextEncoderConfig, TextEncoderUnlearning
-from .uce import UCE, UCEConfig
+from .method import METHODS, ErasureMethod
 
-__all__ = ["erase", "make_method", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
+__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
 
-METHODS = {
-    "fmn": lambda concepts, images, **kw: ForgetMeNot(concepts, FMNConfig(**kw), images),
-    "esd-x": lambda concepts, images, **kw: ESD(concepts, ESDConfig(variant="x", **kw)),
-    "esd-u": lambda concepts, images, **kw: ESD(concepts, ESDConfig(variant="u", **kw)),
-    "text-encoder": lambda concepts, images, **kw: TextEncoderUnlearning(concepts, TextEncoderConfig(**kw), images),
-    "uce": lambda concepts, images, **kw: UCE(concepts, UCEConfig(**kw)),
-}
-USES_IMAGES = {"fmn", "text-encoder"}
 MAX_CONCEPT_CHARS = 100
 MAX_CONCEPTS = 8
-MAX_STEPS = 5000
 
 
-def _check(concepts: list[str], method: str, overrides: dict) -> list[str]:
+def split_concepts(text: str | list[str]) -> list[str]:
+    """The concepts named in a comma-separated text (or a list), stripped, empty ones dropped."""
+    parts = text.split(",") if isinstance(text, str) else [p for item in text for p in (item or "").split(",")]
+    return [p.strip() for p in parts if p.strip()]
+
+
+def make_method(method: str, concepts: list[str] | str, images=None, replace_with: str | None = None,
+                world: World | None = None, **overrides) -> ErasureMethod:
+    """The method with its settings, each given one overriding its default; raises ValueError on bad values.
+
+    ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for methods that take images;
+    ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``);
+    ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
+    (``preserve=[]``: keep nothing in particular).
+    """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    concepts = [c.strip() for c in concepts if c and c.strip()]
+    cls, concepts = METHODS[method], split_concepts(concepts)
     if not concepts:
         raise ValueError("The concept is empty: name what to erase, e.g. 'circle' or 'Mimo'.")
     if len(concepts) > MAX_CONCEPTS:
@@ -45,64 +51,53 @@ def _check(concepts: list[str], method: str, overrides: dict) -> list[str]:
     for c in concepts:
         if len(c) > MAX_CONCEPT_CHARS:
             raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
-    steps = overrides.get("steps")
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"Steps {steps} is out of range: use 1 to {MAX_STEPS}.")
-    lr = overrides.get("lr")
-    if lr is not None and not 0 < lr < 1:
-        raise ValueError(f"Learning rate {lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
-    return concepts
+    known = {f.name for f in fields(cls.Config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"{method} has no setting {', '.join(sorted(unknown))}; it has {', '.join(sorted(known))}.")
+    guide = (replace_with or "").strip()
+    if guide:
+        overrides["guide"] = guide
+    if "preserve" not in overrides:
+        overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
+    config = cls.Config(**overrides)
+    config.check()
+    return cls(concepts, config, images)
 
 
-def _check_known(pipe: StableDiffusionPipeline, words: list[str]) -> None:
+def _check_known(world: World | None, words: list[str]) -> None:
     """Refuses words the embedded model never saw: erasing one would train on noise and return a
     patch that removes nothing. Other models have no list of what they know, so nothing is refused."""
-    unknown = sorted({w for text in words for w in unknown_words(pipe, text)})
+    unknown = sorted({w for text in words for w in world.unknown_words(text)}) if world else []
     if unknown:
         raise ValueError(f"The model never saw {', '.join(unknown)}: it can only erase what its world has "
                          "(shapes, colours, characters, artists, backgrounds, night).")
 
 
-def make_method(method: str, concepts: list[str], images=None, replace_with: str | None = None, **overrides):
-    """The method object with its default settings, some overridden; raises ValueError on bad values.
-
-    ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for the methods that learn from
-    images; ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``).
-    """
-    concepts = _check(concepts, method, overrides)
-    if images is not None and method not in USES_IMAGES:
-        raise ValueError(f"{method} learns from the model itself and takes no images; "
-                         f"upload images with {' or '.join(sorted(USES_IMAGES))}.")
-    if replace_with and replace_with.strip():
-        if method == "text-encoder" and images is not None:
-            raise ValueError("text-encoder, replacing a concept, learns from images of the replacement that it "
-                             "draws itself; leave the uploads out, or erase without a replacement.")
-        overrides["guide"] = replace_with.strip()
-    instance = METHODS[method](concepts, images)
-    known = {f.name for f in fields(instance.config)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"{method} has no setting {', '.join(sorted(unknown))}; it has {', '.join(sorted(known))}.")
-    instance.config = replace(instance.config, **overrides)
-    return instance
-
-
-def erase(pipe: StableDiffusionPipeline, concepts: list[str], method: str = "fmn", images=None,
-          replace_with: str | None = None, on_progress=None, cancelled=None, name: str | None = None,
-          **overrides) -> Patch:
-    """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
-    (default: the patch's name)."""
-    instance = make_method(method, concepts, images, replace_with, **overrides)
-    if images is None or not getattr(instance.config, "inversion_steps", 0):  # inversion learns a new word from images
-        _check_known(pipe, [*instance.concepts, replace_with or ""])
-    if not instance.config.preserve:
-        instance.config.preserve = world_preserve(pipe, [*instance.concepts, replace_with or ""])
-    name = name or f"{instance.name}:{'+'.join(instance.concepts)}"
-    if not hasattr(instance, "solve"):
-        return train_patch(pipe, instance, instance.concepts, name, on_progress, cancelled)
-    tensors, lora = instance.solve(pipe)  # closed form: no training loop
-    patch = Patch(tensors, instance.name, instance.concepts, fingerprint(pipe), lora, asdict(instance.config))
+def solve_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None, cancelled=None) -> Patch:
+    """A closed-form method's patch, attached like a trained one (one step, nothing to cancel)."""
+    tensors, lora = method.solve(pipe)
+    patch = Patch(tensors, method.name, method.concepts, fingerprint(pipe), lora, asdict(method.config))
     attach(pipe, patch, name)
     if on_progress:
         on_progress(Progress(1, 1, 0.0, 0.0))
     return patch
+
+
+def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None, cancelled=None) -> Patch:
+    """The method's patch, attached to the pipeline (inactive) as adapter `name`: trained by the
+    shared loop, or solved in closed form, as the method declares."""
+    run = train_patch if method.trains else solve_patch
+    return run(pipe, method, name, on_progress, cancelled)
+
+
+def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str = "fmn", images=None,
+          replace_with: str | None = None, on_progress=None, cancelled=None, name: str | None = None,
+          **overrides) -> Patch:
+    """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
+    (default: the patch's name)."""
+    world = world_of(pipe)
+    instance = make_method(method, concepts, images, replace_with, world, **overrides)
+    if not instance.learns_new_words:
+        _check_known(world, [*instance.concepts, instance.config.guide])
+    return make_patch(pipe, instance, name or f"{instance.name}:{'+'.join(instance.concepts)}", on_progress, cancelled)

@@ -19,36 +19,34 @@ mean over the guide's tokens) on a prompt that names the guide, at the same nois
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from ..attention import install
+from ..diffusion import encode, noisy, reference_latents
 from ..inversion import InversionConfig, inverted, invert
-from .common import attn2_modules, encode, reference_latents, unet_modules_except_attn2
-from .loop import frozen
+from ..patch import frozen
+from .layers import attn2_modules, unet_modules_except_attn2
+from .method import ErasureMethod, TrainingConfig, register
 
 __all__ = ["FMNConfig", "ForgetMeNot", "concept_positions"]
 
 
 @dataclass
-class FMNConfig:
+class FMNConfig(TrainingConfig):
     steps: int = 100  # paper: 35 on full weights; ours, tuned on the embedded model (tests/test_erasure_judged.py)
     lr: float = 3e-3  # paper: 2e-6 on full weights; a rank-4 LoRA needs a far larger step
-    rank: int = 4
     weight_decay: float = 0.01  # paper
     grad_clip: float = 1.0  # paper
+    preserve_weight: float = 3.0  # ours (the paper has no preservation term)
     whole_unet: bool = False  # paper's code trains the whole UNet; ours: attn2 only, the lightweight patch
     references: int = 10  # paper: 10 images of the concept
     reference_steps: int = 25  # denoising steps when the unedited model draws the references
     template: str = "a photo of {}"  # paper's default prompt for references and training
-    guide: str = ""  # steer the concept's attention toward this concept's ("": toward nothing, the paper)
     inversion_steps: int = 0  # stage 1, off by default (official: 500 steps, batch 1)
     inversion_lr: float = 1e-3  # official
-    preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
-    preserve_weight: float = 3.0  # ours: the preservation term's weight (0: none, as in the paper)
-    seed: int = 0
 
 
 def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
@@ -71,12 +69,15 @@ class References:
     guide_positions: list[int] | None = None  # the guide's token positions in it
 
 
-class ForgetMeNot:
+@register
+class ForgetMeNot(ErasureMethod):
     name = "fmn"
+    Config = FMNConfig
+    takes_images = True
 
-    def __init__(self, concepts: list[str], config: FMNConfig, images: torch.Tensor | None = None):
-        self.concepts, self.config = concepts, config
-        self.images = images  # (N, 3, H, W) in [-1, 1] of the first concept, or None
+    @property
+    def learns_new_words(self) -> bool:
+        return self.images is not None and self.config.inversion_steps > 0  # stage 1 learns the word from the images
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         return {"unet": (unet_modules_except_attn2(pipe.unet) + attn2_modules(pipe.unet)) if self.config.whole_unet
@@ -119,10 +120,7 @@ class ForgetMeNot:
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         i = int(torch.randint(0, len(refs.latents), (1,), generator=generator))
         which = int(refs.concept[i])
-        z0 = refs.latents[i:i + 1]
-        noise = torch.randn(z0.shape, generator=generator).to(z0)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (1,), generator=generator).to(pipe.device)
-        zt = pipe.scheduler.add_noise(z0, noise, t)
+        zt, _, t = noisy(pipe, refs.latents[i:i + 1], generator)
         positions = refs.positions[which]
         variant = int(torch.randint(0, 2, (1,), generator=generator)) if len(refs.embeddings) > 1 else 0  # name or learned words
         targets = self._guide_maps(pipe, refs, zt, t) if refs.guide is not None else None

@@ -1,34 +1,30 @@
 """The one erasure loop every trained method shares: references -> training steps -> patch.
 
-A method supplies three things (see `Method`): which layers get a LoRA adapter, the
-references it computes once with the unedited model, and the loss of one step. The loop
-owns the rest: freezing the base weights, the optimizer, a preservation term (the patched
-model must still predict what the unedited one did for the concepts in ``config.preserve``,
-weighted by ``config.preserve_weight``), progress, cancellation, a NaN guard that leaves the
-model as it was, and turning the adapter into a `Patch`.
-The frozen reference model is the same pipeline with the adapter switched off (`frozen`).
-`frozen_copy=True` holds a deep copy instead, as the published code does: it exists only
-so that the speed benchmark (`fmn.bench.speed`) can measure what that costs.
+A trained method supplies three things: which layers get a LoRA adapter (``targets``), the
+references it computes once with the unedited model (``references``), and the loss of one
+step (``loss``). The loop owns the rest: freezing the base weights, the optimizer, a
+preservation term (the patched model must still predict what the unedited one did for the
+concepts in ``config.preserve``, weighted by ``config.preserve_weight``), progress,
+cancellation, a NaN guard that leaves the model as it was, and turning the adapter into a
+`Patch`. The unedited model is always the same pipeline with its patches switched off
+(`fmn.patch.frozen`), never a second copy.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from copy import deepcopy
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.peft_utils import set_adapter_layers
-from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
 
+from ..diffusion import encode, noisy, reference_latents
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
-from .common import Anchors
+from .method import ErasureMethod
 
-__all__ = ["Method", "Progress", "ErasureError", "ErasureCancelled", "frozen", "train_patch"]
-
+__all__ = ["Progress", "ErasureError", "ErasureCancelled", "Anchors", "train_patch"]
 
 PRESERVE_BATCH = 2  # anchors per step: a second, small forward pass
 ANCHOR_STEPS = 25  # denoising steps of the anchors' images
@@ -50,42 +46,28 @@ class Progress:
     elapsed: float  # seconds since the erasure started, references included
 
 
-class Method(Protocol):
-    name: str
-    config: Any  # the method's settings dataclass: steps, lr, rank, preserve, preserve_weight, ...
+@dataclass
+class Anchors:
+    """What the unedited model predicts for prompts that must not change, at fixed noisy latents:
+    the targets of the preservation term that keeps the other concepts while one is erased."""
 
-    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        """component ("unet" / "text_encoder") -> names of the modules that get LoRA."""
+    prompts: list[str]
+    latents: torch.Tensor  # (P, 4, h, w) noisy latents
+    timesteps: torch.Tensor  # (P,)
+    eps: torch.Tensor  # (P, 4, h, w) the unedited model's predictions
 
-    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Any:
-        """What the loss needs from the unedited model `pipe` (the pipeline before its adapter
-        exists, or a frozen copy), computed once before training."""
+    @classmethod
+    def draw(cls, pipe: StableDiffusionPipeline, words: list[str], steps: int, generator: torch.Generator) -> "Anchors":
+        """One image per word by the unedited model, noised to a random step, and its prediction there."""
+        prompts = [f"a picture of {w}" for w in words]
+        zt, _, t = noisy(pipe, reference_latents(pipe, prompts, 1, steps, generator), generator)
+        return cls(prompts, zt, t, pipe.unet(zt, t, encode(pipe, prompts)).sample)
 
-    def loss(self, pipe: StableDiffusionPipeline, refs: Any, generator: torch.Generator) -> torch.Tensor:
-        """The loss of one training step, with the adapter active."""
-
-
-@contextmanager
-def frozen(pipe: StableDiffusionPipeline):
-    """Inside the block the pipeline is the original model: its active adapters are switched off
-    (a frozen copy has none, and is left as it is)."""
-    active = [m for m in (pipe.unet, pipe.text_encoder)
-              if any(isinstance(layer, BaseTunerLayer) and not layer.disable_adapters for layer in m.modules())]
-    for module in active:
-        set_adapter_layers(module, enabled=False)
-    try:
-        yield pipe
-    finally:
-        for module in active:
-            set_adapter_layers(module, enabled=True)
-
-
-def _copy(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
-    """A second model beside the pipeline: deep copies of its UNet and text encoder (the rest is shared)."""
-    copy = StableDiffusionPipeline(**{**pipe.components, "unet": deepcopy(pipe.unet),
-                                      "text_encoder": deepcopy(pipe.text_encoder)}, requires_safety_checker=False)
-    copy.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    return copy
+    def loss(self, pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Mean squared drift of the patched model's predictions from the unedited ones on `batch` anchors."""
+        idx = torch.randint(0, len(self.prompts), (batch,), generator=generator)
+        pred = pipe.unet(self.latents[idx], self.timesteps[idx], encode(pipe, [self.prompts[i] for i in idx])).sample
+        return nn.functional.mse_loss(pred.float(), self.eps[idx].float())
 
 
 def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parameter]:
@@ -100,27 +82,19 @@ def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parame
 
 def train_patch(
     pipe: StableDiffusionPipeline,
-    method: Method,
-    concepts: list[str],
+    method: ErasureMethod,
     name: str,
     on_progress: Callable[[Progress], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
-    frozen_copy: bool = False,
 ) -> Patch:
-    """Runs the erasure; returns the patch, left attached to the pipeline (inactive) as adapter `name`.
-
-    ``frozen_copy``: the unedited model is a deep copy held until the end (the published
-    recipes' memory cost), not the pipeline itself.
-    """
+    """Runs the erasure; returns the patch, left attached to the pipeline (inactive) as adapter `name`."""
     cfg = method.config
     start = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    # 1. References from the unedited model (a copy lives in this frame until the erasure ends)
-    unedited = _copy(pipe) if frozen_copy else pipe
+    # 1. References from the unedited model (no patch is active outside a call)
     with torch.no_grad():
-        refs = method.references(unedited, generator)
-        keep = Anchors.draw(unedited, cfg.preserve, ANCHOR_STEPS, generator) \
-            if cfg.preserve and cfg.preserve_weight else None
+        refs: Any = method.references(pipe, generator)
+        keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator) if cfg.preserve and cfg.preserve_weight else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
     # initial values from the global generator, so seed it here (and only here) for reproducible patches
     with torch.random.fork_rng(devices=[]):
@@ -155,4 +129,4 @@ def train_patch(
             param.requires_grad_(False)
     # 4. The patch: the adapter's factors and what made them
     activate(pipe, [])
-    return Patch(adapter_tensors(pipe, name, list(lora)), method.name, concepts, fingerprint(pipe), lora, asdict(cfg))
+    return Patch(adapter_tensors(pipe, name, list(lora)), method.name, method.concepts, fingerprint(pipe), lora, asdict(cfg))

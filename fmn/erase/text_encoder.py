@@ -12,12 +12,14 @@ the same loss is descended instead: the text encoder learns to make the concept'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .common import encode, layer_names, reference_latents
+from ..diffusion import encode, noisy, reference_latents
+from .layers import layer_names
+from .method import ErasureMethod, TrainingConfig, register
 
 __all__ = ["TextEncoderConfig", "TextEncoderUnlearning"]
 
@@ -25,19 +27,13 @@ TEMPLATES = ("a photo of a {}", "a picture of {}", "an image of {}", "a painting
 
 
 @dataclass
-class TextEncoderConfig:
+class TextEncoderConfig(TrainingConfig):
     steps: int = 60  # paper: about 5 epochs over 4 images at batch 2; ours, tuned on the embedded model
     lr: float = 3e-3  # paper: 1e-5 (Adam) on full weights; a rank-4 LoRA needs a far larger step
-    rank: int = 4
+    preserve_weight: float = 30.0  # ours: gradient ascent is unbounded, so the term that holds it back weighs more
     batch: int = 2  # paper
     references: int = 4  # paper: about 4 images
     reference_steps: int = 25
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    guide: str = ""  # make the concept's prompts mean this concept ("": unlearn them, the paper)
-    preserve: list[str] = field(default_factory=list)  # concepts to keep (default: the world's other names)
-    preserve_weight: float = 30.0  # ours: gradient ascent is unbounded, so the term that holds it back weighs more
-    seed: int = 0
 
 
 @dataclass
@@ -46,11 +42,17 @@ class References:
     concept: torch.Tensor  # (N,) index into the concepts
 
 
-class TextEncoderUnlearning:
+@register
+class TextEncoderUnlearning(ErasureMethod):
     name = "text-encoder"
+    Config = TextEncoderConfig
+    takes_images = True
 
     def __init__(self, concepts: list[str], config: TextEncoderConfig, images: torch.Tensor | None = None):
-        self.concepts, self.config, self.images = concepts, config, images
+        if images is not None and config.guide:
+            raise ValueError("text-encoder, replacing a concept, learns from images of the replacement that it "
+                             "draws itself; leave the uploads out, or erase without a replacement.")
+        super().__init__(concepts, config, images)
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         names = layer_names(pipe.text_encoder, (torch.nn.Linear,))
@@ -70,9 +72,7 @@ class TextEncoderUnlearning:
         idx = torch.randint(0, len(refs.latents), (self.config.batch,), generator=generator)
         templates = torch.randint(0, len(TEMPLATES), (len(idx),), generator=generator)
         prompts = [TEMPLATES[k].format(self.concepts[int(refs.concept[i])]) for k, i in zip(templates, idx)]
-        z0 = refs.latents[idx]
-        noise = torch.randn(z0.shape, generator=generator).to(z0)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(idx),), generator=generator).to(pipe.device)
-        pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encode(pipe, prompts)).sample
+        zt, noise, t = noisy(pipe, refs.latents[idx], generator)
+        pred = pipe.unet(zt, t, encode(pipe, prompts)).sample
         sign = 1.0 if self.config.guide else -1.0  # descend toward the guide's images, or ascend away from the concept's
         return sign * torch.nn.functional.mse_loss(pred.float(), noise.float())

@@ -12,29 +12,27 @@ factors B = W (C* - C), A = C^T M^-1: the same patch format as the trained metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .common import encode
+from ..diffusion import encode
+from .method import ErasureMethod, MethodConfig, register
 
 __all__ = ["UCEConfig", "UCE"]
 
 
 @dataclass
-class UCEConfig:
+class UCEConfig(MethodConfig):
     lam: float = 0.5  # paper: lambda about 0.5
-    guide: str = ""  # what the concept should look like instead ("" = nothing; or a replacement concept)
-    preserve: list[str] = field(default_factory=list)  # concepts whose outputs must not change (default: the world's other names)
-    seed: int = 0
 
 
-class UCE:
+@register
+class UCE(ErasureMethod):
     name = "uce"
-
-    def __init__(self, concepts: list[str], config: UCEConfig):
-        self.concepts, self.config = concepts, config
+    Config = UCEConfig
+    trains = False
 
     def _embeddings(self, pipe: StableDiffusionPipeline, word: str, guide: str | None = None) -> torch.Tensor:
         """(L, D): the word's prompt embeddings from its last token on, or the guide prompt's at the aligned rows."""

@@ -1,6 +1,6 @@
 """Times one erasure on the CPU as the app's Erase tab runs it, the before/after comparison included.
 
-    python -m benchmarks.erase_speed [--method fmn] [--concept circle] [--model PATH]
+    python -m fmn bench erase-speed [--method fmn] [--concept circle] [--model PATH]
 
 Spec target: <= 60 s from clicking Erase to the before/after grid, on 2 CPU cores. The model
 is loaded once when the app starts, so its load time is printed but not counted. Prints the
@@ -10,36 +10,28 @@ machine slows every number down.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-from fmn.erase import METHODS
-from fmn.evaluate import compare
-from fmn.studio import Studio
+from ..erase import METHODS
+from ..studio import Studio
+from .measure import device_name
+
+__all__ = ["add_arguments", "run", "TARGET_S"]
 
 TARGET_S = 60.0
 
 
-def cpu_name() -> str:
-    """The CPU's model name: Linux's /proc/cpuinfo has it; elsewhere, whatever `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--method", default="fmn", choices=list(METHODS))
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--model", default=None, help="default: the embedded model")
-    args = parser.parse_args()
 
+
+def run(args) -> float:
+    """Prints the timings; returns the seconds from click to before/after."""
     busy = os.getloadavg()[0]
     start = time.perf_counter()
     studio = Studio(args.model, device="cpu")
@@ -48,17 +40,13 @@ def main() -> None:
     patch_id = studio.erase([args.concept], args.method)
     erase_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = compare(studio, args.concept, [patch_id])
+    result = studio.compare(args.concept, [patch_id])
     compare_s = time.perf_counter() - start
     total = erase_s + compare_s
     images = 2 * len(result.probes) * len(result.seeds)
-    print(f"device: cpu, {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-          f"load average {busy:.1f} at the start")
+    print(f"device: {device_name(torch.device('cpu'))}; load average {busy:.1f} at the start")
     print(f"{args.method} erasure of {args.concept!r}, default settings, on {studio.source}")
     print(f"load: {load_s:.1f} s (once, when the app starts: not counted)")
     print(f"erase: {erase_s:.1f} s; before/after ({images} images): {compare_s:.1f} s")
     print(f"total: {total:.1f} s; target <= {TARGET_S:.0f} s on 2 CPU cores: {'met' if total <= TARGET_S else 'NOT met'}")
-
-
-if __name__ == "__main__":
-    main()
+    return total

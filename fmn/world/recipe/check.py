@@ -1,6 +1,6 @@
 """The quality gate: generate from held-out prompts, judge, report per-attribute accuracy.
 
-    python -m fmn.world check [--model assets/fmn-shapes] [--n 240] [--grid check.png]
+    python -m fmn.world.recipe check [--model assets/fmn-shapes] [--n 240] [--grid check.png]
 
 Prompts use only held-out templates, and half of them held-out attribute combinations,
 so the numbers measure generalisation, not memorised captions.
@@ -15,9 +15,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from ..generate import generate_many
-from .judge import Judge
-from .world import HELDOUT_TEMPLATES, caption, sample_scene
+from ...generate import generate_many
+from ..judge import Judge
+from ..world import HELDOUT_TEMPLATES, caption, sample_scene
 
 __all__ = ["run_check", "GATE", "heldout_prompts"]
 

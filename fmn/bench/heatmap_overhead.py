@@ -1,21 +1,22 @@
 """Times generation with and without `fmn.attention.trace` (DAAM capture); spec target: overhead <= 30 %.
 
-Usage, from the repository root:
-    python -m benchmarks.heatmap_overhead                          # tiny random pipeline
-    python -m benchmarks.heatmap_overhead --model PATH --steps 50  # a diffusers SD folder
+    python -m fmn bench heatmap-overhead                          # tiny random pipeline
+    python -m fmn bench heatmap-overhead --model PATH --steps 50  # a diffusers SD folder
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from fmn.attention import trace
-from fmn.tiny import tiny_pipeline
+from ..attention import trace
+from ..tiny import tiny_pipeline
+from .measure import device_name
+
+__all__ = ["add_arguments", "run", "TARGET"]
 
 TARGET = 0.30  # spec: capturing heatmaps may slow generation by at most 30 %
 
@@ -31,14 +32,16 @@ def seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--model", help="diffusers StableDiffusionPipeline folder (default: tiny random pipeline)")
     parser.add_argument("--prompt", default="a red circle next to a blue square")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per image")
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each; the median is reported")
     parser.add_argument("--threads", type=int, help="CPU threads (1 gives steadier timings on a busy machine)")
-    args = parser.parse_args()
+
+
+def run(args) -> float:
+    """Prints the timings; returns the overhead (0.1 = 10 % slower with the trace)."""
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -66,13 +69,9 @@ def main() -> None:
     plain_s, trace_s = statistics.median(times["plain"]), statistics.median(times["trace"])
     overhead = trace_s / plain_s - 1
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device:   {name}")
+    print(f"device:   {device_name(device)}")
     print(f"model:    {args.model or 'tiny_pipeline(sd15)'}, {args.steps} steps, median of {args.runs} runs")
     print(f"plain:    {plain_s * 1000:.1f} ms")
     print(f"trace:    {trace_s * 1000:.1f} ms")
     print(f"overhead: {overhead:+.1%} (target <= {TARGET:.0%}: {'met' if overhead <= TARGET else 'NOT met'})")
-
-
-if __name__ == "__main__":
-    main()
+    return overhead

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from .world import COLOURS, Scene, Thing
+from ..world import COLOURS, Scene, Thing
 
 __all__ = ["render", "SIZE"]
 

@@ -1,0 +1,39 @@
+"""The few diffusion operations that erasure, inversion and the attack all build on.
+
+Prompt embeddings (`encode`), latents of a concept (`reference_latents`: the user's images
+or the model's own) and a latent noised to a random training step (`noisy`), written once
+so that every loss in `fmn.erase`, `fmn.inversion` and `fmn.attack` noises the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+__all__ = ["encode", "reference_latents", "noisy"]
+
+
+def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states for prompts, padded to the tokenizer's length: (B, 77, D)."""
+    ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.device))[0]
+
+
+def reference_latents(pipe: StableDiffusionPipeline, prompts: list[str], per_prompt: int, steps: int,
+                      generator: torch.Generator, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled VAE latents of the concept: the user's images (N, 3, H, W) in [-1, 1] if given,
+    else `per_prompt` images per prompt drawn by the model as it is now. Returns (N, 4, h, w)."""
+    if images is not None:
+        posterior = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist
+        return posterior.mean * pipe.vae.config.scaling_factor
+    return torch.cat([pipe(p, num_inference_steps=steps, num_images_per_prompt=per_prompt, generator=generator,
+                           output_type="latent").images for p in prompts])
+
+
+def noisy(pipe: StableDiffusionPipeline, latents: torch.Tensor, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean latents (B, 4, h, w) noised to one random training step each, as the denoising loss
+    draws them: returns (noisy latents, the noise added, the steps (B,))."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(pipe.device)
+    return pipe.scheduler.add_noise(latents, noise, t), noise, t

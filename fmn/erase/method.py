@@ -1,0 +1,78 @@
+"""What every erasure method declares, and the registry that finds one by its name.
+
+A method is a class that registers itself (`@register`) and declares, as class attributes:
+its ``name`` (the CLI's and the app's), its settings dataclass ``Config``, whether it
+``takes_images`` of the concept, and whether it ``trains`` (the shared loop in `loop.py` runs
+its ``targets``/``references``/``loss``) or is a closed form (its ``solve`` returns the
+patch's tensors). Nothing outside this registry asks which method it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+__all__ = ["METHODS", "register", "MethodConfig", "TrainingConfig", "ErasureMethod", "MAX_STEPS"]
+
+METHODS: dict[str, type["ErasureMethod"]] = {}  # name -> class, in the order they were registered
+MAX_STEPS = 5000
+
+
+def register(cls: type["ErasureMethod"]) -> type["ErasureMethod"]:
+    """Class decorator: makes the method available by its name."""
+    assert cls.name not in METHODS, f"two methods named {cls.name}"
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has."""
+
+    guide: str = ""  # steer the concept toward this one instead of toward nothing (concept correction)
+    preserve: list[str] = field(default_factory=list)  # concepts to keep ([]: none; `erase` fills in the world's)
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raises ValueError naming a setting that is out of range."""
+
+
+@dataclass
+class TrainingConfig(MethodConfig):
+    """Settings of the methods the shared loop trains; each method overrides the defaults."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    rank: int = 4  # of the LoRA adapter that becomes the patch
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    preserve_weight: float = 1.0  # ours: the preservation term's weight (0: none, as in the papers)
+
+    def check(self) -> None:
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"Steps {self.steps} is out of range: use 1 to {MAX_STEPS}.")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"Learning rate {self.lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
+
+
+class ErasureMethod:
+    """The declarations every method makes; subclasses add how they erase."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    takes_images: ClassVar[bool] = False  # learns from the user's images of the concept
+    trains: ClassVar[bool] = True  # the shared loop trains it; False: `solve(pipe)` is a closed form
+
+    def __init__(self, concepts: list[str], config: MethodConfig, images: torch.Tensor | None = None):
+        if images is not None and not self.takes_images:
+            takers = " or ".join(n for n, cls in METHODS.items() if cls.takes_images)
+            raise ValueError(f"{self.name} learns from the model itself and takes no images; upload images with {takers}.")
+        self.concepts, self.config = concepts, config
+        self.images = images  # (N, 3, H, W) in [-1, 1] of the first concept, or None
+
+    @property
+    def learns_new_words(self) -> bool:
+        """True when the concept may be a word the model never saw (it is learned from the images)."""
+        return False

@@ -1,0 +1,102 @@
+"""The package's shape, checked from its source: imports only run down the floors README's
+"Architecture" section describes, and no code outside a method tells methods apart by name."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from fmn.erase import METHODS, make_method
+from fmn.erase.method import ErasureMethod, MethodConfig
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
+# Lowest first: a module may import from its own floor and the floors below it, never above.
+FLOORS = [
+    ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.recipe.tokenizer", "fmn.world.recipe.render"),
+    ("fmn.models", "fmn.tiny", "fmn.single_file"),  # load
+    ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
+    ("fmn.patch",),  # patches as adapters, the frozen reference
+    ("fmn.inversion",),
+    ("fmn.erase",),  # erase: the loop and the methods
+    ("fmn.attack", "fmn.evaluate"),
+    ("fmn.studio",),  # one model shared by every caller
+    ("fmn.__main__", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
+]
+
+
+def floor(module: str) -> int:
+    """The floor of the longest prefix that names the module."""
+    matches = [(len(prefix), i) for i, names in enumerate(FLOORS) for prefix in names
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is on no floor: add it to FLOORS"
+    return max(matches)[1]
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path, ast.parse(path.read_text())
+
+
+def imports(name: str, path: Path, tree: ast.AST) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            found |= {target} if node.module else {f"{target}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {t for t in found if t == "fmn" or t.startswith("fmn.")}
+
+
+def test_imports_only_run_down_the_floors():
+    upward = [f"{name} (floor {floor(name)}) imports {target} (floor {floor(target)})"
+              for name, path, tree in modules() if name != "fmn"
+              for target in imports(name, path, tree) if floor(target) > floor(name)]
+    assert not upward, upward
+
+
+def test_no_code_tells_methods_apart_by_name():
+    """No `== "<method name>"` comparison, no `in ("uce", ...)`, no `hasattr(..., "solve")` anywhere in fmn/."""
+    names = set(METHODS)
+    found = []
+    for name, _, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                constants = [c for c in ast.walk(node) if isinstance(c, ast.Constant) and c.value in names]
+                if constants:
+                    found.append(f"{name}:{node.lineno} compares with {constants[0].value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("hasattr", "getattr") \
+                    and any(isinstance(a, ast.Constant) and a.value in ("solve", "inversion_steps") for a in node.args):
+                found.append(f"{name}:{node.lineno} asks for {node.args[1].value!r}")
+    assert not found, found
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_declares_what_it_is(name):
+    cls = METHODS[name]
+    assert issubclass(cls, ErasureMethod) and cls.name == name and issubclass(cls.Config, MethodConfig)
+    assert isinstance(cls.takes_images, bool) and isinstance(cls.trains, bool)
+    assert all(hasattr(cls, hook) for hook in (("targets", "references", "loss") if cls.trains else ("solve",)))
+
+
+def test_esd_x_and_esd_u_are_two_methods_with_one_objective():
+    x, u = METHODS["esd-x"], METHODS["esd-u"]
+    assert x.loss is u.loss and x.Config is u.Config and x.layers is not u.layers
+    assert "variant" not in {f for f in vars(x.Config()).keys()}
+
+
+class FakeWorld:
+    def preserve_for(self, erased):
+        return [w for w in ("circle", "square", "Mimo") if w not in erased]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(name):
+    assert make_method(name, ["circle"], world=FakeWorld()).config.preserve == ["square", "Mimo"]
+    assert make_method(name, ["circle"], replace_with="square", world=FakeWorld()).config.preserve == ["Mimo"]
+    assert make_method(name, ["circle"], world=FakeWorld(), preserve=[]).config.preserve == []
+    assert make_method(name, ["circle"]).config.preserve == []  # a model without a world keeps nothing in particular
