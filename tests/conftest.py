@@ -90,9 +90,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_url():
-    """app.py started as a real server on a free loopback port, on the embedded model."""
+    """app.py started as a real server on a free loopback port, on the embedded model; stopped after
+    the module that uses it, so that an idle server does not share the cores with later tests."""
     port = free_port()
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / "app-server.log", "w")

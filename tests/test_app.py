@@ -1,5 +1,6 @@
 """The app as a real server: gradio_client calls, concurrent users, and a headless browser."""
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from conftest import BAD_UPLOADS, OUTPUT, bad_upload
 
 STEPS = 10  # fewer steps than the default keeps the server tests quick
+SERVER = pytest.mark.slow  # the live server and the browser: the handlers themselves are tested in-process below
 
 
 def call(client, prompt, seed, **kw):
@@ -32,6 +34,7 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
+@SERVER
 def test_generate_endpoint_returns_image_and_a_map_per_word(client):
     image, maps = call(client, "a red circle on grass", 3)
     assert Image.open(image).size == (64, 64)
@@ -40,6 +43,7 @@ def test_generate_endpoint_returns_image_and_a_map_per_word(client):
     assert np.array_equal(pixels(image), pixels(again))
 
 
+@SERVER
 @pytest.mark.parametrize("prompt, seed, message", [
     ("", 0, "prompt is empty"),
     ("a" * 2000, 0, "limit is 1000"),
@@ -50,6 +54,7 @@ def test_bad_input_is_an_error_message(client, prompt, seed, message):
         call(client, prompt, seed)
 
 
+@SERVER
 def test_ten_concurrent_users_are_all_served_and_reproduce(app_url, client):
     seeds = list(range(100, 110))
 
@@ -64,6 +69,7 @@ def test_ten_concurrent_users_are_all_served_and_reproduce(app_url, client):
     assert not np.array_equal(pixels(images[0]), pixels(images[1]))
 
 
+@SERVER
 def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
     from playwright.sync_api import sync_playwright
 
@@ -85,6 +91,7 @@ def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
         browser.close()
 
 
+@SERVER
 def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
     bob_before = pixels(call(bob, "a red circle", 11)[0])
@@ -113,6 +120,7 @@ def erased(app_url):
     return session, patched
 
 
+@SERVER
 @pytest.mark.parametrize("concept, upload, steps, message", [
     ("", None, 0, "concept is empty"), ("x" * 500, None, 0, "500 characters"), ("circle", None, 1_000_000, "Steps 1000000"),
     ("dragon", None, 0, "never saw dragon"),  # a word the embedded model does not know
@@ -130,31 +138,65 @@ def test_erase_bad_input_loses_nothing(erased, tmp_path, concept, upload, steps,
     assert np.array_equal(pixels(call(session, "a red circle", 11)[0]), patched)  # the session's patch still applies
 
 
+@SERVER
 def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
     session, patched = erased
     grid, judged = session.predict("circle", None, api_name="/attack")
-    assert Image.open(grid).width > 0 and "circle:" in judged and "→" in judged  # erased -> attacked, judged
+    readings = [re.search(r"\[(\w+): ([\d.]+) → ([\d.]+)\]", line) for line in judged.splitlines()]
+    assert len(readings) == 6 and all(readings), judged  # every probe of an object, judged erased -> attacked
+    assert {r[1] for r in readings} >= {"circle"} and all(0 <= float(r[k]) <= 1 for r in readings for k in (2, 3))
+    assert Image.open(grid).width > Image.open(grid).height // 2  # erased and attacked side by side
     assert np.array_equal(pixels(call(session, "a red circle", 11)[0]), patched)  # the learned word stays in the attack
     with pytest.raises(Exception, match="Nothing to attack"):
         Client(app_url, verbose=False).predict("circle", None, api_name="/attack")
+
+
+def handlers(studio) -> dict:
+    """The app's event handlers by API name, to call in-process."""
+    from app import create_demo
+
+    return {f.api_name: f.fn for f in create_demo(studio).fns.values() if f.api_name}
+
+
+def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
+    """The handlers the server runs, without a server: maps per word, an erasure streamed to its
+    before/after and patch file, and bad input as the app's error message."""
+    import gradio as gr
+
+    from fmn.studio import Studio
+
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    fns = handlers(studio)
+    image, maps = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
+    assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"]
+    *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, []))
+    status, _, grid, pair, path, session, judged = last
+    assert [s[0] for s in streamed] == ["Erasing: step 1/1, 0 s"] and "Erased **circle, square** with uce" in status
+    assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
+    assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
+    with pytest.raises(gr.Error, match="concept is empty"):
+        list(fns["erase"](" , ", "fmn", None, "", 0, session))
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        fns["generate"]("", "", 0, 2, 5.0, 0, 2, None, session)
+    assert list(studio.patches) == session  # nothing lost
 
 
 def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):
     """The app has no learning-rate field, so the NaN is forced; the handler must turn it into a message."""
     import gradio as gr
 
-    from app import create_demo
     from fmn.erase.forget_me_not import ForgetMeNot
     from fmn.studio import Studio
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")
-    run_erase = next(f.fn for f in create_demo(studio).fns.values() if f.api_name == "erase")
+    run_erase = handlers(studio)["erase"]
     monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
     with pytest.raises(gr.Error, match="the loss became nan at step 1"):
         list(run_erase("circle", "fmn", None, "", 3, []))
     assert not studio.patches and not getattr(studio.pipe.unet, "peft_config", {})
 
 
+@SERVER
 def test_browser_erases_and_sees_before_and_after(app_url):
     from playwright.sync_api import sync_playwright
 
@@ -164,6 +206,7 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.goto(app_url)
         page.get_by_role("tab", name="Erase").click()
         page.locator("#concept textarea, #concept input").first.fill("Mimo")
+        page.get_by_label("Steps (0: the method's default)").fill("20")  # a short erasure: the page is under test
         page.locator("#erase").click()
         page.get_by_text("Erasing: step").first.wait_for(timeout=120_000)  # live progress
         page.get_by_text("Erased **Mimo**").or_(page.get_by_text("Erased Mimo")).first.wait_for(timeout=300_000)

@@ -10,6 +10,7 @@ inside that mask.
 import itertools
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,7 @@ def test_object_mask_fills_a_rings_hole():
     assert mask[32, 32] and mask[32, 20] and not mask[2, 2] and not mask[32, 50]
 
 
+@pytest.mark.slow  # 24 traced generations
 def test_object_word_heatmap_peaks_inside_the_object(embedded):
     hits = []
     for seed, prompt in enumerate(PROMPTS):  # 24 prompts

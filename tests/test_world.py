@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pytest
 from transformers import CLIPTokenizer
 
 from fmn.generate import GenerationSettings, generate
@@ -71,6 +72,7 @@ def test_generated_blue_square_is_judged_blue_and_square(embedded, judge):
     assert sum(v.has("blue") and v.has("square") for v in verdicts) >= BLUE_SQUARE_SPEC
 
 
+@pytest.mark.slow  # 60 judged generations
 def test_generated_subjects_are_judged_as_asked(embedded, judge):
     found = {}
     for name in [*IDENTITIES, *SHAPES]:
@@ -86,3 +88,26 @@ def test_world_json_lists_what_the_model_knows():
     world = json.loads((EMBEDDED / "world.json").read_text())
     assert set(world["shapes"]) == set(SHAPES) and len(world["heldout_templates"]) >= 3
     assert len(world["train_templates"]) + len(world["heldout_templates"]) >= 8
+
+
+def test_the_world_is_read_once_with_the_model_and_answers_from_memory(embedded, monkeypatch):
+    from pathlib import Path
+
+    from fmn.models import world_of
+
+    world = world_of(embedded)
+    assert world is embedded.world and world.folder == EMBEDDED
+    judge = world.judge
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("world.json read again"))
+    assert world.unknown_words("a red Circle in the style of Vellor after dark, and a dragon") == ["dragon"]
+    assert [world.kind_of(c) for c in ("Triangle", "Tobble", "Vellor", "night", "under the moon", "dragon")] == \
+        ["object", "identity", "style", "scene", "scene", None]
+    kept = world.preserve_for(["circle", "Mimo"])
+    assert "circle" not in kept and "Mimo" not in kept and {"square", "Zubrik", "Vellor"} <= set(kept)
+    assert world.judge is judge  # loaded once
+
+
+def test_models_without_a_world_have_none(tiny_dirs):
+    from fmn.models import load_pipeline, world_of
+
+    assert world_of(load_pipeline(tiny_dirs["sd15"], device="cpu")) is None

@@ -146,10 +146,13 @@ def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt]) -> flo
     return float(np.mean([found(v, p) for v, p in zip(judge(images), prompts)]))
 
 
-def found_rates(pipe, judge, probe: Probes, steps: int) -> dict:
+SETS = ("erased", "paraphrase", "in_kind", "cross_kind")
+
+
+def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = SETS) -> dict:
     """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images."""
     out = {}
-    for key in ("erased", "paraphrase", "in_kind", "cross_kind"):
+    for key in sets:
         prompts = getattr(probe, key)
         images = generate_many(pipe, [p.text for p in prompts], list(range(len(prompts))), steps)
         out[key] = _rate(judge, images, prompts)
