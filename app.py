@@ -156,7 +156,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=1):
                     concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle", max_length=500, elem_id="concept")
-                    method = gr.Dropdown(list(METHODS), value="fmn", label="Method")
+                    method = gr.Dropdown(list(METHODS), value="fmn", label="Method", elem_id="method")
                     uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple", file_types=["image"])
                     replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)", value="")
                     erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)

@@ -206,7 +206,9 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.goto(app_url)
         page.get_by_role("tab", name="Erase").click()
         page.locator("#concept textarea, #concept input").first.fill("Mimo")
-        page.get_by_label("Steps (0: the method's default)").fill("20")  # a short erasure: the page is under test
+        page.locator("#method input").click()
+        page.get_by_role("option", name="text-encoder").click()
+        page.get_by_label("Steps (0: the method's default)").fill("10")  # a short erasure: the page is under test
         page.locator("#erase").click()
         page.get_by_text("Erasing: step").first.wait_for(timeout=120_000)  # live progress
         page.get_by_text("Erased **Mimo**").or_(page.get_by_text("Erased Mimo")).first.wait_for(timeout=300_000)
