@@ -5,6 +5,7 @@
     python -m fmn erase --concept circle --method fmn [--images DIR] --out circle.safetensors
     python -m fmn bench quality [--quick] [--json quality.json]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
+    python -m fmn bench profile --arch sd15 --random-weights [--method fmn] [--steps 8]
     python -m fmn bench erase-speed | generate-speed | heatmap-overhead
 
 Every command takes --model (default: the embedded shapes-world model). Bad input exits
@@ -25,6 +26,7 @@ from .generate import GenerationSettings
 BENCHMARKS = {  # python -m fmn bench <name> runs fmn.bench.<name>.run(args)
     "quality": "erasure quality on the embedded model, judged: UA, IRA, CRA, leak, attack",
     "speed": "seconds and memory of an erasure: the published recipe against ours",
+    "profile": "where one erasure's time goes (torch.profiler): its phases and top operators",
     "erase-speed": "one erasure as the app's Erase button runs it, before/after included (target <= 60 s on 2 cores)",
     "generate-speed": "seconds per image of the embedded model (target <= 3 s on 2 cores)",
     "heatmap-overhead": "generation with and without the heatmap trace (target <= 30 % slower)",

@@ -1,7 +1,8 @@
 """Speed of an erasure, the published recipe against ours:  python -m fmn bench speed
 
     python -m fmn bench speed --arch sd15 --random-weights [--recipe both|reference|ours]
-        [--methods fmn,esd-x,esd-u,text-encoder,uce] [--steps N] [--json out.json] [--out benchmarks/results]
+        [--methods fmn,esd-x,esd-u,text-encoder,uce] [--steps N] [--reference-steps N]
+        [--json out.json] [--out benchmarks/results]
 
 Speed does not depend on weight values, so the model is SD 1.5's architecture with random
 weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds).
@@ -16,6 +17,13 @@ training steps, so the speed-up is a ratio of per-step cost plus the cost of the
 
 "Click → before/after" is what the app's Erase button costs: the erasure, then the images of
 its comparison (`fmn.evaluate.compare`): every probe prompt on seeds 0-2, without and with the patch.
+
+Each trained erasure is also split into its set-up (the references, before step 1) and its mean
+time per training step. The reference recipe of ESD samples a fresh trajectory every step and
+takes many minutes at ESD's 400 steps on SD 1.5; `--reference-steps N` measures the reference
+recipe on N steps only and projects its erasure at our steps as set-up + steps x per-step time
+(marked "projected"); its before/after comparison, the same images for every method, is then left out.
+Rows are written after each measurement, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -134,6 +142,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", choices=["both", "reference", "ours"], default="both")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--steps", type=int, help="training steps of every trained method (default: each method's)")
+    parser.add_argument("--reference-steps", type=int,
+                        help="the reference recipe trains this many steps and its erasure at --steps is projected")
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--probe-steps", type=int, default=25, help="steps of the before/after images (the app's: 25)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -166,6 +176,27 @@ class HeldWeights:
         self.bytes, self.seconds = total, time.perf_counter() - start
 
 
+class StepClock:
+    """A progress callback that splits a trained erasure into its set-up (before step 1) and its mean
+    seconds per training step, leaving out the time `held` spent counting weights."""
+
+    def __init__(self, held: HeldWeights):
+        self.held, self.first, self.last = held, None, None
+
+    def __call__(self, progress) -> None:
+        self.first, self.last = self.first or progress, progress
+
+    @property
+    def step_s(self) -> float | None:
+        if self.first is None or self.last.step == self.first.step:
+            return None
+        return (self.last.elapsed - self.first.elapsed - self.held.seconds) / (self.last.step - self.first.step)
+
+    @property
+    def setup_s(self) -> float | None:
+        return None if self.step_s is None else self.first.elapsed - self.step_s
+
+
 def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps: int) -> None:
     """The images of the app's comparison: every probe prompt on the same seeds, without and with the patch
     (the judge's scores, for the embedded model only, are left out)."""
@@ -196,19 +227,22 @@ def _method(name: str, recipe: str, concept: str, steps: int | None) -> ErasureM
     return reference_recipe(method) if recipe == "reference" else method
 
 
-def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.device) -> dict:
-    """Erases the concept once, then runs the app's before/after comparison; the pipeline is left as it was."""
+def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.device, click: bool = True) -> dict:
+    """Erases the concept once, then (if `click`) runs the app's before/after comparison; the pipeline is left as it was."""
     name = f"bench:{method.name}"
     held, peak = HeldWeights(pipe), Peak(device)
+    clock = StepClock(held)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     start = time.perf_counter()
     with peak():
-        patch = make_patch(pipe, method, name, held)
+        patch = make_patch(pipe, method, name, lambda progress: (clock(progress), held(progress)))
         sync()
     erase_s = time.perf_counter() - start - held.seconds
-    _before_after(pipe, args.concept, name, args.probe_steps)
-    sync()
-    click_s = time.perf_counter() - start - held.seconds
+    click_s = None
+    if click:
+        _before_after(pipe, args.concept, name, args.probe_steps)
+        sync()
+        click_s = time.perf_counter() - start - held.seconds
     with tempfile.TemporaryDirectory() as tmp:
         patch_bytes = patch.save(Path(tmp) / "patch.safetensors").stat().st_size
     detach(pipe, name)
@@ -218,6 +252,7 @@ def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.devic
         settings["fresh_trajectories"] = isinstance(inner, PaperESD)
     return {"recipe": recipe, "method": method.name, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
             "steps": config.get("steps"), "settings": settings, "erase_s": erase_s, "click_s": click_s,
+            "setup_s": clock.setup_s, "step_s": clock.step_s,
             "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind, "weights_held_bytes": held.bytes,
             "patch_bytes": patch_bytes}
 
@@ -250,54 +285,73 @@ def markdown(rows: list[dict]) -> str:
         "- weights held: distinct bytes of every live model while training (pipeline, adapter, any frozen copy)",
         f"- click → before/after: the erasure, then the app's comparison (each probe prompt, seeds 0-2, "
         f"{first['probe_steps']} steps, before and after)",
-        "", "| method | recipe | dtype | steps | erase (s) | click → before/after (s) | peak memory | weights held "
-        "| patch | speed-up (reference/ours) | target (H100, sd15) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "- set-up: the references before step 1; per step: the mean of the training steps after the first",
+        "", "| method | recipe | dtype | steps | set-up (s) | per step (ms) | erase (s) | click → before/after (s) "
+        "| peak memory | weights held | patch | speed-up (reference/ours) | target (H100, sd15) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    number = lambda x, fmt: "—" if x is None else format(x, fmt)  # noqa: E731
     for r in rows:
-        speedup = f"{r['speedup']:.2f}×" if r.get("speedup") else "—"
-        lines.append(f"| {r['method']} | {r['recipe']} | {r['dtype']} | {r['steps'] or '—'} | {r['erase_s']:.2f} "
-                     f"| {r['click_s']:.2f} | {_size(r['peak_memory_bytes'])} | {_size(r['weights_held_bytes'])} "
+        erase = f"{r['erase_s']:.2f}"
+        if r.get("projected_erase_s"):
+            erase += f" → {r['projected_erase_s']:.1f} projected at {r['projected_steps']} steps"
+        speedup = f"{r['speedup']:.2f}×" + (" (projected)" if r.get("speedup_projected") else "") if r.get("speedup") else "—"
+        lines.append(f"| {r['method']} | {r['recipe']} | {r['dtype']} | {r['steps'] or '—'} | {number(r['setup_s'], '.2f')} "
+                     f"| {number(r['step_s'] and r['step_s'] * 1000, '.1f')} | {erase} | {number(r['click_s'], '.2f')} "
+                     f"| {_size(r['peak_memory_bytes'])} | {_size(r['weights_held_bytes'])} "
                      f"| {_size(r['patch_bytes'])} | {speedup} | {r['target']} |")
     return "\n".join(lines) + "\n"
 
 
+def _compare(rows: list[dict], official: bool) -> None:
+    """Fills in each row's speed-up (the reference's erasure, projected where it ran fewer steps, over ours) and target."""
+    for r in rows:
+        ours = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "ours"), None)
+        if r["recipe"] == "reference" and ours and ours["steps"] and r["steps"] != ours["steps"] and r["step_s"]:
+            r["projected_steps"] = ours["steps"]
+            r["projected_erase_s"] = r["setup_s"] + ours["steps"] * r["step_s"]
+    for r in rows:
+        ref = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "reference"), None)
+        r["speedup"] = (ref.get("projected_erase_s") or ref["erase_s"]) / r["erase_s"] if r["recipe"] == "ours" and ref else None
+        r["speedup_projected"] = bool(r["speedup"] and ref.get("projected_erase_s"))
+        r["target"] = _target(r, official)
+
+
 def run(args) -> list[dict]:
-    """Measures every (recipe, method); prints the table, writes <out>/speed-<device>.md and --json."""
+    """Measures every (recipe, method), ours first; after each row prints it and rewrites <out>/speed-<device>.md and --json."""
     if not args.random_weights:
         raise ValueError("--random-weights is required: only random-weight models are benchmarked so far "
                          "(speed does not depend on weight values).")
     device = pick_device(args.device)[0]
     arch = args.arch or ("sd15" if device.type == "cuda" else "tiny")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    recipes = ["reference", "ours"] if args.recipe == "both" else [args.recipe]
+    recipes = ["ours", "reference"] if args.recipe == "both" else [args.recipe]
+    steps = {"ours": args.steps, "reference": args.reference_steps or args.steps}
     if not 1 <= args.probe_steps <= MAX_STEPS:
         raise ValueError(f"--probe-steps {args.probe_steps}: use 1 to {MAX_STEPS}.")
     for method in methods:  # bad names or steps fail here, before a model is built
         for recipe in recipes:
-            _method(method, recipe, args.concept, args.steps)
+            _method(method, recipe, args.concept, steps[recipe])
     common = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__, "arch": arch,
               "concept": args.concept, "probe_steps": args.probe_steps}
+    official = device.type == "cuda" and arch == "sd15"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for recipe in recipes:  # one pipeline at a time, so that each peak is its own
         pipe = _pipeline(arch, recipe, device)
+        click = recipe == "ours" or not args.reference_steps
         for method in methods:
-            rows.append({**common, **_measure(pipe, _method(method, recipe, args.concept, args.steps), recipe, args, device)})
-            print(f"{recipe} {method}: erase {rows[-1]['erase_s']:.2f} s", file=sys.stderr)
+            row = _measure(pipe, _method(method, recipe, args.concept, steps[recipe]), recipe, args, device, click)
+            rows.append({**common, **row})
+            print(f"{recipe} {method}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
+            _compare(rows, official)
+            (out / f"speed-{device.type}.md").write_text(markdown(rows))
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=2))
         del pipe
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    official = device.type == "cuda" and arch == "sd15"
-    for r in rows:
-        ref = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "reference"), None)
-        r["speedup"] = ref["erase_s"] / r["erase_s"] if r["recipe"] == "ours" and ref else None
-        r["target"] = _target(r, official)
-    table = markdown(rows)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"speed-{device.type}.md").write_text(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(markdown(rows))
     return rows

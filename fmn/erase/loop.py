@@ -6,7 +6,7 @@ step (``loss``). The loop owns the rest: freezing the base weights, the optimize
 preservation term (the patched model must still predict what the unedited one did for the
 concepts in ``config.preserve``, weighted by ``config.preserve_weight``), progress,
 cancellation, a NaN guard that leaves the model as it was, and turning the adapter into a
-`Patch`. The unedited model is always the same pipeline with its patches switched off
+`Patch`. Its phases are named for `torch.profiler` ("erase.references", "erase.loss", ...). The unedited model is always the same pipeline with its patches switched off
 (`fmn.patch.frozen`), never a second copy.
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from diffusers import StableDiffusionPipeline
 from torch import nn
+from torch.profiler import record_function
 
 from ..diffusion import encode, noisy, reference_latents
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
@@ -92,7 +93,7 @@ def train_patch(
     start = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     # 1. References from the unedited model (no patch is active outside a call)
-    with torch.no_grad():
+    with torch.no_grad(), record_function("erase.references"):
         refs: Any = method.references(pipe, generator)
         keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator) if cfg.preserve and cfg.preserve_weight else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
@@ -107,16 +108,20 @@ def train_patch(
     # 3. Training steps
     try:
         for step in range(1, cfg.steps + 1):
-            loss = method.loss(pipe, refs, generator)
+            with record_function("erase.loss"):
+                loss = method.loss(pipe, refs, generator)
             if keep is not None:
-                loss = loss + cfg.preserve_weight * keep.loss(pipe, PRESERVE_BATCH, generator)
+                with record_function("erase.preserve"):
+                    loss = loss + cfg.preserve_weight * keep.loss(pipe, PRESERVE_BATCH, generator)
             if not torch.isfinite(loss):
                 raise ErasureError(f"the loss became {loss.item()} at step {step}: lower the learning rate "
                                    f"(now {cfg.lr:g}). The model is unchanged.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            with record_function("erase.backward"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with record_function("erase.optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
             if on_progress:
                 on_progress(Progress(step, cfg.steps, loss.item(), time.perf_counter() - start))
             if cancelled and cancelled():

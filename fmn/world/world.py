@@ -127,8 +127,9 @@ def _place(rng: random.Random, n: int) -> list[tuple[float, float, float]]:
             return spots
 
 
-def sample_scene(rng: random.Random, split: str = "train", **fixed) -> Scene:
-    """A random scene; ``split`` "train" avoids held-out combinations, "heldout" requires one.
+def sample_scene(rng: random.Random, split: str = "train", two_objects: float = 0.3, **fixed) -> Scene:
+    """A random scene; ``split`` "train" avoids held-out combinations, "heldout" requires one;
+    ``two_objects`` is the share of scenes with two objects (the recipe may train on more of them).
 
     Keyword arguments fix parts of the scene: ``kinds=["circle"]``, ``colours=["red"]``,
     ``style=...``, ``background=...``, ``night=...``.
@@ -137,7 +138,7 @@ def sample_scene(rng: random.Random, split: str = "train", **fixed) -> Scene:
     for _ in range(1000):
         kinds = fixed.get("kinds") or [
             rng.choice(list(IDENTITIES)) if rng.random() < 0.3 else rng.choice(list(SHAPES))
-            for _ in range(1 if rng.random() < 0.7 else 2)
+            for _ in range(2 if rng.random() >= 1 - two_objects else 1)
         ]
         colours = fixed.get("colours") or [None if k in IDENTITIES else rng.choice(list(COLOURS)) for k in kinds]
         things = [Thing(k, c, x, y, s) for k, c, (x, y, s) in zip(kinds, colours, _place(rng, len(kinds)))]

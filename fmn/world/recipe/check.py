@@ -16,6 +16,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from ...generate import generate_many
+from ...models import pick_device
 from ..judge import Judge
 from ..world import HELDOUT_TEMPLATES, caption, sample_scene
 
@@ -55,7 +56,7 @@ def score(scenes, verdicts) -> dict[str, float]:
 def run_check(model: str | Path, judge_dir: str | Path, n_prompts: int = 240, seed: int = 0,
               grid_path: str | Path | None = None, batch: int = 40) -> dict[str, float]:
     """Generates n_prompts images, prints the accuracy table against the gate, returns the accuracies."""
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32).to(pick_device()[0])
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load(judge_dir)
     pairs = heldout_prompts(n_prompts, seed)

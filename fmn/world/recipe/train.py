@@ -42,6 +42,7 @@ class TrainConfig:
     work: str = "runs/fmn-shapes"  # data and checkpoints, not shipped
     seed: int = 0
     n_scenes: int = 40_000
+    two_objects: float = 0.3  # share of training scenes with two objects (held-out prompts: 0.3)
     vae_steps: int = 3_000
     vae_batch: int = 16
     vae_lr: float = 1e-3
@@ -72,9 +73,9 @@ def _log(stage: str, step: int, total: int, loss: float, start: float) -> None:
 
 # 1. Data ------------------------------------------------------------------------------
 
-def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    seed, index = args
-    scene = sample_scene(random.Random(seed * 1_000_003 + index), "train")
+def _render_one(args: tuple[int, int, float]) -> tuple[np.ndarray, dict]:
+    seed, index, two_objects = args
+    scene = sample_scene(random.Random(seed * 1_000_003 + index), "train", two_objects)
     image, _ = render(scene, seed=index)
     return np.asarray(image), scene.to_dict()
 
@@ -84,7 +85,7 @@ def render_dataset(cfg: TrainConfig, work: Path) -> tuple[np.ndarray, list[Scene
     if not scenes_path.exists():
         print(f"[data] rendering {cfg.n_scenes} scenes", flush=True)
         with Pool(cfg.threads) as pool:
-            rows = pool.map(_render_one, [(cfg.seed, i) for i in range(cfg.n_scenes)], chunksize=256)
+            rows = pool.map(_render_one, [(cfg.seed, i, cfg.two_objects) for i in range(cfg.n_scenes)], chunksize=256)
         save_file({"images": torch.from_numpy(np.stack([r[0] for r in rows]))}, images_path)
         scenes_path.write_text(json.dumps([r[1] for r in rows]))
     images = load_file(images_path)["images"].numpy()
