@@ -65,3 +65,28 @@ def test_the_papers_esd_predicts_with_the_unedited_model():
     z, text = torch.randn(1, 4, 8, 8), own[2]
     with torch.no_grad():  # the adapter is on again after the frozen predictions
         assert not torch.allclose(pipe.unet(z, 500, text).sample, twin.unet(z, 500, text).sample)
+
+
+def test_reference_steps_project_the_published_recipe(tmp_path):
+    """--reference-steps: the reference recipe trains fewer steps, skips the (shared) before/after,
+    and its erasure at our steps is projected from its set-up and per-step time."""
+    args = _parser().parse_args(["bench", "speed", "--arch", "tiny", "--random-weights", "--methods", "fmn,uce",
+                                 "--steps", "4", "--reference-steps", "2", "--probe-steps", "2", "--device", "cpu",
+                                 "--out", str(tmp_path)])
+    rows = {(r["method"], r["recipe"]): r for r in run(args)}
+    ours, ref = rows["fmn", "ours"], rows["fmn", "reference"]
+    assert (ours["steps"], ref["steps"]) == (4, 2) and ref["click_s"] is None and ours["click_s"] > ours["erase_s"]
+    assert 0 < ref["setup_s"] < ref["erase_s"] and ref["step_s"] > 0 and ours["step_s"] > 0
+    assert ref["projected_erase_s"] == ref["setup_s"] + 4 * ref["step_s"]
+    assert ours["speedup"] == ref["projected_erase_s"] / ours["erase_s"] and ours["speedup_projected"]
+    assert rows["uce", "ours"]["step_s"] is None and "projected_erase_s" not in rows["uce", "reference"]
+    assert "projected at 4 steps" in (tmp_path / "speed-cpu.md").read_text()
+
+
+def test_profile_names_the_loops_phases(tmp_path, capsys):
+    report = tmp_path / "profile.txt"
+    assert main(["bench", "profile", "--arch", "tiny", "--random-weights", "--steps", "3", "--device", "cpu",
+                 "--rows", "5", "--out", str(report)]) == 0
+    phases = {line.split()[0]: int(line.split()[1]) for line in report.read_text().splitlines() if line.startswith("erase.")}
+    assert phases == {"erase.references": 1, "erase.loss": 3, "erase.backward": 3, "erase.optimizer": 3}
+    assert "fmn erasing 'circle', 3 steps" in capsys.readouterr().out

@@ -111,3 +111,11 @@ def test_models_without_a_world_have_none(tiny_dirs):
     from fmn.models import load_pipeline, world_of
 
     assert world_of(load_pipeline(tiny_dirs["sd15"], device="cpu")) is None
+
+
+def test_the_recipe_can_train_on_more_two_object_scenes():
+    """`two_objects` sets the share of two-object scenes; its default keeps every seeded scene as it was."""
+    draw = lambda share: [len(sample_scene(random.Random(i), "train", share).things) for i in range(200)]  # noqa: E731
+    assert set(draw(1.0)) == {2} and set(draw(0.0)) == {1}
+    assert draw(0.3) == [len(sample_scene(random.Random(i), "train").things) for i in range(200)]
+    assert 0.2 < draw(0.3).count(2) / 200 < 0.4 < draw(0.5).count(2) / 200 < 0.6

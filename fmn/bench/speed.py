@@ -276,11 +276,14 @@ def _target(row: dict, official: bool) -> str:
 def markdown(rows: list[dict]) -> str:
     first = rows[0]
     steps = ", ".join(f"{r['method']} {r['steps']}" for r in rows if r["recipe"] == rows[0]["recipe"] and r["steps"])
+    projected = any(r.get("projected_erase_s") for r in rows)
     lines = [
         "# Erasure speed: the published recipe (reference) against ours", "",
         f"- device: {first['device']}; torch {first['torch']}; arch {first['arch']} (random weights); "
         f"concept {first['concept']!r}",
-        f"- training steps, the same in both recipes: {steps or 'none (closed form only)'}",
+        f"- training steps, the same in both recipes: {steps or 'none (closed form only)'}" if not projected else
+        f"- training steps: {steps}; the reference recipe ran the steps of its rows, and its erasure at these "
+        "steps is projected as set-up + steps x per step",
         f"- peak memory: {first['memory_kind']}",
         "- weights held: distinct bytes of every live model while training (pipeline, adapter, any frozen copy)",
         f"- click → before/after: the erasure, then the app's comparison (each probe prompt, seeds 0-2, "
