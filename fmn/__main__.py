@@ -3,6 +3,7 @@
     python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png [--patch p.safetensors]
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
     python -m fmn erase --concept circle --method fmn [--images DIR] --out circle.safetensors
+    python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
     python -m fmn bench quality [--quick] [--json quality.json]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
     python -m fmn bench profile --arch sd15 --random-weights [--method fmn] [--steps 8]
@@ -64,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True, help="the patch file to write (.safetensors)")
+    a = sub.add_parser("attack", help="concept inversion against a patch: can a learned word bring the concept back?")
+    a.add_argument("--concept", required=True, help="the erased concept to bring back")
+    a.add_argument("--patch", action="append", required=True, help="the erasure patch(es) to attack (repeatable)")
+    a.add_argument("--images", help="a folder of 1-20 images of the concept (default: the unedited model draws them)")
+    a.add_argument("--prompt", help="what the attacked images show (default: 'a picture of <concept>')")
+    a.add_argument("--num-images", type=int, default=8, help="seeds seed, seed+1, ...")
+    a.add_argument("--steps", type=int, default=150, help="the attack's inversion steps")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    a.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
+    a.add_argument("--device", default=None)
+    a.add_argument("--out", required=True, help="PNG file name; the attacked images are written as <name>-<seed>.png")
     sub.choices["heatmap"].add_argument("--words", nargs="*", help="words to show (default: every word)")
     sub.choices["heatmap"].add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"))
     sub.choices["heatmap"].add_argument("--resolutions", type=int, nargs="*", help="latent sides of the layers to use, e.g. 8 4")
@@ -95,6 +108,45 @@ def _erase(args, studio) -> None:
     print(out)
 
 
+def _attack(args, studio) -> None:
+    """Learns words against the patches, then draws the prompt on N seeds, erased and attacked;
+    writes the attacked images and, where the model has a judge, how often the concept came back."""
+    from .erase.images import load_concept_images
+    from .evaluate import judge_for
+    from .generate import native_size
+
+    if not 1 <= args.num_images <= 64:
+        raise ValueError(f"--num-images {args.num_images}: use 1 to 64.")
+    if not 1 <= args.steps <= 5000:
+        raise ValueError(f"--steps {args.steps}: use 1 to 5000.")
+    patches = [studio.load_patch(p) for p in args.patch]
+    images = load_concept_images(args.images, native_size(studio.pipe)) if args.images else None
+
+    def report(step, total, loss):
+        print(f"\rattack step {step}/{total}  loss {loss:.4f}", end="", file=sys.stderr, flush=True)
+
+    try:
+        learned = studio.attack(args.concept, patches, images, report, steps=args.steps, seed=args.seed)
+    finally:
+        print(file=sys.stderr)
+    settings = GenerationSettings(args.prompt or f"a picture of {args.concept}")
+    seeds = [args.seed + i for i in range(args.num_images)]
+    erased = studio.generate(settings, seeds, patches=patches)
+    attacked = studio.generate(settings, seeds, patches=patches, learned=learned)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed, image in zip(seeds, attacked):
+        image.save(out.with_stem(f"{out.stem}-{seed}"))
+    judge = judge_for(studio.pipe)
+    if judge is not None and judge.knows(args.concept):
+        found = [sum(v.has(args.concept) for v in judge(side)) for side in (erased, attacked)]
+        print(f"{args.concept!r} found by the judge: erased {found[0]}/{len(seeds)}, "
+              f"attacked {found[1]}/{len(seeds)} (came back on {found[1] / len(seeds):.0%})")
+    else:
+        print("no judge for this model: look at the images")
+    print(out.with_stem(f"{out.stem}-{seeds[0]}"), "...")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .studio import Studio  # heavy imports after argument parsing, so --help is instant
@@ -104,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             import_module(f".bench.{args.bench.replace('-', '_')}", __package__).run(args)
             return 0
         out = Path(args.out)
+        if args.command == "attack":
+            if out.suffix.lower() != ".png":
+                raise ValueError(f"--out {out}: the attacked images are written as PNG files (name.png).")
+            _attack(args, Studio(args.model, device=args.device, config=args.config))
+            return 0
         if args.command == "erase":
             if out.suffix != ".safetensors":
                 raise ValueError(f"--out {out}: a patch is written as a .safetensors file.")

@@ -138,3 +138,21 @@ def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tm
     assert status == 2 and lines[-1].startswith("error: the loss became nan at step 1"), lines
     assert "model is unchanged" in lines[-1]
     assert not out.exists()
+
+
+def test_attack_writes_the_attacked_images(tiny_dirs, tmp_path, capsys):
+    model = str(tiny_dirs["sd15"])
+    patch = tmp_path / "circle.safetensors"
+    assert run_here(capsys, "erase", "--model", model, "--concept", "circle", "--method", "uce", "--out", str(patch))[0] == 0
+    from fmn.__main__ import main
+
+    assert main(["attack", "--model", model, "--concept", "circle", "--patch", str(patch), "--num-images", "2",
+                 "--steps", "2", "--seed", "5", "--out", str(tmp_path / "grid.png")]) == 0
+    assert "no judge for this model" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.glob("grid-*.png")) == ["grid-5.png", "grid-6.png"]
+    for args, message in ((["--num-images", "0"], "--num-images 0"), (["--out", str(tmp_path / "x.jpg")], "PNG"),
+                          (["--concept", ""], "Name the erased concept")):
+        base = {"--concept": "circle", "--num-images": "1", "--steps": "1", "--out": str(tmp_path / "g.png")}
+        base.update(dict(zip(args[::2], args[1::2])))
+        status, lines = run_here(capsys, "attack", "--model", model, "--patch", str(patch), *[x for kv in base.items() for x in kv])
+        assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], (args, lines)

@@ -194,3 +194,46 @@ def test_patches_reproduce_and_stack_on_patched_layers(method):
     second = erase(pipe, ["circle"], method, name="second", **settings)
     assert first.lora == second.lora
     assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
+
+
+def test_rece_closes_the_embedding_that_uce_leaves_open():
+    """RECE's round: the embedding the edited layers still map to the concept's original keys and
+    values (its least-squares inverse) is erased too, so that afterwards no embedding comes as close."""
+    from fmn.erase.uce import RECE, UCE, Edit
+
+    pipe = tiny_pipeline()
+    weights = UCE.weights(pipe)
+    uce, rece = (make_method(m, ["circle"], preserve=["star"], **extra) for m, extra in (("uce", {}), ("rece", {"rounds": 2})))
+    concept, guide, kept = uce.rows(pipe)
+
+    def gap(edit: Edit) -> float:
+        """How close an attacker's best embedding brings the edited layers to the outputs of the concept's token and end rows."""
+        adv = edit.inverse(concept[:2], 1e-3)
+        return sum((edit.edited(n) @ adv.T - w @ concept[:2].T).norm() ** 2 for n, w in weights.items()).item()
+
+    plain = Edit.solve(weights, concept, guide, kept, 0.5)
+    with torch.no_grad():
+        tensors, lora = rece.solve(pipe)
+    a = tensors[f"unet.{next(iter(weights))}.lora_A.weight"]
+    robust = Edit(weights, a, {n: tensors[f"unet.{n}.lora_B.weight"] for n in weights})
+    assert gap(robust) > 2 * gap(plain), (gap(plain), gap(robust))
+    assert lora["unet"]["r"] == len(concept) + 2 * 2  # the concept's rows and, per round, adversarial copies of two
+    assert make_method("rece", ["circle"], rounds=0).solve(pipe)[0].keys() == uce.solve(pipe)[0].keys()
+    zero, _ = make_method("rece", ["circle"], preserve=["star"], rounds=0).solve(pipe)
+    assert all(torch.equal(zero[k], v) for k, v in uce.solve(pipe)[0].items())  # no round: UCE exactly
+    with pytest.raises(ValueError, match="Rounds 11"):
+        make_method("rece", ["circle"], rounds=11)
+    assert isinstance(rece, RECE) and isinstance(rece, UCE)
+
+
+def test_a_global_concept_is_erased_in_every_wording_the_world_knows():
+    from fmn.world.known import World
+
+    world = World.load("assets/fmn-shapes")
+    night = ["night", "at night", "after dark", "under the moon", "at midnight", "in the dark"]
+    assert world.night_wordings == night[1:]
+    for asked in ("night", "after dark", "night, at night"):
+        method = make_method("uce", asked, world=world)
+        assert method.concepts == night and "circle" in method.config.preserve
+    assert make_method("uce", "circle", world=world).concepts == ["circle"]
+    assert make_method("uce", "night", world=None).concepts == ["night"]  # other models: the user's list, as given

@@ -1,5 +1,6 @@
 """Every method at its defaults on the embedded model, judged: it erases an object and a character,
-keeps the rest, and replaces one concept with another.
+keeps the rest, and replaces one concept with another; the robust closed form (RECE) withstands
+the concept-inversion attack on "night" erased as one word, where UCE does not.
 
 The spec: the concept's judged presence on its held-out prompts falls from >= 90 % to <= 20 %,
 while concepts of its kind and of the other kinds each lose at most 10 points. A seeded erasure
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-from fmn.bench.quality import found_rates, probes
-from fmn.erase import erase
+from fmn.attack import AttackConfig
+from fmn.bench.quality import attack_recovery, found_rates, probes
+from fmn.erase import erase, make_method, make_patch
 from fmn.generate import generate_many
 from fmn.patch import activate, detach
 
@@ -124,6 +126,26 @@ def test_method_replaces_the_concept_with_another(embedded, judge, method):
     shows, left = bars(REPLACE_READINGS[method], (REPLACED["shows"], REPLACED["left"]), (-1, 1))
     assert 0 < shows and left < 1, ("a bar that cannot fail", shows, left)
     assert r["shows"] >= shows - 1e-9 and r["left"] <= left + 1e-9, ((shows, left), r)
+
+
+# Concept inversion (100 steps, 8 images, the judge as the attacker's eye) against "night" erased in its one-word
+# form (no other wording: the attacker's learned word finds a way around a plain edit), the world's other
+# concepts kept: the share of night's 10 held-out prompts where it came back. Closed forms and a seeded attack.
+ROBUST_READINGS = {"uce": 0.7, "rece": 0.1}
+
+
+def test_the_robust_closed_form_withstands_the_attack(embedded, judge):
+    probe, recovered = probes("scene", "night", PROMPTS), {}
+    for method in ROBUST_READINGS:
+        one_word = make_method(method, ["night"], preserve=embedded.world.preserve_for(["night"]))  # world=None: no wordings
+        make_patch(embedded, one_word, "judged")
+        try:
+            recovered[method] = attack_recovery(embedded, judge, probe, "judged", AttackConfig(steps=100, images=8, image_steps=STEPS), STEPS)
+        finally:
+            detach(embedded, "judged")
+    print(f"night (one word), attack recovery: uce {recovered['uce']:.0%}, rece {recovered['rece']:.0%}")  # README (pytest -s)
+    assert recovered["rece"] <= 0.2 + MARGIN, recovered  # the benchmark's attack target, one image to spare
+    assert recovered["uce"] - recovered["rece"] >= 0.3, recovered  # three images of ten fewer than the plain edit
 
 
 def spread(seeds: list[int], methods: list[str]) -> None:

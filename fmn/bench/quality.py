@@ -45,7 +45,7 @@ from ..world.world import (BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WOR
                            caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "found_rates", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
+__all__ = ["add_arguments", "run", "probes", "found_rates", "attack_recovery", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
 CONCEPTS = {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"], "scene": ["night"]}
@@ -161,7 +161,7 @@ def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = 
     return out
 
 
-def _attack(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
+def attack_recovery(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
     """Recovery: the erased prompts again, their concept's words read as the attacker learned them.
     The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
     name = probe.concept.name
@@ -201,7 +201,7 @@ def evaluate_concept(pipe, judge, kind: str, name: str, methods: list[str], n: i
             after = found_rates(pipe, judge, probe, steps)
         finally:
             activate(pipe, [])
-        recovered = _attack(pipe, judge, probe, adapter, attack, steps)
+        recovered = attack_recovery(pipe, judge, probe, adapter, attack, steps)
         rows.append(Row(method, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
                         recovered, seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
         detach(pipe, adapter)

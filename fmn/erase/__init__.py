@@ -39,7 +39,8 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for methods that take images;
     ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``);
     ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
-    (``preserve=[]``: keep nothing in particular).
+    (``preserve=[]``: keep nothing in particular), and whose global concepts are erased in every
+    wording it knows ("night": "at night", "after dark", ...).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
@@ -51,6 +52,8 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     for c in concepts:
         if len(c) > MAX_CONCEPT_CHARS:
             raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
+    if world:
+        concepts = list(dict.fromkeys(w for c in concepts for w in world.wordings(c)))
     known = {f.name for f in fields(cls.Config)}
     unknown = set(overrides) - known
     if unknown:

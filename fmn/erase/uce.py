@@ -1,13 +1,25 @@
-"""Unified Concept Editing (UCE), Gandikota et al. 2024, arXiv 2308.14761: a closed-form edit.
+"""Closed-form edits of the cross-attention: UCE and its robust iteration, RECE.
 
-Each cross-attention key/value projection W gets the W' that maps the concept's text
-embeddings c_i to what W gives the guide's embeddings c*_i, keeps preserved concepts c_j,
-and stays near W (weight lambda). As in the released code, the c_i are the embeddings from
-the concept's last token to the end of the prompt: in CLIP's causal text encoder the end
-token and the padding after it carry the concept too, and left alone they bring it back.
+UCE (Gandikota et al. 2024, arXiv 2308.14761). Each cross-attention key/value projection W
+gets the W' that maps the concept's text embeddings c_i to what W gives the guide's embeddings
+c*_i, keeps preserved concepts c_j, and stays near W (weight lambda). As in the released code,
+the c_i are the embeddings from the concept's last token to the end of the prompt: in CLIP's
+causal text encoder the end token and the padding after it carry the concept too, and left
+alone they bring it back.
     W' = [lam W + sum_i (W c*_i) c_i^T + sum_j (W c_j) c_j^T] [lam I + sum_i c_i c_i^T + sum_j c_j c_j^T]^-1
-The change W' - W = W (C* - C) C^T M^-1 has rank len(C), so it is stored exactly as LoRA
-factors B = W (C* - C), A = C^T M^-1: the same patch format as the trained methods.
+The change W' - W = W (C* - C)^T C M^-1 has rank len(C), so it is stored exactly as LoRA
+factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods.
+
+RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
+the edited layers give the concept's original keys and values; an attacker who learns words
+can find it. RECE finds it in closed form, the regularised least squares over every edited layer
+    c_adv = argmin_c  sum_W |W' c - W c_0|^2 + reg |c|^2 = (sum_W W'^T W' + reg I)^-1 sum_W W'^T W c_0,
+adds it to the embeddings to erase (steered to the same guide rows), and edits again from the
+original weights, for a few rounds; the preserved concepts stay in every solve. Ours inverts
+only the concept's first rows (its last token and the end token, `rows`): with a text encoder
+as narrow as the embedded model's (128 dimensions), adversarial copies of all ~75 rows fill the
+space, and the edit then trades away the concept's own rows (measured: night's attack recovery
+70 % under UCE, 50 % inverting every row, 10 % inverting two; tests/test_erasure_judged.py).
 """
 
 from __future__ import annotations
@@ -20,12 +32,65 @@ from diffusers import StableDiffusionPipeline
 from ..diffusion import encode
 from .method import ErasureMethod, MethodConfig, register
 
-__all__ = ["UCEConfig", "UCE"]
+__all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 
 
 @dataclass
 class UCEConfig(MethodConfig):
     lam: float = 0.5  # paper: lambda about 0.5
+
+
+@dataclass
+class RECEConfig(UCEConfig):
+    rounds: int = 2  # adversarial embeddings found and erased (paper: 1 for styles and objects, 3 for nudity)
+    reg: float = 1e-3  # paper: 1e-3 for styles and objects, 0.1 for nudity
+    rows: int = 2  # ours: invert the concept's first rows only (its last token, the end token; 0: every row)
+
+    def check(self) -> None:
+        if not 0 <= self.rounds <= 10:
+            raise ValueError(f"Rounds {self.rounds} is out of range: use 0 to 10.")
+        if not self.reg > 0:
+            raise ValueError(f"reg {self.reg} must be positive (it keeps the adversarial embedding near real ones).")
+
+
+@dataclass
+class Edit:
+    """One closed-form edit of every attn2 key/value projection: W' = W + B_W A."""
+
+    weights: dict[str, torch.Tensor]  # module name -> W (out, D), float32
+    a: torch.Tensor  # (k, D), shared by every layer
+    b: dict[str, torch.Tensor]  # module name -> (out, k)
+
+    @classmethod
+    def solve(cls, weights: dict[str, torch.Tensor], erase: torch.Tensor, targets: torch.Tensor,
+              kept: torch.Tensor, lam: float) -> "Edit":
+        """UCE's formula: rows `erase` (k, D) map to what W gives `targets` (k, D), rows `kept` keep theirs."""
+        m = lam * torch.eye(erase.shape[1], device=erase.device) + erase.T @ erase + kept.T @ kept  # (D, D)
+        a = torch.linalg.solve(m, erase.T).T  # (k, D) = C M^-1 (M symmetric)
+        return cls(weights, a, {name: w @ (targets - erase).T for name, w in weights.items()})
+
+    def edited(self, name: str) -> torch.Tensor:
+        return self.weights[name] + self.b[name] @ self.a
+
+    def inverse(self, rows: torch.Tensor, reg: float) -> torch.Tensor:
+        """The embeddings (one per row of `rows`) that the edited layers map closest to what the
+        original layers give `rows`: RECE's adversarial embeddings."""
+        dim = rows.shape[1]
+        lhs, rhs = reg * torch.eye(dim, device=rows.device), torch.zeros(dim, dim, device=rows.device)
+        for name, w in self.weights.items():
+            edited = self.edited(name)
+            lhs += edited.T @ edited
+            rhs += edited.T @ w
+        return torch.linalg.solve(lhs, rhs @ rows.T).T
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The patch tensors and LoRA config, keyed as in a patch file."""
+        tensors = {}
+        for name in self.weights:
+            tensors[f"unet.{name}.lora_A.weight"] = self.a.clone()
+            tensors[f"unet.{name}.lora_B.weight"] = self.b[name]
+        rank = self.a.shape[0]
+        return tensors, {"unet": {"r": rank, "lora_alpha": rank, "target_modules": sorted(self.weights)}}
 
 
 @register
@@ -41,21 +106,41 @@ class UCE(ErasureMethod):
         text = word if guide is None else guide
         return encode(pipe, [text])[0, last[text]:last[text] + length].float()
 
+    def rows(self, pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D)."""
+        cfg = self.config
+        erase = torch.cat([self._embeddings(pipe, word) for word in self.concepts])
+        targets = torch.cat([self._embeddings(pipe, word, guide=cfg.guide) for word in self.concepts])
+        kept = torch.cat([self._embeddings(pipe, word) for word in cfg.preserve] or [erase[:0]])
+        return erase, targets, kept
+
+    @staticmethod
+    def weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+        return {name: module.weight.float() for name, module in pipe.unet.named_modules()
+                if name.endswith(("attn2.to_k", "attn2.to_v"))}
+
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and the LoRA config of the edit, keyed as in a patch file."""
-        cfg = self.config
-        c = torch.cat([self._embeddings(pipe, word) for word in self.concepts])  # (k, D)
-        c_star = torch.cat([self._embeddings(pipe, word, guide=cfg.guide) for word in self.concepts])  # (k, D)
-        kept = torch.cat([self._embeddings(pipe, word) for word in cfg.preserve] or [c[:0]])
-        m = cfg.lam * torch.eye(c.shape[1], device=c.device) + c.T @ c + kept.T @ kept  # (D, D)
-        a = torch.linalg.solve(m, c.T).T  # (k, D) = C^T M^-1 (M is symmetric)
-        tensors, modules = {}, []
-        for name, module in pipe.unet.named_modules():
-            if name.endswith(("attn2.to_k", "attn2.to_v")):
-                w = module.weight.float()  # (out, D)
-                tensors[f"unet.{name}.lora_A.weight"] = a.clone()
-                tensors[f"unet.{name}.lora_B.weight"] = w @ (c_star - c).T  # (out, k)
-                modules.append(name)
-        rank = a.shape[0]
-        return tensors, {"unet": {"r": rank, "lora_alpha": rank, "target_modules": sorted(modules)}}
+        erase, targets, kept = self.rows(pipe)
+        return Edit.solve(self.weights(pipe), erase, targets, kept, self.config.lam).tensors()
+
+
+@register
+class RECE(UCE):
+    name = "rece"
+    Config = RECEConfig
+
+    @torch.no_grad()
+    def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
+        cfg, weights = self.config, self.weights(pipe)
+        concept, guide, kept = self.rows(pipe)
+        erase, targets = concept, guide
+        edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
+        source = concept if not cfg.rows else torch.cat([c[:cfg.rows] for c in concept.split(len(concept) // len(self.concepts))])
+        aims = guide if not cfg.rows else torch.cat([g[:cfg.rows] for g in guide.split(len(guide) // len(self.concepts))])
+        for _ in range(cfg.rounds):
+            erase = torch.cat([erase, edit.inverse(source, cfg.reg)])
+            targets = torch.cat([targets, aims])
+            edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
+        return edit.tensors()

@@ -65,6 +65,13 @@ class World:
             return "scene"
         return None
 
+    def wordings(self, concept: str) -> list[str]:
+        """Every wording of a global concept, so that it is erased as one: "night" (or any of its
+        wordings) gives "night" and each night wording; any other concept is its own only wording."""
+        if self.kind_of(concept) == "scene":
+            return ["night", *self.night_wordings]
+        return [concept]
+
     def preserve_for(self, erased: list[str]) -> list[str]:
         """The concepts to keep while `erased` goes: every other shape, character and artist."""
         gone = {c.strip().lower() for c in erased}
