@@ -2,7 +2,7 @@
 
     python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png [--patch p.safetensors]
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
-    python -m fmn erase --concept circle --method fmn [--images DIR] --out circle.safetensors
+    python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
     python -m fmn bench quality [--quick] [--json quality.json]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    e.add_argument("--adversarial", action="store_true",
+                   help="trained methods: also erase the words an attacker learns against the patch (slower, more robust)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
     e.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
@@ -94,6 +96,8 @@ def _erase(args, studio) -> None:
     if args.images and images is None:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    if args.adversarial:
+        overrides["adversarial"] = True
 
     def report(p):
         print(f"\rstep {p.step}/{p.total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", end="", file=sys.stderr, flush=True)

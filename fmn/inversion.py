@@ -69,10 +69,11 @@ def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
 
 
 def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, config: InversionConfig = InversionConfig(),
-           on_step=None, score: Callable[[Inverted], float] | None = None, prompts: list[str] | None = None) -> Inverted:
+           on_step=None, score: Callable[[Inverted], float] | None = None, prompts: list[str] | None = None,
+           start: Inverted | None = None) -> Inverted:
     """Learns vectors for the concept's tokens so that prompts naming it denoise `latents` (N, 4, h, w).
 
-    Starts from the tokens' own embeddings; runs on the pipeline as it is now (with whatever
+    Starts from the tokens' own embeddings (or from `start`'s); runs on the pipeline as it is now (with whatever
     patches are active), which is what the attack wants. `on_step(step, total, loss)`.
     `prompts` name the concept while it trains (default: TEMPLATES around its name).
     `score(learned)`, higher is better, picks the result among the start, every
@@ -82,7 +83,7 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
     pipe.unet.requires_grad_(False)  # only the vectors learn
     pipe.text_encoder.requires_grad_(False)
     table = pipe.text_encoder.get_input_embeddings().weight
-    vectors = table[token_ids].detach().clone().float().requires_grad_(True)
+    vectors = (table[token_ids] if start is None else start.vectors).detach().clone().float().requires_grad_(True)
     learned = Inverted(token_ids, vectors)
     prompts = prompts or [t.format(concept) for t in TEMPLATES]
     scored: list[tuple[float, Inverted]] = []

@@ -93,6 +93,9 @@ class FakeWorld:
     def preserve_for(self, erased):
         return [w for w in ("circle", "square", "Mimo") if w not in erased]
 
+    def wordings(self, concept):
+        return [concept]
+
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(name):

@@ -237,3 +237,30 @@ def test_a_global_concept_is_erased_in_every_wording_the_world_knows():
         assert method.concepts == night and "circle" in method.config.preserve
     assert make_method("uce", "circle", world=world).concepts == ["circle"]
     assert make_method("uce", "night", world=None).concepts == ["night"]  # other models: the user's list, as given
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("fmn", dict(references=2, reference_steps=3)),
+    ("esd-x", dict(sample_steps=3, trajectories=1)),
+    ("text-encoder", dict(references=2, reference_steps=3)),
+])
+def test_adversarial_mode_relearns_the_attackers_words_and_erases_them_too(monkeypatch, method, settings):
+    from fmn.erase.adversarial import Adversary
+
+    rounds, learn = [], Adversary.learn
+
+    def counted(self, pipe, steps, lr, seed):
+        rounds.append(steps)
+        learn(self, pipe, steps, lr, seed)
+        assert all(learned is not None for learned in self.learned)
+
+    monkeypatch.setattr(Adversary, "learn", counted)
+    plain = erase(tiny_pipeline(), ["circle"], method, steps=5, **settings)
+    robust = erase(tiny_pipeline(), ["circle"], method, steps=5, adversarial=True, attack_every=2, attack_steps=3, **settings)
+    assert rounds == [3, 3, 3]  # before steps 1, 3 and 5
+    assert robust.settings["adversarial"] and plain.tensors.keys() == robust.tensors.keys()
+    assert any(not torch.equal(plain.tensors[k], robust.tensors[k]) for k in plain.tensors)
+    with pytest.raises(ValueError, match="every 9 steps"):
+        make_method(method, ["circle"], steps=5, adversarial=True, attack_every=9)
+    with pytest.raises(ValueError, match="has no setting adversarial"):
+        make_method("uce", ["circle"], adversarial=True)

@@ -3,8 +3,8 @@
 import torch
 
 from fmn.attack import AttackConfig, concept_inversion
-from fmn.erase import erase, make_method
 from fmn.diffusion import encode
+from fmn.erase import erase, make_method
 from fmn.inversion import InversionConfig, Inverted, concept_token_ids, invert, inverted
 from fmn.tiny import tiny_pipeline
 
@@ -72,7 +72,9 @@ def test_forget_me_not_with_inversion_trains_on_the_name_and_the_learned_words()
     method = make_method("fmn", ["circle"], inversion_steps=3, references=2, reference_steps=4)
     with torch.no_grad():
         refs = method.references(pipe, torch.Generator().manual_seed(0))
-    assert refs.embeddings.shape[0] == 2 and not torch.allclose(refs.embeddings[0], refs.embeddings[1])
+    with torch.no_grad():
+        named = encode(pipe, refs.prompts)
+    assert refs.learned.shape == named.shape and not torch.allclose(refs.learned, named)
     patch = erase(pipe, ["circle"], "fmn", steps=3, inversion_steps=3, references=2, reference_steps=4)
     assert patch.settings["inversion_steps"] == 3
 

@@ -100,7 +100,7 @@ class PaperESD:
             for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited.unet, scheduler, z, guide, concepts[which])):
                 if i == stop:
                     break
-        return z, t.repeat(len(z)), eps_g, eps_c, concepts[which].expand(len(z), -1, -1)
+        return z, t.repeat(len(z)), eps_g, eps_c, torch.full((len(z),), which)
 
 
 class FrozenCopy:

@@ -47,8 +47,7 @@ class Trajectories:
     timesteps: torch.Tensor  # (N,)
     eps_guide: torch.Tensor  # (N, 4, h, w) at the empty prompt, or the guide concept
     eps_concept: torch.Tensor  # (N, 4, h, w)
-    concept: torch.Tensor  # (N,) index into `embeddings`
-    embeddings: torch.Tensor  # (concepts, 77, D)
+    concept: torch.Tensor  # (N,) index into the concepts
 
 
 class ESD(ErasureMethod):
@@ -95,17 +94,17 @@ class ESD(ErasureMethod):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
                 rows["concept"].append(torch.full((len(z),), i))
-        return Trajectories(**{k: torch.cat(v) for k, v in rows.items()}, embeddings=concepts)
+        return Trajectories(**{k: torch.cat(v) for k, v in rows.items()})
 
     def draw(self, refs: Trajectories, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """One batch of (latents, steps, frozen eps at the guide, frozen eps at the concept, concept embeddings)."""
+        """One batch of (latents, steps, frozen eps at the guide, frozen eps at the concept, concept indices)."""
         idx = torch.randint(0, len(refs.latents), (self.config.batch,), generator=generator)
-        return (refs.latents[idx], refs.timesteps[idx], refs.eps_guide[idx], refs.eps_concept[idx],
-                refs.embeddings[refs.concept[idx]])
+        return refs.latents[idx], refs.timesteps[idx], refs.eps_guide[idx], refs.eps_concept[idx], refs.concept[idx]
 
     def loss(self, pipe: StableDiffusionPipeline, refs, generator: torch.Generator) -> torch.Tensor:
-        latents, timesteps, eps_g, eps_c, text = self.draw(refs, generator)
+        latents, timesteps, eps_g, eps_c, concept = self.draw(refs, generator)
         target = eps_g - self.config.eta * (eps_c - eps_g)
+        text = encode(pipe, self.concepts)[concept]  # read every step, so that adversarial words reach it
         pred = pipe.unet(latents, timesteps.to(pipe.device), text).sample
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 

@@ -62,7 +62,8 @@ def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
 @dataclass
 class References:
     latents: torch.Tensor  # (N, 4, h, w), scaled VAE latents of the concept's images
-    embeddings: torch.Tensor  # (V, C, 77, D): one training prompt per concept, V = 2 with inversion
+    prompts: list[str]  # one training prompt per concept, read through the text encoder at every step
+    learned: torch.Tensor | None  # (C, 77, D): the prompts with the words stage 1 learned from the images, if it ran
     positions: list[list[int]]  # the concept's token positions in each prompt
     concept: torch.Tensor  # (N,) which concept each latent shows
     guide: torch.Tensor | None = None  # (1, 77, D): the prompt naming the guide, if any
@@ -90,19 +91,19 @@ class ForgetMeNot(ErasureMethod):
         latents = reference_latents(pipe, prompts, cfg.references, cfg.reference_steps, generator, self.images)
         concept = (torch.zeros(len(latents), dtype=torch.long) if self.images is not None
                    else torch.arange(len(prompts)).repeat_interleave(cfg.references))
-        embeddings = [encode(pipe, prompts)]
+        learned_rows = None
         if cfg.inversion_steps:
             rows = []
             for i, c in enumerate(self.concepts):
                 if not (concept == i).any():  # uploads show the first concept only
-                    rows.append(embeddings[0][i:i + 1])
+                    rows.append(encode(pipe, prompts[i:i + 1]))
                     continue
                 with torch.enable_grad():
                     learned = invert(pipe, c, latents[concept == i], InversionConfig(cfg.inversion_steps, cfg.inversion_lr, 1, cfg.seed))
                 with inverted(pipe, learned):
                     rows.append(encode(pipe, prompts[i:i + 1]))
-            embeddings.append(torch.cat(rows))
-        refs = References(latents, torch.stack(embeddings), positions, concept)
+            learned_rows = torch.cat(rows)
+        refs = References(latents, prompts, learned_rows, positions, concept)
         if cfg.guide:
             prompt = cfg.template.format(cfg.guide)
             refs.guide, refs.guide_positions = encode(pipe, [prompt]), concept_positions(pipe.tokenizer, prompt, cfg.guide)
@@ -122,7 +123,7 @@ class ForgetMeNot(ErasureMethod):
         which = int(refs.concept[i])
         zt, _, t = noisy(pipe, refs.latents[i:i + 1], generator)
         positions = refs.positions[which]
-        variant = int(torch.randint(0, 2, (1,), generator=generator)) if len(refs.embeddings) > 1 else 0  # name or learned words
+        variant = int(torch.randint(0, 2, (1,), generator=generator)) if refs.learned is not None else 0  # name or learned words
         targets = self._guide_maps(pipe, refs, zt, t) if refs.guide is not None else None
         squares = []
 
@@ -130,6 +131,7 @@ class ForgetMeNot(ErasureMethod):
             maps = probs[..., positions].float()
             squares.append((maps if targets is None else maps - targets[len(squares)]).pow(2).sum())
 
+        text = refs.learned[which:which + 1] if variant else encode(pipe, refs.prompts[which:which + 1])
         with install(pipe.unet, sink):
-            pipe.unet(zt, t, refs.embeddings[variant, which:which + 1])
+            pipe.unet(zt, t, text)
         return torch.stack(squares).sum().sqrt()

@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from ..diffusion import encode, noisy, reference_latents
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
+from .adversarial import Adversary
 from .method import ErasureMethod
 
 __all__ = ["Progress", "ErasureError", "ErasureCancelled", "Anchors", "train_patch"]
@@ -96,6 +97,7 @@ def train_patch(
     with torch.no_grad(), record_function("erase.references"):
         refs: Any = method.references(pipe, generator)
         keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator) if cfg.preserve and cfg.preserve_weight else None
+        adversary = Adversary(pipe, method.concepts, generator, method.images) if cfg.adversarial else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
     # initial values from the global generator, so seed it here (and only here) for reproducible patches
     with torch.random.fork_rng(devices=[]):
@@ -108,8 +110,16 @@ def train_patch(
     # 3. Training steps
     try:
         for step in range(1, cfg.steps + 1):
+            if adversary is not None and (step - 1) % cfg.attack_every == 0:
+                with record_function("erase.adversary"):
+                    adversary.learn(pipe, cfg.attack_steps, cfg.attack_lr, cfg.seed + step)
+                    for param in params:  # the inversion froze every weight but its own
+                        param.requires_grad_(True)
             with record_function("erase.loss"):
                 loss = method.loss(pipe, refs, generator)
+                if adversary is not None:
+                    with adversary.words(pipe):
+                        loss = (loss + method.loss(pipe, refs, generator)) / 2
             if keep is not None:
                 with record_function("erase.preserve"):
                     loss = loss + cfg.preserve_weight * keep.loss(pipe, PRESERVE_BATCH, generator)

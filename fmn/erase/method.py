@@ -49,12 +49,19 @@ class TrainingConfig(MethodConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     preserve_weight: float = 1.0  # ours: the preservation term's weight (0: none, as in the papers)
+    adversarial: bool = False  # also erase the words an attacker learns against the patch as it trains (adversarial.py)
+    attack_every: int = 10  # adversarial: training steps between two rounds of the attacker's learning
+    attack_steps: int = 10  # adversarial: inversion steps a round, each round from the last words
+    attack_lr: float = 5e-3  # adversarial: the inversion's step size (the attack's, fmn/attack.py)
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"Steps {self.steps} is out of range: use 1 to {MAX_STEPS}.")
         if not 0 < self.lr < 1:
             raise ValueError(f"Learning rate {self.lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
+        if self.adversarial and not (1 <= self.attack_every <= self.steps and 1 <= self.attack_steps <= 1000):
+            raise ValueError(f"Adversarial rounds every {self.attack_every} steps of {self.attack_steps} inversion steps: "
+                             f"use 1 to {self.steps} and 1 to 1000.")
 
 
 class ErasureMethod:
