@@ -149,12 +149,12 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     pipe = tiny_pipeline()
     rows = UCE(["circle"], UCEConfig())._embeddings  # the concept's rows: its last token, the end token, the padding
 
-    def keys(word, guide=None):
+    def keys(word, of_guide=False):
         layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
         with torch.no_grad():
-            return layer(rows(pipe, word, guide))
+            return layer(rows(pipe, word, "", of_guide))
 
-    circle, guide, star = keys("circle"), keys("circle", guide=""), keys("star")
+    circle, guide, star = keys("circle"), keys("circle", of_guide=True), keys("star")
     patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01)
     activate(pipe, [patch.name])
     # 76 rows in 32 dimensions cannot all be mapped exactly: a least-squares compromise (measured 0.14, 0.51, 0.27)
@@ -205,6 +205,7 @@ def test_rece_closes_the_embedding_that_uce_leaves_open():
     weights = UCE.weights(pipe)
     uce, rece = (make_method(m, ["circle"], preserve=["star"], **extra) for m, extra in (("uce", {}), ("rece", {"rounds": 2})))
     concept, guide, kept = uce.rows(pipe)
+    assert torch.equal(uce.rows(pipe, first=2)[0], concept[:2])
 
     def gap(edit: Edit) -> float:
         """How close an attacker's best embedding brings the edited layers to the outputs of the concept's token and end rows."""
@@ -264,3 +265,12 @@ def test_adversarial_mode_relearns_the_attackers_words_and_erases_them_too(monke
         make_method(method, ["circle"], steps=5, adversarial=True, attack_every=9)
     with pytest.raises(ValueError, match="has no setting adversarial"):
         make_method("uce", ["circle"], adversarial=True)
+
+
+@pytest.mark.parametrize("method", ["uce", "rece"])
+def test_closed_forms_take_a_guide_longer_than_the_concept(method):
+    """The concept's rows and the guide's stay aligned whatever their token counts."""
+    pipe = tiny_pipeline()
+    with torch.no_grad():
+        tensors, lora = make_method(method, ["circle"], replace_with="a big red square").solve(pipe)
+    assert all(torch.isfinite(t).all() for t in tensors.values()) and lora["unet"]["r"] > 0

@@ -1,6 +1,7 @@
 """Every method at its defaults on the embedded model, judged: it erases an object and a character,
 keeps the rest, and replaces one concept with another; the robust closed form (RECE) withstands
-the concept-inversion attack on "night" erased as one word, where UCE does not.
+the concept-inversion attack on "night" erased as one word, where UCE does not; Forget-Me-Not's
+adversarial mode withstands it on the heart, where plain Forget-Me-Not does not.
 
 The spec: the concept's judged presence on its held-out prompts falls from >= 90 % to <= 20 %,
 while concepts of its kind and of the other kinds each lose at most 10 points. A seeded erasure
@@ -146,6 +147,30 @@ def test_the_robust_closed_form_withstands_the_attack(embedded, judge):
     print(f"night (one word), attack recovery: uce {recovered['uce']:.0%}, rece {recovered['rece']:.0%}")  # README (pytest -s)
     assert recovered["rece"] <= 0.2 + MARGIN, recovered  # the benchmark's attack target, one image to spare
     assert recovered["uce"] - recovered["rece"] >= 0.3, recovered  # three images of ten fewer than the plain edit
+
+
+# The same attack against Forget-Me-Not erasing the heart, plain and in adversarial mode (seed 0): presence of the
+# heart on its 10 held-out prompts after erasure, and after the attack. Adversarial mode pays for it in what it keeps
+# (points lost in kind 30, across kinds 30, against 30 and 0 plain: README), which this test does not hold it to.
+ADVERSARIAL_READINGS = {False: (0.5, 0.6), True: (0.1, 0.1)}
+
+
+def test_adversarial_mode_withstands_the_attack(embedded, judge):
+    probe, seen = probes("object", "heart", PROMPTS), {}
+    for adversarial in ADVERSARIAL_READINGS:
+        erase(embedded, ["heart"], "fmn", name="judged", adversarial=adversarial)
+        try:
+            activate(embedded, ["judged"])
+            after = found_rates(embedded, judge, probe, STEPS, ("erased",))["erased"]
+            activate(embedded, [])
+            seen[adversarial] = after, attack_recovery(embedded, judge, probe, "judged", AttackConfig(steps=100, images=8, image_steps=STEPS), STEPS)
+        finally:
+            activate(embedded, [])
+            detach(embedded, "judged")
+    print(f"fmn heart: present after / attacked, plain {seen[False]}, adversarial {seen[True]}")  # README (pytest -s)
+    (plain_after, plain_attacked), (adv_after, adv_attacked) = seen[False], seen[True]
+    assert adv_after <= plain_after and adv_attacked <= 0.2 + MARGIN, seen  # the attack target, one image to spare
+    assert plain_attacked - adv_attacked >= 0.3, seen  # three images of ten fewer than plain Forget-Me-Not
 
 
 def spread(seeds: list[int], methods: list[str]) -> None:

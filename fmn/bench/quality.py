@@ -182,19 +182,19 @@ def _patch_kb(patch) -> float:
         return path.stat().st_size / 1024
 
 
-def evaluate_concept(pipe, judge, kind: str, name: str, methods: list[str], n: int, steps: int,
-                     attack: AttackConfig, overrides: dict, log=print) -> list[Row]:
-    """The unedited row, then one row per method, for one concept."""
+def evaluate_concept(pipe, judge, kind: str, name: str, runs: list[tuple[str, str, dict]], n: int, steps: int,
+                     attack: AttackConfig, log=print) -> list[Row]:
+    """The unedited row, then one row per run (its label, the method, its settings), for one concept."""
     probe = probes(kind, name, n)
     base = found_rates(pipe, judge, probe, steps)
     rows = [Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
                 None, None, None, None, base["images"][:4])]
     log(_line(rows[-1]))
-    for method in methods:
-        adapter = f"bench-{method}"
+    for label, method, settings in runs:
+        adapter = f"bench-{label}"
         peak, start = Peak(pipe.device), time.perf_counter()
         with peak():
-            patch = erase(pipe, [name], method, name=adapter, **overrides.get(method, {}))
+            patch = erase(pipe, [name], method, name=adapter, **settings)
         seconds = time.perf_counter() - start
         activate(pipe, [adapter])
         try:
@@ -202,7 +202,7 @@ def evaluate_concept(pipe, judge, kind: str, name: str, methods: list[str], n: i
         finally:
             activate(pipe, [])
         recovered = attack_recovery(pipe, judge, probe, adapter, attack, steps)
-        rows.append(Row(method, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
+        rows.append(Row(label, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
                         recovered, seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
         detach(pipe, adapter)
         log(_line(rows[-1]))
@@ -288,6 +288,8 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
+    parser.add_argument("--adversarial", action="store_true",
+                        help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts", help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
     parser.add_argument("--prompts", type=int, help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
     parser.add_argument("--steps", type=int, help=f"denoising steps per image (default {FULL['steps']}, quick {QUICK['steps']})")
@@ -316,16 +318,20 @@ def run(args) -> list[Row]:
     pipe.set_progress_bar_config(disable=True)
     judge = pipe.world.judge
     device = device_name(pipe.device)
-    settings = {"quick": args.quick, "prompts": n, "steps": steps, "attack_steps": attack.steps, "attack_images": attack.images, "methods": methods,
+    settings = {"quick": args.quick, "prompts": n, "steps": steps, "attack_steps": attack.steps, "attack_images": attack.images,
+                "methods": methods, "adversarial": args.adversarial,
                 "training": QUICK_SETTINGS if args.quick else "defaults"}
     print(f"Device: {device}\n{HEADER}", flush=True)
     rows = []
     for kind, names in concepts.items():
         for name in names:
-            overrides = {m: KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
-                         for m in methods}
-            rows += evaluate_concept(pipe, judge, kind, name, methods, n, steps, attack, overrides,
-                                     log=lambda line: print(line, flush=True))
+            runs = []
+            for m in methods:
+                tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
+                runs.append((m, m, tuned))
+                if args.adversarial and METHODS[m].trains:
+                    runs.append((f"{m} adversarial", m, tuned | {"adversarial": True}))
+            rows += evaluate_concept(pipe, judge, kind, name, runs, n, steps, attack, log=lambda line: print(line, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_names = sorted(name for names in concepts.values() for name in names)

@@ -99,18 +99,20 @@ class UCE(ErasureMethod):
     Config = UCEConfig
     trains = False
 
-    def _embeddings(self, pipe: StableDiffusionPipeline, word: str, guide: str | None = None) -> torch.Tensor:
-        """(L, D): the word's prompt embeddings from its last token on, or the guide prompt's at the aligned rows."""
-        last = {text: len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (word, guide or "")}
+    def _embeddings(self, pipe: StableDiffusionPipeline, word: str, guide: str = "", of_guide: bool = False) -> torch.Tensor:
+        """(L, D): the word's prompt embeddings from its last token on (`of_guide`: the guide prompt's,
+        from its own last token); L is the same either way, set by the longer of the two."""
+        last = {text: len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (word, guide)}
         length = pipe.tokenizer.model_max_length - max(last.values())
-        text = word if guide is None else guide
+        text = guide if of_guide else word
         return encode(pipe, [text])[0, last[text]:last[text] + length].float()
 
-    def rows(self, pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D)."""
-        cfg = self.config
-        erase = torch.cat([self._embeddings(pipe, word) for word in self.concepts])
-        targets = torch.cat([self._embeddings(pipe, word, guide=cfg.guide) for word in self.concepts])
+    def rows(self, pipe: StableDiffusionPipeline, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D);
+        with `first`, each concept's first rows only."""
+        cfg, take = self.config, slice(first or None)
+        erase = torch.cat([self._embeddings(pipe, word, cfg.guide)[take] for word in self.concepts])
+        targets = torch.cat([self._embeddings(pipe, word, cfg.guide, of_guide=True)[take] for word in self.concepts])
         kept = torch.cat([self._embeddings(pipe, word) for word in cfg.preserve] or [erase[:0]])
         return erase, targets, kept
 
@@ -134,11 +136,9 @@ class RECE(UCE):
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         cfg, weights = self.config, self.weights(pipe)
-        concept, guide, kept = self.rows(pipe)
-        erase, targets = concept, guide
+        erase, targets, kept = self.rows(pipe)
+        source, aims, _ = self.rows(pipe, first=cfg.rows)  # the rows inverted, and the guide's rows they map to
         edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
-        source = concept if not cfg.rows else torch.cat([c[:cfg.rows] for c in concept.split(len(concept) // len(self.concepts))])
-        aims = guide if not cfg.rows else torch.cat([g[:cfg.rows] for g in guide.split(len(guide) // len(self.concepts))])
         for _ in range(cfg.rounds):
             erase = torch.cat([erase, edit.inverse(source, cfg.reg)])
             targets = torch.cat([targets, aims])
