@@ -6,7 +6,8 @@ step (``loss``). The loop owns the rest: freezing the base weights, the optimize
 preservation term (the patched model must still predict what the unedited one did for the
 concepts in ``config.preserve``, weighted by ``config.preserve_weight``), progress,
 cancellation, a NaN guard that leaves the model as it was, and turning the adapter into a
-`Patch`. Its phases are named for `torch.profiler` ("erase.references", "erase.loss", ...). The unedited model is always the same pipeline with its patches switched off
+`Patch`. Its phases are named for `torch.profiler` ("erase.references", "erase.loss", ...).
+The unedited model is always the same pipeline with its patches switched off
 (`fmn.patch.frozen`), never a second copy.
 """
 
