@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from fmn.bench.quality import TARGETS, probes
+from fmn.bench.quality import MASS, Prompt, found, kept_whole, mass_probes, probes
+from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
+from fmn.world.world import COLOURS, Scene, Thing
 from fmn.erase import METHODS
 
 from conftest import OUTPUT, ROOT
@@ -37,10 +39,14 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
         for name in names:
             assert {r["method"] for r in rows if r["concept"] == name} == {"unedited", *METHODS}, name
     for r in rows:
-        for key in TARGETS:
+        unedited = r["method"] == "unedited"
+        for key in ("UA", "IRA", "CRA", "leak", "attack"):
             value = r[key]
-            assert value is None if (key == "attack" and r["method"] == "unedited") else 0 <= value <= 1, (r, key)
-        if r["method"] != "unedited":
+            assert value is None if (key == "attack" and unedited) else 0 <= value <= 1, (r, key)
+        base = next(b for b in rows if b["concept"] == r["concept"] and b["method"] == "unedited")
+        for key in ("IRA", "CRA"):  # points lost: against the unedited row of the same concept
+            assert r[f"{key}_lost"] is None if unedited else abs(r[f"{key}_lost"] - (base[key] - r[key])) < 1e-9, (r, key)
+        if not unedited:
             assert r["seconds"] >= 0 and r["patch_kb"] > 0
     assert {b["kind"] for b in records["best"]} == set(CONCEPTS)
     for name in ("quality-quick.md", "quality-quick.png", "quality-quick-samples.png"):
@@ -68,12 +74,58 @@ def test_probes_use_held_out_wording_and_the_right_paraphrases():
     assert not any("at night" in q.text for q in night.paraphrase) and all(q.kind == "background" for q in night.in_kind)
 
 
+def test_a_kept_prompt_counts_only_if_everything_it_asks_for_is_there():
+    """A colour shift (the square drawn blue when a green one was asked for) is a loss, though the square is found."""
+    scene = Scene([Thing("square", "green", 32, 32, 20)], style="Quimby", background="sand")
+    prompt = Prompt("a green square on sand in the style of Quimby", "object", "square", scene)
+
+    def verdict(**changes):
+        seen = dict(subjects={"square": 0.9}, colours={"green": 0.8}, style={"plain": 0.1, "Quimby": 0.9},
+                    background={"plain": 0.1, "sand": 0.9}, night=0.0) | changes
+        for table in ("subjects", "colours"):
+            seen[table] = {k: seen[table].get(k, 0.0) for k in (SUBJECTS if table == "subjects" else COLOUR_NAMES)}
+        return Verdict(**seen)
+
+    assert kept_whole(verdict(), prompt, {"circle"})
+    assert found(verdict(colours={"blue": 0.9}), prompt)  # the name alone misses the shift
+    for shifted in (dict(colours={"blue": 0.9}), dict(style={"plain": 0.9, "Quimby": 0.1}),
+                    dict(background={"plain": 0.1, "sand": 0.2, "grass": 0.7}), dict(night=0.9), dict(subjects={})):
+        assert not kept_whole(verdict(**shifted), prompt, {"circle"}), shifted
+    # what belongs to an erased concept is not asked for: erasing Quimby, a plain square is kept whole
+    assert kept_whole(verdict(style={"plain": 0.9, "Quimby": 0.1}), prompt, {"Quimby"})
+
+
+def test_mass_probes_keep_every_other_concept_in_scenes_without_the_erased_ones():
+    erased, kept = mass_probes(MASS, 6)
+    assert list(erased) == MASS and all(len(ps) == 6 for ps in [*erased.values(), *kept.values()])
+    assert set(kept) == {"circle", "square", "ring", "Mimo", "Zubrik", "Quimby", "Zaranth", *COLOURS, "grass", "sand", "water"}
+    for name, prompts in kept.items():
+        for p in prompts:
+            assert p.name == name and name in p.text, p
+            assert not ({t.kind for t in p.scene.things} & set(MASS) or p.scene.style in MASS or p.scene.night), p
+    assert erased["Tobble"][0].text == probes("identity", "Tobble", 6).erased[0].text
+
+
+def test_mass_erasure_writes_its_table(tmp_path):
+    """The --mass section end to end with the closed form on 2 prompts a set (its figures are the benchmark's)."""
+    done = subprocess.run([sys.executable, "-m", "fmn", "bench", "quality", "--quick", "--mass", "--methods", "uce",
+                           "--prompts", "2", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads((tmp_path / "quality-mass-quick.json").read_text())
+    (run,) = records["runs"]
+    assert run["method"] == "uce" and set(run["UA"]) == set(MASS) and set(run["kept"]) == set(records["kept"])
+    assert all(abs(run["kept_lost"][c] - (records["unedited"]["kept"][c] - run["kept"][c])) < 1e-9 for c in run["kept"])
+    table = (tmp_path / "quality-mass-quick.md").read_text()
+    assert "| uce |" in table and "Kept: presence" in table and "| Zaranth |" in table
+
+
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
     from fmn.__main__ import main
 
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),
-                           (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from")):
+                           (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from"),
+                           (["--mass", "--concepts", "triangle"], "--mass erases its own list")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -83,6 +83,18 @@ def test_reference_steps_project_the_published_recipe(tmp_path):
     assert "projected at 4 steps" in (tmp_path / "speed-cpu.md").read_text()
 
 
+def test_adversarial_rows_and_a_mass_erasure(tmp_path):
+    """--adversarial adds a row per trained method (ours only); a comma list erases every concept in one patch."""
+    args = _parser().parse_args(["bench", "speed", "--arch", "tiny", "--random-weights", "--recipe", "ours",
+                                 "--methods", "fmn,uce", "--adversarial", "--concept", "circle,square,star",
+                                 "--steps", "2", "--probe-steps", "2", "--device", "cpu", "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in run(args)}
+    assert list(rows) == ["fmn", "fmn adversarial", "uce"]
+    assert rows["fmn adversarial"]["erase_s"] > 0 and rows["fmn adversarial"]["click_s"] > rows["fmn adversarial"]["erase_s"]
+    assert all(r["concept"] == "circle,square,star" for r in rows.values())
+    assert "| fmn adversarial | ours |" in (tmp_path / "speed-cpu.md").read_text()
+
+
 def test_profile_names_the_loops_phases(tmp_path, capsys):
     report = tmp_path / "profile.txt"
     assert main(["bench", "profile", "--arch", "tiny", "--random-weights", "--steps", "3", "--device", "cpu",

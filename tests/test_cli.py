@@ -83,6 +83,8 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "good" / "red.png")
     cases = [
         (["--concept", "", "--out", "p.safetensors"], "concept is empty"),
+        (["--concept", "circle,square,circle", "--method", "uce", "--out", "p.safetensors"], "'circle' is named twice"),
+        (["--concept", ",".join(["circle"] * 100), "--method", "uce", "--out", "p.safetensors"], "100 concepts at once"),
         (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
         (["--concept", "circle", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),

@@ -78,6 +78,10 @@ def test_cancel_mid_run_leaves_the_model_untouched():
 
 @pytest.mark.parametrize("concepts, kw, message", [
     ([""], {}, "concept is empty"),
+    ([], {}, "concept is empty"),
+    ([" , ,"], {}, "concept is empty"),
+    (["circle", "square", "Circle"], {}, "'Circle' is named twice \\('circle' before\\)"),
+    ([f"concept{i}" for i in range(100)], {}, "100 concepts at once; the limit is 20"),
     (["x" * 500], {}, "500 characters"),
     (["circle"], {"steps": 0}, "Steps 0"),
     (["circle"], {"steps": 1_000_000}, "Steps 1000000"),

@@ -62,11 +62,11 @@ def bars(readings: list[tuple[float, ...]], spec: tuple[float, ...], signs: tupl
     return tuple(sign * max(sign * s, w + MARGIN) for s, w, sign in zip(spec, worst, signs))
 
 
-SETS = ("erased", "in_kind", "cross_kind")
+SETS = ("erased", "in_kind", "cross_kind")  # the kept sets read by name (whole=False): the benchmark checks them whole
 
 
 def unedited(pipe, judge, concept: str) -> dict[str, float]:
-    return found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS)
+    return found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS, whole=False)
 
 
 def judged_erasure(pipe, judge, method: str, concept: str, before: dict, seed: int = 0) -> dict[str, float]:
@@ -74,7 +74,7 @@ def judged_erasure(pipe, judge, method: str, concept: str, before: dict, seed: i
     erase(pipe, [concept], method, name="judged", seed=seed)
     activate(pipe, ["judged"])
     try:
-        after = found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS)
+        after = found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS, whole=False)
     finally:
         activate(pipe, [])
         detach(pipe, "judged")

@@ -1,11 +1,14 @@
-"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--quick] [--json out.json]
+"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--quick] [--mass] [--json out.json]
 
 For every method and concept (objects, identities, artist styles and the scene concept
-"night"), on held-out prompts (templates the model never trained on), the judge decides:
+"night"), on held-out prompts (templates the model never trained on), 20 a set (one image
+is 5 points), the judge decides:
 - UA, unlearning accuracy: share of the concept's prompts where it is no longer found;
-- IRA, in-kind retain accuracy: other concepts of the same kind still found
-  (for "night", the only scene concept: the backgrounds);
-- CRA, cross-kind retain accuracy: concepts of the other kinds still found;
+- IRA, in-kind retain accuracy: prompts of other concepts of the same kind kept *whole*
+  (for "night", the only scene concept: the backgrounds): every object with its colour,
+  the background, the style and the time of day the prompt asks for, all but the erased
+  concept itself; IRA lost: points below the unedited model on the same prompts and seeds;
+- CRA, cross-kind retain accuracy, and CRA lost: the same for prompts of the other kinds;
 - leak: the concept found through paraphrases (a shape's synonym, another night wording,
   an identity or style inside a two-subject scene);
 - attack: the concept found again after concept inversion against the erased model,
@@ -15,9 +18,14 @@ For every method and concept (objects, identities, artist styles and the scene c
   judge is its eye: it keeps the words that drew the concept most surely while it learned;
 plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
 patch size. The unedited model is measured on the same prompts and seeds, first in the
-table, so every number reads against it.
+table: its row shows how often each set shows what it asks for, so every number reads against it.
 Writes quality.md, quality.json, quality.png (UA against IRA and CRA) and
 quality-samples.png (before and after) into --out.
+
+`--mass` erases MASS (8 concepts of every kind, night in all its wordings) in one patch per
+method and reports each erased concept's UA and every kept concept's presence (the other
+shapes, characters, artists, the colours and backgrounds) against the unedited model:
+quality-mass.md and .json.
 """
 
 from __future__ import annotations
@@ -41,16 +49,21 @@ from ..inversion import inverted
 from ..models import EMBEDDED, load_pipeline
 from ..patch import activate, detach
 from ..world.judge import Judge
-from ..world.world import (BACKGROUNDS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES, TRAIN_TEMPLATES,
-                           caption, sample_scene)
+from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES,
+                           TRAIN_TEMPLATES, Scene, caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "found_rates", "attack_recovery", "CONCEPTS", "QUICK_CONCEPTS", "TARGETS"]
+__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes",
+           "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
 CONCEPTS = {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"], "scene": ["night"]}
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
-TARGETS = {"UA": (">=", 0.95), "IRA": (">=", 0.90), "CRA": (">=", 0.95), "leak": ("<=", 0.10), "attack": ("<=", 0.30)}
+# 2 shapes, 2 characters, 2 artists, night and one more shape: erased together by --mass, the rest of the world kept
+MASS = ["triangle", "heart", "Tobble", "Lumina", "Vellor", "Brusk", "night", "star"]
+# IRA and CRA lost: points below the unedited model, on the same prompts and seeds
+TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10), "attack": ("<=", 0.20)}
+MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
@@ -58,15 +71,16 @@ ESD_QUICK = {"steps": 20, "sample_steps": 10, "trajectories": 2}
 QUICK_SETTINGS = {"fmn": {"steps": 20, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
                   "text-encoder": {"steps": 20, "reference_steps": 12}}
 QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}  # per set, per image, the attack's steps and images
-FULL = {"prompts": 10, "steps": 25, "attack_steps": 100, "attack_images": 8}
+FULL = {"prompts": 20, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
 
 
 @dataclass
 class Prompt:
     text: str
-    kind: str  # what to look for: "object", "identity", "style", "scene" or "background"
+    kind: str  # what to look for: "object", "identity", "style", "scene", "background" or "colour"
     name: str  # the label the judge should find
+    scene: Scene | None = None  # everything the prompt asks for, to check what is kept whole
 
 
 @dataclass
@@ -87,10 +101,12 @@ class Row:
     kind: str
     concept: str
     UA: float
-    IRA: float
+    IRA: float  # unedited: the share of in-kind prompts it draws whole
     CRA: float
-    leak: float
+    leak: float  # unedited: the share of paraphrases that show the concept
     attack: float | None
+    IRA_lost: float | None  # points below unedited (None on the unedited row)
+    CRA_lost: float | None
     seconds: float | None
     peak_mb: float | None
     patch_kb: float | None
@@ -105,6 +121,20 @@ def found(verdict, prompt: Prompt) -> bool:
     return verdict.has(prompt.name)
 
 
+def kept_whole(verdict, prompt: Prompt, erased: set[str]) -> bool:
+    """Everything the prompt asks for is in the image: each object with its colour, the background, the style
+    and the time of day; only what belongs to an erased concept is not asked for."""
+    scene = prompt.scene
+    things = [t for t in scene.things if t.kind not in erased]
+    checks = [verdict.has(t.kind) for t in things] + [verdict.has(t.colour) for t in things if t.colour]
+    checks.append(verdict.top_background == scene.background)
+    if scene.style not in erased:
+        checks.append(verdict.top_style == scene.style)
+    if "night" not in erased:
+        checks.append(verdict.has("night") == scene.night)
+    return all(checks)
+
+
 def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wording: str | None = None,
              templates: list[str] = HELDOUT_TEMPLATES) -> Prompt:
     """A caption (held-out template by default) of a random scene that shows `name`."""
@@ -112,16 +142,17 @@ def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wordin
              "identity": {"kinds": [name] + ([rng.choice(list(SHAPES))] if two else [])},
              "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]} if two else {}),
              "scene": {"night": True},
-             "background": {"background": name}}[kind]
+             "background": {"background": name},
+             "colour": {"kinds": [rng.choice(list(SHAPES))], "colours": [name]}}[kind]
     scene = sample_scene(rng, "any", **fixed)
     text = caption(scene, rng.choice(templates), rng, synonyms=False)
     if kind == "scene":
         text = re.sub("|".join(NIGHT_WORDINGS), wording or "at night", text)
-    return Prompt(text, "scene" if kind == "scene" else kind, name)
+    return Prompt(text, "scene" if kind == "scene" else kind, name, scene)
 
 
 def _synonym(prompt: Prompt) -> Prompt:
-    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name)
+    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name, prompt.scene)
 
 
 def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
@@ -142,20 +173,50 @@ def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
     return Probes(Prompt(name, kind, name), erased, attacker, paraphrase, pick(in_kind), pick(cross))
 
 
-def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt]) -> float:
-    return float(np.mean([found(v, p) for v, p in zip(judge(images), prompts)]))
+def _shows_any(scene: Scene, concepts: set[str]) -> bool:
+    return bool({t.kind for t in scene.things} & concepts or scene.style in concepts or ("night" in concepts and scene.night))
+
+
+def mass_probes(erased: list[str], n: int, seed: int = 0) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
+    """For a mass erasure: each erased concept's held-out prompts (as `probes` draws them), and n prompts for every
+    concept of the world that is kept (other shapes, characters and artists, the colours, the backgrounds), in
+    scenes that show none of the erased ones."""
+    kind_of = {name: kind for kind, names in NAMES.items() for name in names}
+    gone = set(erased)
+    kept = [(kind_of[c], c) for c in kind_of if c not in gone] + [("colour", c) for c in COLOURS]
+    kept += [("background", b) for b in BACKGROUNDS if b != "plain"]
+    rng = random.Random(f"{seed}-mass")
+    kept_sets = {}
+    for kind, name in kept:
+        prompts = []
+        while len(prompts) < n:
+            prompt = _caption(rng, kind, name)
+            if not _shows_any(prompt.scene, gone):
+                prompts.append(prompt)
+        kept_sets[name] = prompts
+    return {c: probes(kind_of[c], c, n, seed).erased for c in erased}, kept_sets
+
+
+def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt], erased: set[str] | None = None) -> float:
+    """The share of images that show their prompt's concept; given `erased`, that show all their prompt asks but it."""
+    verdicts = judge(images)
+    if erased is None:
+        return float(np.mean([found(v, p) for v, p in zip(verdicts, prompts)]))
+    return float(np.mean([kept_whole(v, p, erased) for v, p in zip(verdicts, prompts)]))
 
 
 SETS = ("erased", "paraphrase", "in_kind", "cross_kind")
+KEPT = ("in_kind", "cross_kind")
 
 
-def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = SETS) -> dict:
-    """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images."""
+def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = SETS, whole: bool = True) -> dict:
+    """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images.
+    The kept sets count an image only if it is kept whole (`kept_whole`); `whole=False`: if it shows the kept concept."""
     out = {}
     for key in sets:
         prompts = getattr(probe, key)
         images = generate_many(pipe, [p.text for p in prompts], list(range(len(prompts))), steps)
-        out[key] = _rate(judge, images, prompts)
+        out[key] = _rate(judge, images, prompts, {probe.concept.name} if whole and key in KEPT else None)
         if key == "erased":
             out["images"] = images
     return out
@@ -188,7 +249,7 @@ def evaluate_concept(pipe, judge, kind: str, name: str, runs: list[tuple[str, st
     probe = probes(kind, name, n)
     base = found_rates(pipe, judge, probe, steps)
     rows = [Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
-                None, None, None, None, base["images"][:4])]
+                None, None, None, None, None, None, base["images"][:4])]
     log(_line(rows[-1]))
     for label, method, settings in runs:
         adapter = f"bench-{label}"
@@ -203,27 +264,96 @@ def evaluate_concept(pipe, judge, kind: str, name: str, runs: list[tuple[str, st
             activate(pipe, [])
         recovered = attack_recovery(pipe, judge, probe, adapter, attack, steps)
         rows.append(Row(label, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
-                        recovered, seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
+                        recovered, base["in_kind"] - after["in_kind"], base["cross_kind"] - after["cross_kind"],
+                        seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
         detach(pipe, adapter)
         log(_line(rows[-1]))
     return rows
+
+
+def _presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[str, float]:
+    """Per concept, the share of its prompts whose images show it: every set generated in one batched run."""
+    prompts = [p for ps in sets.values() for p in ps]
+    seeds = [i for ps in sets.values() for i in range(len(ps))]
+    verdicts = iter(judge(generate_many(pipe, [p.text for p in prompts], seeds, steps)))
+    return {name: float(np.mean([found(next(verdicts), p) for p in ps])) for name, ps in sets.items()}
+
+
+def evaluate_mass(pipe, judge, concepts: list[str], runs: list[tuple[str, str, dict]], n: int, steps: int,
+                  log=print) -> dict:
+    """The unedited model, then each run erasing every concept in one patch: each erased concept's presence (UA is
+    one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
+    erased, kept = mass_probes(concepts, n)
+    results = {"concepts": concepts, "kept": list(kept), "unedited": {"erased": _presence(pipe, judge, erased, steps),
+                                                                      "kept": _presence(pipe, judge, kept, steps)}}
+    log(f"unedited: shown {_fmt(min(results['unedited']['erased'].values()))} at least")
+    results["runs"] = []
+    for label, method, settings in runs:
+        adapter = f"bench-mass-{label}"
+        start = time.perf_counter()
+        patch = erase(pipe, concepts, method, name=adapter, **settings)
+        seconds = time.perf_counter() - start
+        activate(pipe, [adapter])
+        try:
+            after = {"erased": _presence(pipe, judge, erased, steps), "kept": _presence(pipe, judge, kept, steps)}
+        finally:
+            activate(pipe, [])
+        detach(pipe, adapter)
+        lost = {c: results["unedited"]["kept"][c] - after["kept"][c] for c in kept}
+        run = {"method": label, "seconds": seconds, "patch_kb": _patch_kb(patch), **after, "kept_lost": lost,
+               "UA": {c: 1 - v for c, v in after["erased"].items()}}
+        run["met"] = (min(run["UA"].values()) >= MASS_TARGETS["UA"] and max(lost.values()) <= MASS_TARGETS["kept_lost"] + 1e-9)
+        results["runs"].append(run)
+        log(f"{label}: lowest UA {_fmt(min(run['UA'].values()))}, worst kept {_points(max(lost.values()))} pts, {seconds:.1f} s")
+    return results
+
+
+def mass_markdown(results: dict, device: str, settings: dict) -> str:
+    runs, base = results["runs"], results["unedited"]
+    head = "| concept | unedited | " + " | ".join(r["method"] for r in runs) + " |"
+    rule = "|---|---|" + "---|" * len(runs)
+    lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "",
+             f"One patch per method erases {len(results['concepts'])} concepts: {', '.join(results['concepts'])} "
+             "(night in every wording). Targets: each erased concept's UA ≥ "
+             f"{MASS_TARGETS['UA']:.0%}, each kept concept within {100 * MASS_TARGETS['kept_lost']:.0f} points of unedited.", "",
+             "| method | erase s | patch KB | UA, lowest | kept, most points lost | targets |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        worst = max(r["kept_lost"], key=r["kept_lost"].get)
+        lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['patch_kb']:.0f} | {_fmt(min(r['UA'].values()))} "
+                     f"| {_points(r['kept_lost'][worst])} ({worst}) | {'met' if r['met'] else 'missed'} |")
+    lines += ["", "Erased: UA (unedited: how often it is shown)", "", head, rule]
+    lines += [f"| {c} | shown {_fmt(base['erased'][c])} | " + " | ".join(_fmt(r["UA"][c]) for r in runs) + " |"
+              for c in results["concepts"]]
+    lines += ["", "Kept: presence (Δ points against unedited)", "", head, rule]
+    lines += [f"| {c} | {_fmt(base['kept'][c])} | " + " | ".join(f"{_fmt(r['kept'][c])} ({_points(r['kept_lost'][c])})" for r in runs)
+              + " |" for c in results["kept"]]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value, spec=".0%") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _points(lost: float | None) -> str:
+    return "–" if lost is None else f"{round(-100 * lost):+d}"
+
+
 def _line(r: Row) -> str:
-    return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_fmt(r.CRA)} | {_fmt(r.leak)} | "
-            f"{_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} | {_fmt(r.peak_mb, '.0f')} | {_fmt(r.patch_kb, '.0f')} |")
+    """A method's row; the unedited row says how often each set shows what it asks for."""
+    if r.method == "unedited":
+        return (f"| unedited (shown) | {r.kind} | {r.concept} | {_fmt(1 - r.UA)} | {_fmt(r.IRA)} | – | {_fmt(r.CRA)} | – "
+                f"| {_fmt(r.leak)} | – | – | – | – |")
+    return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_points(r.IRA_lost)} | {_fmt(r.CRA)} "
+            f"| {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} | {_fmt(r.peak_mb, '.0f')} "
+            f"| {_fmt(r.patch_kb, '.0f')} |")
 
 
-HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | CRA ↑ | leak ↓ | attack ↓ | erase s | peak MB | patch KB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ | attack ↓ | erase s | peak MB | patch KB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def best_per_kind(rows: list[Row]) -> list[dict]:
-    """For each kind, the method with the best mean of UA, IRA, CRA over its concepts, against the targets."""
+    """For each kind, the method with the best mean of UA less the points lost over its concepts, against the targets."""
     best = []
     for kind in dict.fromkeys(r.kind for r in rows):
         by_method: dict[str, list[Row]] = {}
@@ -233,20 +363,27 @@ def best_per_kind(rows: list[Row]) -> list[dict]:
         if not by_method:
             continue
         mean = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in TARGETS} for m, rs in by_method.items()}
-        method = max(mean, key=lambda m: mean[m]["UA"] + mean[m]["IRA"] + mean[m]["CRA"])
+        method = max(mean, key=lambda m: mean[m]["UA"] - mean[m]["IRA_lost"] - mean[m]["CRA_lost"])
         met = {k: (mean[method][k] >= v if op == ">=" else mean[method][k] <= v) for k, (op, v) in TARGETS.items()}
         best.append({"kind": kind, "method": method, **mean[method], "met": met})
     return best
 
 
+def _target_value(key: str, value: float) -> str:
+    """A share as a percentage; points lost as points."""
+    return f"{100 * value:.0f} pts" if key.endswith("_lost") else f"{value:.0%}"
+
+
 def markdown(rows: list[Row], device: str, settings: dict) -> str:
-    lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "", HEADER, *map(_line, rows), "",
+    lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "",
+             "Unedited rows: how often each set shows what it asks for (IRA, CRA: kept whole); "
+             "Δ pts: points against the unedited row.", "", HEADER, *map(_line, rows), "",
              "Best method per kind (mean over its concepts), against the targets "
-             + ", ".join(f"{k} {op} {v:.0%}" for k, (op, v) in TARGETS.items()) + ":", "",
+             + ", ".join(f"{k} {op} {_target_value(k, v)}" for k, (op, v) in TARGETS.items()) + ":", "",
              "| kind | method | " + " | ".join(TARGETS) + " |", "|---|---|" + "---|" * len(TARGETS)]
     for b in best_per_kind(rows):
         lines.append(f"| {b['kind']} | {b['method']} | "
-                     + " | ".join(f"{b[k]:.0%} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
+                     + " | ".join(f"{_target_value(k, b[k])} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +424,8 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
+    parser.add_argument("--mass", action="store_true", help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
+                        "report each one's UA and every kept concept's presence (quality-mass.md)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
@@ -299,13 +438,35 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
 
 
-def run(args) -> list[Row]:
+def _runs(args, methods: list[str], kind: str | None) -> list[tuple[str, str, dict]]:
+    """(label, method, settings) of every erasure of one concept (of `kind`; None: a mass erasure)."""
+    runs = []
+    for m in methods:
+        tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
+        runs.append((m, m, tuned))
+        if args.adversarial and METHODS[m].trains:
+            runs.append((f"{m} adversarial", m, tuned | {"adversarial": True}))
+    return runs
+
+
+def _write(out: Path, stem: str, table: str, records: dict, json_path: str | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table)
+    for path in {out / f"{stem}.json", *([Path(json_path)] if json_path else [])}:
+        path.write_text(json.dumps(records, indent=1))
+
+
+def run(args) -> list[Row] | dict:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
+    if args.mass and args.concepts:
+        raise ValueError(f"--mass erases its own list ({', '.join(MASS)}); leave --concepts out.")
     preset = QUICK if args.quick else FULL
     n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
+    if not 1 <= n <= 200 or not 1 <= steps <= 200:
+        raise ValueError(f"--prompts {n} and --steps {steps}: use 1 to 200 each.")
     attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"], image_steps=steps)
     concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
     if args.concepts:
@@ -318,31 +479,29 @@ def run(args) -> list[Row]:
     pipe.set_progress_bar_config(disable=True)
     judge = pipe.world.judge
     device = device_name(pipe.device)
-    settings = {"quick": args.quick, "prompts": n, "steps": steps, "attack_steps": attack.steps, "attack_images": attack.images,
-                "methods": methods, "adversarial": args.adversarial,
+    settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
                 "training": QUICK_SETTINGS if args.quick else "defaults"}
-    print(f"Device: {device}\n{HEADER}", flush=True)
+    out, log = Path(args.out), lambda line: print(line, flush=True)
+    print(f"Device: {device}", flush=True)
+    if args.mass:
+        results = evaluate_mass(pipe, judge, MASS, _runs(args, methods, None), n, steps, log)
+        table = mass_markdown(results, device, settings)
+        _write(out, "quality-mass-quick" if args.quick else "quality-mass", table, {"device": device, "settings": settings, **results}, args.json)
+        print(table, flush=True)
+        return results
+    settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
+    print(HEADER, flush=True)
     rows = []
     for kind, names in concepts.items():
         for name in names:
-            runs = []
-            for m in methods:
-                tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
-                runs.append((m, m, tuned))
-                if args.adversarial and METHODS[m].trains:
-                    runs.append((f"{m} adversarial", m, tuned | {"adversarial": True}))
-            rows += evaluate_concept(pipe, judge, kind, name, runs, n, steps, attack, log=lambda line: print(line, flush=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+            rows += evaluate_concept(pipe, judge, kind, name, _runs(args, methods, kind), n, steps, attack, log)
     run_names = sorted(name for names in concepts.values() for name in names)
     subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
     stem = "quality-quick" if args.quick else "quality" + subset
     table = markdown(rows, device, settings)
-    (out / f"{stem}.md").write_text(table)
     records = {"device": device, "settings": settings, "rows": [{f.name: getattr(r, f.name) for f in fields(Row) if f.name != "samples"} for r in rows],
                "best": best_per_kind(rows)}
-    for path in {out / f"{stem}.json", *([Path(args.json)] if args.json else [])}:
-        path.write_text(json.dumps(records, indent=1))
+    _write(out, stem, table, records, args.json)
     plot(rows, out / f"{stem}.png")
     sample_grid(rows, out / f"{stem}-samples.png")
     print(table.split(HEADER)[1].split("\n\n", 1)[1], flush=True)

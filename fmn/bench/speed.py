@@ -1,8 +1,8 @@
 """Speed of an erasure, the published recipe against ours:  python -m fmn bench speed
 
     python -m fmn bench speed --arch sd15 --random-weights [--recipe both|reference|ours]
-        [--methods fmn,esd-x,esd-u,text-encoder,uce] [--steps N] [--reference-steps N]
-        [--json out.json] [--out benchmarks/results]
+        [--methods fmn,esd-x,esd-u,text-encoder,uce] [--steps N] [--reference-steps N] [--adversarial]
+        [--concept circle | --concept a,b,c,...] [--json out.json] [--out benchmarks/results]
 
 Speed does not depend on weight values, so the model is SD 1.5's architecture with random
 weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds).
@@ -24,6 +24,8 @@ takes many minutes at ESD's 400 steps on SD 1.5; `--reference-steps N` measures 
 recipe on N steps only and projects its erasure at our steps as set-up + steps x per-step time
 (marked "projected"); its before/after comparison, the same images for every method, is then left out.
 Rows are written after each measurement, so a run cut short keeps what it measured.
+`--adversarial` adds a row for each trained method in adversarial mode (ours only); a comma list
+in `--concept` times a mass erasure: every concept in one patch.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, help="training steps of every trained method (default: each method's)")
     parser.add_argument("--reference-steps", type=int,
                         help="the reference recipe trains this many steps and its erasure at --steps is projected")
-    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--concept", default="circle", help="a concept, or a comma-separated list erased in one patch")
+    parser.add_argument("--adversarial", action="store_true",
+                        help="also each trained method in adversarial mode (ours; rows '<method> adversarial')")
     parser.add_argument("--probe-steps", type=int, default=25, help="steps of the before/after images (the app's: 25)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -200,7 +204,7 @@ class StepClock:
 def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps: int) -> None:
     """The images of the app's comparison: every probe prompt on the same seeds, without and with the patch
     (the judge's scores, for the embedded model only, are left out)."""
-    for probe in probe_prompts(pipe, concept):
+    for probe in probe_prompts(pipe, concept.split(",")[0]):
         for active in ([], [patch]):
             activate(pipe, active)
             generate(pipe, GenerationSettings(probe.prompt, steps=steps), SEEDS)
@@ -220,9 +224,10 @@ def _pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPi
     return pipe
 
 
-def _method(name: str, recipe: str, concept: str, steps: int | None) -> ErasureMethod:
+def _method(name: str, recipe: str, concept: str, steps: int | None, adversarial: bool = False) -> ErasureMethod:
     """The method at its defaults (`steps` for every trained one), as the recipe runs it."""
     overrides = {"steps": steps} if steps is not None and METHODS[name].trains else {}
+    overrides |= {"adversarial": True} if adversarial else {}
     method = make_method(name, [concept], **overrides)
     return reference_recipe(method) if recipe == "reference" else method
 
@@ -250,7 +255,8 @@ def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.devic
     settings = {k: config[k] for k in ("steps", "batch") if k in config} | {"frozen_copy": isinstance(method, FrozenCopy)}
     if isinstance(inner, ESD):
         settings["fresh_trajectories"] = isinstance(inner, PaperESD)
-    return {"recipe": recipe, "method": method.name, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+    label = method.name + (" adversarial" if getattr(method.config, "adversarial", False) else "")
+    return {"recipe": recipe, "method": label, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
             "steps": config.get("steps"), "settings": settings, "erase_s": erase_s, "click_s": click_s,
             "setup_s": clock.setup_s, "step_s": clock.step_s,
             "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind, "weights_held_bytes": held.bytes,
@@ -344,10 +350,13 @@ def run(args) -> list[dict]:
     for recipe in recipes:  # one pipeline at a time, so that each peak is its own
         pipe = _pipeline(arch, recipe, device)
         click = recipe == "ours" or not args.reference_steps
-        for method in methods:
-            row = _measure(pipe, _method(method, recipe, args.concept, steps[recipe]), recipe, args, device, click)
+        modes = [False, True] if args.adversarial and recipe == "ours" else [False]
+        for method, adversarial in itertools.product(methods, modes):
+            if adversarial and not METHODS[method].trains:
+                continue
+            row = _measure(pipe, _method(method, recipe, args.concept, steps[recipe], adversarial), recipe, args, device, click)
             rows.append({**common, **row})
-            print(f"{recipe} {method}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
+            print(f"{recipe} {row['method']}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
             _compare(rows, official)
             (out / f"speed-{device.type}.md").write_text(markdown(rows))
             if args.json:

@@ -23,7 +23,7 @@ from .method import METHODS, ErasureMethod
 __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
 
 MAX_CONCEPT_CHARS = 100
-MAX_CONCEPTS = 8
+MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)
 
 
 def split_concepts(text: str | list[str]) -> list[str]:
@@ -48,7 +48,13 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     if not concepts:
         raise ValueError("The concept is empty: name what to erase, e.g. 'circle' or 'Mimo'.")
     if len(concepts) > MAX_CONCEPTS:
-        raise ValueError(f"{len(concepts)} concepts at once; the limit is {MAX_CONCEPTS}.")
+        raise ValueError(f"{len(concepts)} concepts at once; the limit is {MAX_CONCEPTS} in one patch "
+                         "(erase the rest into another patch and stack them).")
+    seen = {}
+    for c in concepts:
+        if c.lower() in seen:
+            raise ValueError(f"{c!r} is named twice ({seen[c.lower()]!r} before): name each concept once.")
+        seen[c.lower()] = c
     for c in concepts:
         if len(c) > MAX_CONCEPT_CHARS:
             raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")

@@ -59,9 +59,9 @@ class TrainingConfig(MethodConfig):
             raise ValueError(f"Steps {self.steps} is out of range: use 1 to {MAX_STEPS}.")
         if not 0 < self.lr < 1:
             raise ValueError(f"Learning rate {self.lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
-        if self.adversarial and not (1 <= self.attack_every <= self.steps and 1 <= self.attack_steps <= 1000):
+        if self.adversarial and not (1 <= self.attack_every <= MAX_STEPS and 1 <= self.attack_steps <= 1000):
             raise ValueError(f"Adversarial rounds every {self.attack_every} steps of {self.attack_steps} inversion steps: "
-                             f"use 1 to {self.steps} and 1 to 1000.")
+                             f"use 1 to {MAX_STEPS} and 1 to 1000 (the first round is at step 1).")
 
 
 class ErasureMethod:
