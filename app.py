@@ -22,7 +22,7 @@ import pandas as pd
 import spaces
 
 from fmn.attention import cross_attention_resolutions
-from fmn.erase import METHODS
+from fmn.erase import DEFAULT_METHOD, METHODS
 from fmn.erase.images import load_concept_images
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
@@ -84,9 +84,9 @@ def create_demo(studio: Studio) -> gr.Blocks:
 
     @spaces.GPU(duration=120)
     @user_errors
-    def run_erase(concept, method, uploads, replace_with, steps, session, progress=gr.Progress()):
+    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
-        overrides = {"steps": int(steps)} if steps else {}
+        overrides = ({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
         losses = []
         for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
             if isinstance(event, Erased):
@@ -98,7 +98,8 @@ def create_demo(studio: Studio) -> gr.Blocks:
         result = studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
         path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
-        yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{trained}. "
+        mode = " in adversarial mode" if adversarial else ""
+        yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{mode}{trained}. "
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()))
 
@@ -156,7 +157,9 @@ def create_demo(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=1):
                     concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle", max_length=500, elem_id="concept")
-                    method = gr.Dropdown(list(METHODS), value="fmn", label="Method", elem_id="method")
+                    method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
+                    adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
+                                              "attacker learns; about twice as slow)", elem_id="adversarial")
                     uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple", file_types=["image"])
                     replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)", value="")
                     erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
@@ -176,7 +179,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
                     attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
-        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session],
+        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session, adversarial],
                                          [erase_status, loss_plot, grid, slider, patch_file, session, judged], api_name="erase")
         cancel.click(None, cancels=[erase_event])
         attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged], api_name="attack")

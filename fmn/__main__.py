@@ -20,7 +20,8 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from .erase import METHODS
+from .erase import DEFAULT_METHOD, METHODS
+from .erase.method import MAX_STEPS
 from .generate import GenerationSettings
 
 
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["generate"].add_argument("--num-images", type=int, default=1, help="seeds seed, seed+1, ...")
     e = sub.add_parser("erase", help="erase a concept; writes a patch file")
     e.add_argument("--concept", action="append", required=True, help="what to erase (repeatable)")
-    e.add_argument("--method", default="fmn", choices=list(METHODS))
+    e.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     e.add_argument("--images", help="a folder of 1-20 images of the concept (fmn, text-encoder)")
     e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
@@ -121,8 +122,8 @@ def _attack(args, studio) -> None:
 
     if not 1 <= args.num_images <= 64:
         raise ValueError(f"--num-images {args.num_images}: use 1 to 64.")
-    if not 1 <= args.steps <= 5000:
-        raise ValueError(f"--steps {args.steps}: use 1 to 5000.")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps {args.steps}: use 1 to {MAX_STEPS}.")
     patches = [studio.load_patch(p) for p in args.patch]
     images = load_concept_images(args.images, native_size(studio.pipe)) if args.images else None
 

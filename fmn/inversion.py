@@ -68,6 +68,21 @@ def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
         handle.remove()
 
 
+@contextmanager
+def only_vectors_learn(pipe: StableDiffusionPipeline):
+    """Inside the block no weight of the UNet or the text encoder takes gradients; after it each is as it was
+    (an adversarial erasure inverts between its own training steps, with its adapter trainable)."""
+    params = [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, config: InversionConfig = InversionConfig(),
            on_step=None, score: Callable[[Inverted], float] | None = None, prompts: list[str] | None = None,
            start: Inverted | None = None) -> Inverted:
@@ -79,37 +94,36 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
     `score(learned)`, higher is better, picks the result among the start, every
     `config.score_every` steps and the end; without it the result is the last step's.
     """
-    token_ids = concept_token_ids(pipe, concept)
-    pipe.unet.requires_grad_(False)  # only the vectors learn
-    pipe.text_encoder.requires_grad_(False)
-    table = pipe.text_encoder.get_input_embeddings().weight
-    vectors = (table[token_ids] if start is None else start.vectors).detach().clone().float().requires_grad_(True)
-    learned = Inverted(token_ids, vectors)
-    prompts = prompts or [t.format(concept) for t in TEMPLATES]
-    scored: list[tuple[float, Inverted]] = []
+    with only_vectors_learn(pipe):
+        token_ids = concept_token_ids(pipe, concept)
+        table = pipe.text_encoder.get_input_embeddings().weight
+        vectors = (table[token_ids] if start is None else start.vectors).detach().clone().float().requires_grad_(True)
+        learned = Inverted(token_ids, vectors)
+        prompts = prompts or [t.format(concept) for t in TEMPLATES]
+        scored: list[tuple[float, Inverted]] = []
 
-    def keep_score(step: int) -> None:
-        if score and (step in (0, config.steps) or (config.score_every and step % config.score_every == 0)):
-            snapshot = Inverted(token_ids, vectors.detach().clone())
-            with torch.no_grad():
-                scored.append((score(snapshot), snapshot))
+        def keep_score(step: int) -> None:
+            if score and (step in (0, config.steps) or (config.score_every and step % config.score_every == 0)):
+                snapshot = Inverted(token_ids, vectors.detach().clone())
+                with torch.no_grad():
+                    scored.append((score(snapshot), snapshot))
 
-    optimizer = torch.optim.AdamW([vectors], lr=config.lr, weight_decay=0.0)
-    generator = torch.Generator("cpu").manual_seed(config.seed)
-    keep_score(0)
-    for step in range(1, config.steps + 1):
-        idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
-        batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
-        zt, noise, t = noisy(pipe, latents[idx], generator)
-        with inverted(pipe, learned):
-            pred = pipe.unet(zt, t, encode(pipe, batch_prompts)).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if on_step:
-            on_step(step, config.steps, loss.item())
-        keep_score(step)
-    if scored:
-        return max(scored, key=lambda pair: pair[0])[1]
-    return Inverted(token_ids, vectors.detach())
+        optimizer = torch.optim.AdamW([vectors], lr=config.lr, weight_decay=0.0)
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+        keep_score(0)
+        for step in range(1, config.steps + 1):
+            idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
+            batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
+            zt, noise, t = noisy(pipe, latents[idx], generator)
+            with inverted(pipe, learned):
+                pred = pipe.unet(zt, t, encode(pipe, batch_prompts)).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_step:
+                on_step(step, config.steps, loss.item())
+            keep_score(step)
+        if scored:
+            return max(scored, key=lambda pair: pair[0])[1]
+        return Inverted(token_ids, vectors.detach())

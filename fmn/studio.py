@@ -24,7 +24,7 @@ from PIL import Image
 
 from .attack import AttackConfig, concept_inversion
 from .attention import trace
-from .erase import Progress, erase, split_concepts
+from .erase import DEFAULT_METHOD, Progress, erase, split_concepts
 from .evaluate import Comparison, compare, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
@@ -114,7 +114,7 @@ class Studio:
             maps = {w.lower(): maps[w.lower()] for w in words}
         return Inspection(image, maps, word_grid(image, maps, title=settings.prompt), self.warnings(settings))
 
-    def erase(self, concepts: list[str] | str, method: str = "fmn", images=None, replace_with: str | None = None,
+    def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
               on_progress=None, cancelled=None, **overrides) -> str:
         """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call).
         `concepts`: a list, or one text with commas between concepts."""
@@ -125,7 +125,7 @@ class Studio:
                                            on_progress, cancelled, name=patch_id, **overrides)
         return patch_id
 
-    def erase_live(self, concepts: list[str] | str, method: str = "fmn", images=None, replace_with: str | None = None,
+    def erase_live(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
                    **overrides) -> Iterator[Progress | Erased]:
         """`erase` in a worker thread, as a generator: yields a `Progress` per step, then `Erased`.
 

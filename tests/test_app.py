@@ -176,9 +176,13 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
     with pytest.raises(gr.Error, match="concept is empty"):
         list(fns["erase"](" , ", "fmn", None, "", 0, session))
+    with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):
+        list(fns["erase"]("circle", "uce", None, "", 0, session, True))
+    *_, (status, *_, session, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
+    assert "Erased **star** with fmn in adversarial mode" in status and studio.patches[session[-1]].settings["adversarial"]
     with pytest.raises(gr.Error, match="prompt is empty"):
         fns["generate"]("", "", 0, 2, 5.0, 0, 2, None, session)
-    assert list(studio.patches) == session  # nothing lost
+    assert list(studio.patches) == session and len(session) == 2  # nothing lost
 
 
 def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from fmn.bench.quality import MASS, Prompt, found, kept_whole, mass_probes, probes
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, found, kept_whole, mass_probes, probes
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
-from fmn.erase import METHODS
 
 from conftest import OUTPUT, ROOT
 
@@ -37,7 +36,7 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
     rows = records["rows"]
     for kind, names in CONCEPTS.items():
         for name in names:
-            assert {r["method"] for r in rows if r["concept"] == name} == {"unedited", *METHODS}, name
+            assert {r["method"] for r in rows if r["concept"] == name} == {"unedited", *DEFAULT_METHODS}, name
     for r in rows:
         unedited = r["method"] == "unedited"
         for key in ("UA", "IRA", "CRA", "leak", "attack"):

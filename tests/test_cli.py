@@ -88,7 +88,7 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
         (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
         (["--concept", "circle", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
-        (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"], "has no setting adversarial"),
+        (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"], "uce is a closed form: adversarial mode is for"),
         (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with", "square",
           "--out", "p.safetensors"], "leave the uploads out"),
         (["--concept", "circle", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"], "broken.png is not a readable image"),

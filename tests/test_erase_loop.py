@@ -166,7 +166,8 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert (keys("circle") - guide).norm() < 0.6 * (circle - guide).norm()  # its rows as a whole: most of the way
     assert (keys("star") - star).norm() < 0.4 * (circle - guide).norm()  # star moved far less
     assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
-    assert patch.lora["unet"]["r"] == len(circle) and len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
+    assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)  # its rows, at most the width
+    assert len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
 
 
 def test_text_encoder_unlearning_changes_only_the_text_encoder():
@@ -222,7 +223,8 @@ def test_rece_closes_the_embedding_that_uce_leaves_open():
     a = tensors[f"unet.{next(iter(weights))}.lora_A.weight"]
     robust = Edit(weights, a, {n: tensors[f"unet.{n}.lora_B.weight"] for n in weights})
     assert gap(robust) > 2 * gap(plain), (gap(plain), gap(robust))
-    assert lora["unet"]["r"] == len(concept) + 2 * 2  # the concept's rows and, per round, adversarial copies of two
+    # the concept's rows and, per round, adversarial copies of two: more than the width, so stored at rank D
+    assert len(concept) + 2 * 2 > concept.shape[1] == lora["unet"]["r"]
     assert make_method("rece", ["circle"], rounds=0).solve(pipe)[0].keys() == uce.solve(pipe)[0].keys()
     zero, _ = make_method("rece", ["circle"], preserve=["star"], rounds=0).solve(pipe)
     assert all(torch.equal(zero[k], v) for k, v in uce.solve(pipe)[0].items())  # no round: UCE exactly
@@ -265,10 +267,28 @@ def test_adversarial_mode_relearns_the_attackers_words_and_erases_them_too(monke
     assert rounds == [3, 3, 3]  # before steps 1, 3 and 5
     assert robust.settings["adversarial"] and plain.tensors.keys() == robust.tensors.keys()
     assert any(not torch.equal(plain.tensors[k], robust.tensors[k]) for k in plain.tensors)
-    with pytest.raises(ValueError, match="every 9 steps"):
-        make_method(method, ["circle"], steps=5, adversarial=True, attack_every=9)
-    with pytest.raises(ValueError, match="has no setting adversarial"):
+    with pytest.raises(ValueError, match="every 0 steps"):
+        make_method(method, ["circle"], steps=5, adversarial=True, attack_every=0)
+    with pytest.raises(ValueError, match="uce is a closed form: adversarial mode is for the trained methods"):
         make_method("uce", ["circle"], adversarial=True)
+
+
+def test_a_mass_edit_past_the_embedding_width_is_stored_at_that_rank_and_exact():
+    """Three concepts of 76 rows each in the tiny model's 32 dimensions: the patch has rank 32, and
+    its change is UCE's formula, W (C* - C)^T C M^-1."""
+    from fmn.erase.uce import UCE
+
+    pipe = tiny_pipeline()
+    uce = make_method("uce", ["circle", "square", "star"], preserve=["ring"])
+    with torch.no_grad():
+        erase_rows, targets, kept = uce.rows(pipe)
+        tensors, lora = uce.solve(pipe)
+    width = erase_rows.shape[1]
+    assert len(erase_rows) > width and lora["unet"]["r"] == width
+    m = 0.5 * torch.eye(width) + erase_rows.T @ erase_rows + kept.T @ kept
+    for name, w in UCE.weights(pipe).items():
+        change = tensors[f"unet.{name}.lora_B.weight"] @ tensors[f"unet.{name}.lora_A.weight"]
+        torch.testing.assert_close(change, w @ (targets - erase_rows).T @ erase_rows @ torch.linalg.inv(m), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["uce", "rece"])

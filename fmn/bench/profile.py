@@ -21,7 +21,7 @@ from ..erase import METHODS, make_patch
 from ..models import pick_device
 from ..patch import detach
 from .measure import device_name
-from .speed import _method, _pipeline
+from .speed import bench_pipeline, recipe_method
 
 __all__ = ["add_arguments", "run"]
 
@@ -51,9 +51,9 @@ def run(args) -> str:
         raise ValueError("--random-weights is required: the profile runs on a model built from its config.")
     device = pick_device(args.device)[0]
     arch = args.arch or ("sd15" if device.type == "cuda" else "tiny")
-    method = _method(args.method, "ours", args.concept, args.steps)  # checks the steps before a model is built
-    pipe = _pipeline(arch, "ours", device)
-    make_patch(pipe, _method(args.method, "ours", args.concept, 2), "warm-up")  # kernels, allocator
+    method = recipe_method(args.method, "ours", args.concept, args.steps)  # checks the steps before a model is built
+    pipe = bench_pipeline(arch, "ours", device)
+    make_patch(pipe, recipe_method(args.method, "ours", args.concept, 2), "warm-up")  # kernels, allocator
     detach(pipe, "warm-up")
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])

@@ -64,6 +64,9 @@ MASS = ["triangle", "heart", "Tobble", "Lumina", "Vellor", "Brusk", "night", "st
 # IRA and CRA lost: points below the unedited model, on the same prompts and seeds
 TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10), "attack": ("<=", 0.20)}
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
+# ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
+# table (README); --methods esd-u runs it
+DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece"]
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
@@ -426,7 +429,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
     parser.add_argument("--mass", action="store_true", help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
                         "report each one's UA and every kept concept's presence (quality-mass.md)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, default: all")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)})")
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts", help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")

@@ -55,7 +55,7 @@ from ..patch import activate, detach, frozen
 from ..tiny import sd15_pipeline
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "TARGETS", "reference_recipe", "PaperESD"]
+__all__ = ["add_arguments", "run", "TARGETS", "reference_recipe", "recipe_method", "bench_pipeline", "PaperESD"]
 
 SEEDS = [0, 1, 2]  # the app's before/after seeds
 GB = 1e9
@@ -211,7 +211,7 @@ def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps
     activate(pipe, [])
 
 
-def _pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPipeline:
+def bench_pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPipeline:
     dtype = torch.float32 if recipe == "reference" else pick_device(str(device))[1]
     pipe = sd15_pipeline("full" if arch == "sd15" else "tiny").to(device)
     if dtype != torch.float32:
@@ -224,7 +224,7 @@ def _pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPi
     return pipe
 
 
-def _method(name: str, recipe: str, concept: str, steps: int | None, adversarial: bool = False) -> ErasureMethod:
+def recipe_method(name: str, recipe: str, concept: str, steps: int | None, adversarial: bool = False) -> ErasureMethod:
     """The method at its defaults (`steps` for every trained one), as the recipe runs it."""
     overrides = {"steps": steps} if steps is not None and METHODS[name].trains else {}
     overrides |= {"adversarial": True} if adversarial else {}
@@ -340,7 +340,7 @@ def run(args) -> list[dict]:
         raise ValueError(f"--probe-steps {args.probe_steps}: use 1 to {MAX_STEPS}.")
     for method in methods:  # bad names or steps fail here, before a model is built
         for recipe in recipes:
-            _method(method, recipe, args.concept, steps[recipe])
+            recipe_method(method, recipe, args.concept, steps[recipe])
     common = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__, "arch": arch,
               "concept": args.concept, "probe_steps": args.probe_steps}
     official = device.type == "cuda" and arch == "sd15"
@@ -348,13 +348,13 @@ def run(args) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for recipe in recipes:  # one pipeline at a time, so that each peak is its own
-        pipe = _pipeline(arch, recipe, device)
+        pipe = bench_pipeline(arch, recipe, device)
         click = recipe == "ours" or not args.reference_steps
         modes = [False, True] if args.adversarial and recipe == "ours" else [False]
         for method, adversarial in itertools.product(methods, modes):
             if adversarial and not METHODS[method].trains:
                 continue
-            row = _measure(pipe, _method(method, recipe, args.concept, steps[recipe], adversarial), recipe, args, device, click)
+            row = _measure(pipe, recipe_method(method, recipe, args.concept, steps[recipe], adversarial), recipe, args, device, click)
             rows.append({**common, **row})
             print(f"{recipe} {row['method']}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
             _compare(rows, official)

@@ -20,8 +20,10 @@ from . import forget_me_not, esd, text_encoder, uce  # noqa: F401, I001  (each r
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 from .method import METHODS, ErasureMethod
 
-__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "ErasureError", "ErasureCancelled", "Progress"]
+__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
+           "ErasureCancelled", "Progress"]
 
+DEFAULT_METHOD = "fmn"  # the CLI's, the app's and the API's
 MAX_CONCEPT_CHARS = 100
 MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)
 
@@ -61,6 +63,10 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     if world:
         concepts = list(dict.fromkeys(w for c in concepts for w in world.wordings(c)))
     known = {f.name for f in fields(cls.Config)}
+    if "adversarial" in overrides and "adversarial" not in known:
+        trained = ", ".join(n for n, c in METHODS.items() if c.trains)
+        raise ValueError(f"{method} is a closed form: adversarial mode is for the trained methods ({trained}); "
+                         "rece is the robust closed form.")
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"{method} has no setting {', '.join(sorted(unknown))}; it has {', '.join(sorted(known))}.")
@@ -100,7 +106,7 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
     return run(pipe, method, name, on_progress, cancelled)
 
 
-def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str = "fmn", images=None,
+def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,
           replace_with: str | None = None, on_progress=None, cancelled=None, name: str | None = None,
           **overrides) -> Patch:
     """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`

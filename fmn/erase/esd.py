@@ -104,7 +104,7 @@ class ESD(ErasureMethod):
     def loss(self, pipe: StableDiffusionPipeline, refs, generator: torch.Generator) -> torch.Tensor:
         latents, timesteps, eps_g, eps_c, concept = self.draw(refs, generator)
         target = eps_g - self.config.eta * (eps_c - eps_g)
-        text = encode(pipe, self.concepts)[concept]  # read every step, so that adversarial words reach it
+        text = encode(pipe, [self.concepts[i] for i in concept])  # read every step, so that adversarial words reach it
         pred = pipe.unet(latents, timesteps.to(pipe.device), text).sample
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 

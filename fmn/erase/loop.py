@@ -114,8 +114,6 @@ def train_patch(
             if adversary is not None and (step - 1) % cfg.attack_every == 0:
                 with record_function("erase.adversary"):
                     adversary.learn(pipe, cfg.attack_steps, cfg.attack_lr, cfg.seed + step)
-                    for param in params:  # the inversion froze every weight but its own
-                        param.requires_grad_(True)
             with record_function("erase.loss"):
                 loss = method.loss(pipe, refs, generator)
                 if adversary is not None:

@@ -8,7 +8,8 @@ causal text encoder the end token and the padding after it carry the concept too
 alone they bring it back.
     W' = [lam W + sum_i (W c*_i) c_i^T + sum_j (W c_j) c_j^T] [lam I + sum_i c_i c_i^T + sum_j c_j c_j^T]^-1
 The change W' - W = W (C* - C)^T C M^-1 has rank len(C), so it is stored exactly as LoRA
-factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods.
+factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods. Past D rows
+(a mass erasure) the same change is stored at rank D instead, as B = W (C* - C)^T C, A = M^-1.
 
 RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
 the edited layers give the concept's original keys and values; an attacker who learns words
@@ -66,8 +67,11 @@ class Edit:
               kept: torch.Tensor, lam: float) -> "Edit":
         """UCE's formula: rows `erase` (k, D) map to what W gives `targets` (k, D), rows `kept` keep theirs."""
         m = lam * torch.eye(erase.shape[1], device=erase.device) + erase.T @ erase + kept.T @ kept  # (D, D)
+        change = (targets - erase).T  # (D, k)
+        if len(erase) > erase.shape[1]:  # more rows than dimensions: the same change at rank D
+            return cls(weights, torch.linalg.inv(m), {name: w @ change @ erase for name, w in weights.items()})
         a = torch.linalg.solve(m, erase.T).T  # (k, D) = C M^-1 (M symmetric)
-        return cls(weights, a, {name: w @ (targets - erase).T for name, w in weights.items()})
+        return cls(weights, a, {name: w @ change for name, w in weights.items()})
 
     def edited(self, name: str) -> torch.Tensor:
         return self.weights[name] + self.b[name] @ self.a
