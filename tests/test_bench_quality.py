@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from fmn.__main__ import main
+
 from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, found, kept_whole, mass_probes, probes
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
@@ -51,6 +53,9 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
     for name in ("quality-quick.md", "quality-quick.png", "quality-quick-samples.png"):
         assert (out / name).stat().st_size > 0
     assert "| kind | method |" in stdout and records["device"]
+    table = (out / "quality-quick.md").read_text()
+    assert main(["bench", "quality", "--render", str(out / "quality-quick.json")]) == 0  # the tables again, from the JSON
+    assert (out / "quality-quick.md").read_text() == table and "Overall, every concept" in table
 
 
 @pytest.mark.slow
@@ -119,8 +124,6 @@ def test_mass_erasure_writes_its_table(tmp_path):
 
 
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
-    from fmn.__main__ import main
-
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),
                            (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from"),

@@ -106,15 +106,16 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
 def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
     paths, message = bad_upload(case, tmp_path / "imgs")
     images = paths[0] if len(paths) == 1 else paths[0].parent  # --images takes a file or a folder
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
                              "--images", str(images), "--out", str(tmp_path / "p.safetensors"))
     assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines
 
 
 @pytest.mark.parametrize("model, args, message", [
     ("sd15", ["--concept", "x" * 500], "500 characters"),
-    ("sd15", ["--concept", "circle", "--steps", "1000000"], "Steps 1000000"),
-    ("sd15", ["--concept", "circle", "--lr", "nan"], "Learning rate nan"),
+    ("sd15", ["--concept", "circle", "--method", "fmn", "--steps", "1000000"], "Steps 1000000"),
+    ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "nan"], "Learning rate nan"),
+    ("sd15", ["--concept", "circle", "--method", "uce", "--steps", "10"], "uce has no setting steps"),
     (None, ["--concept", "dragon"], "never saw dragon"),  # the embedded model knows the words of its world
 ])
 def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, message):
@@ -126,7 +127,7 @@ def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, me
 def test_erase_with_an_empty_folder_lets_the_model_draw_references(tiny_dirs, tmp_path, capsys):
     (tmp_path / "none").mkdir()
     out = tmp_path / "p.safetensors"
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
                              "--images", str(tmp_path / "none"), "--steps", "1", "--out", str(out))
     assert status == 0 and out.exists() and any("the model draws its own references" in line for line in lines), lines
 
@@ -136,8 +137,8 @@ def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tm
 
     monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
     out = tmp_path / "p.safetensors"
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--steps", "3",
-                             "--out", str(out))
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
+                             "--steps", "3", "--out", str(out))
     assert status == 2 and lines[-1].startswith("error: the loss became nan at step 1"), lines
     assert "model is unchanged" in lines[-1]
     assert not out.exists()

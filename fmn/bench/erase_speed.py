@@ -1,6 +1,6 @@
 """Times one erasure on the CPU as the app's Erase tab runs it, the before/after comparison included.
 
-    python -m fmn bench erase-speed [--method fmn] [--concept circle] [--model PATH]
+    python -m fmn bench erase-speed [--method text-encoder] [--concept circle] [--model PATH]
 
 Spec target: <= 60 s from clicking Erase to the before/after grid, on 2 CPU cores. The model
 is loaded once when the app starts, so its load time is printed but not counted. Prints the
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ..erase import METHODS
+from ..erase import DEFAULT_METHOD, METHODS
 from ..studio import Studio
 from .measure import device_name
 
@@ -25,7 +25,7 @@ TARGET_S = 60.0
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--method", default="fmn", choices=list(METHODS))
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--model", default=None, help="default: the embedded model")
 

@@ -53,7 +53,7 @@ from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, 
                            TRAIN_TEMPLATES, Scene, caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes",
+__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "best_overall",
            "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
@@ -372,6 +372,20 @@ def best_per_kind(rows: list[Row]) -> list[dict]:
     return best
 
 
+def best_overall(rows: list[Row]) -> list[tuple[str, dict]]:
+    """Methods ranked as the default is chosen: mean UA less mean attack recovery first (to the nearest image
+    of 20, so that noise does not decide), then the points kept (IRA and CRA lost), then the time to erase."""
+    by_method: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.method != "unedited":
+            by_method.setdefault(r.method, []).append(r)
+    means = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in ("UA", "attack", "IRA_lost", "CRA_lost", "seconds")}
+             for m, rs in by_method.items()}
+    key = lambda m: (-round(20 * (means[m]["UA"] - means[m]["attack"])), means[m]["IRA_lost"] + means[m]["CRA_lost"],  # noqa: E731
+                     means[m]["seconds"])
+    return [(m, means[m]) for m in sorted(means, key=key)]
+
+
 def _target_value(key: str, value: float) -> str:
     """A share as a percentage; points lost as points."""
     return f"{100 * value:.0f} pts" if key.endswith("_lost") else f"{value:.0%}"
@@ -387,6 +401,11 @@ def markdown(rows: list[Row], device: str, settings: dict) -> str:
     for b in best_per_kind(rows):
         lines.append(f"| {b['kind']} | {b['method']} | "
                      + " | ".join(f"{_target_value(k, b[k])} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
+    lines += ["", "Overall, every concept (UA less attack first, then points lost, then time; the first is the default's pick):", "",
+              "| method | UA | attack | IRA lost | CRA lost | erase s |", "|---|---|---|---|---|---|"]
+    for method, m in best_overall(rows):
+        lines.append(f"| {method} | {m['UA']:.0%} | {m['attack']:.0%} | {_target_value('IRA_lost', m['IRA_lost'])} "
+                     f"| {_target_value('CRA_lost', m['CRA_lost'])} | {m['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -406,7 +425,6 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.axvline(TARGETS["UA"][1], color="grey", lw=0.5, ls="--")
-    ax.axhline(TARGETS["IRA"][1], color="grey", lw=0.5, ls="--")
     ax.legend(fontsize=6, ncol=2, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
@@ -440,6 +458,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
+    parser.add_argument("--render", metavar="JSON", help="write the tables and the plot of an earlier run's JSON again (runs nothing)")
 
 
 def _runs(args, methods: list[str], kind: str | None) -> list[tuple[str, str, dict]]:
@@ -461,6 +480,15 @@ def _write(out: Path, stem: str, table: str, records: dict, json_path: str | Non
 
 
 def run(args) -> list[Row] | dict:
+    if args.render:
+        path = Path(args.render)
+        records = json.loads(path.read_text())
+        rows = [Row(**r) for r in records["rows"]]
+        table = markdown(rows, records["device"], records["settings"])
+        path.with_suffix(".md").write_text(table)
+        plot(rows, path.with_suffix(".png"))
+        print(table, flush=True)
+        return rows
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
