@@ -288,7 +288,7 @@ def test_a_mass_edit_past_the_embedding_width_is_stored_at_that_rank_and_exact()
     m = 0.5 * torch.eye(width) + erase_rows.T @ erase_rows + kept.T @ kept
     for name, w in UCE.weights(pipe).items():
         change = tensors[f"unet.{name}.lora_B.weight"] @ tensors[f"unet.{name}.lora_A.weight"]
-        torch.testing.assert_close(change, w @ (targets - erase_rows).T @ erase_rows @ torch.linalg.inv(m), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(change, w @ (targets - erase_rows).T @ erase_rows @ torch.linalg.inv(m), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["uce", "rece"])

@@ -9,7 +9,7 @@ alone they bring it back.
     W' = [lam W + sum_i (W c*_i) c_i^T + sum_j (W c_j) c_j^T] [lam I + sum_i c_i c_i^T + sum_j c_j c_j^T]^-1
 The change W' - W = W (C* - C)^T C M^-1 has rank len(C), so it is stored exactly as LoRA
 factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods. Past D rows
-(a mass erasure) the same change is stored at rank D instead, as B = W (C* - C)^T C, A = M^-1.
+(a mass erasure) the change itself is stored instead, at rank D: B = W (C* - C)^T C M^-1, A = I.
 
 RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
 the edited layers give the concept's original keys and values; an attacker who learns words
@@ -68,8 +68,9 @@ class Edit:
         """UCE's formula: rows `erase` (k, D) map to what W gives `targets` (k, D), rows `kept` keep theirs."""
         m = lam * torch.eye(erase.shape[1], device=erase.device) + erase.T @ erase + kept.T @ kept  # (D, D)
         change = (targets - erase).T  # (D, k)
-        if len(erase) > erase.shape[1]:  # more rows than dimensions: the same change at rank D
-            return cls(weights, torch.linalg.inv(m), {name: w @ change @ erase for name, w in weights.items()})
+        if len(erase) > erase.shape[1]:  # more rows than dimensions: the change itself, at rank D (A = I)
+            spread = torch.linalg.solve(m, (change @ erase).T).T  # (D, D) = (C* - C)^T C M^-1
+            return cls(weights, torch.eye(len(m), device=m.device), {name: w @ spread for name, w in weights.items()})
         a = torch.linalg.solve(m, erase.T).T  # (k, D) = C M^-1 (M symmetric)
         return cls(weights, a, {name: w @ change for name, w in weights.items()})
 
