@@ -63,6 +63,13 @@ def user_errors(handler):
     return plain
 
 
+def concept_word(comparison, concepts: list[str]) -> str:
+    """The word whose heatmaps to show first: the erased concept's (its last word), else the prompts' first."""
+    words = comparison.words()
+    wanted = [c.split()[-1].lower() for c in concepts if c.strip()]
+    return next((w for w in wanted if w in words), words[0])
+
+
 def create_demo(studio: Studio) -> gr.Blocks:
     """The app's layout and events; handlers are small closures over the shared studio."""
 
@@ -93,15 +100,17 @@ def create_demo(studio: Studio) -> gr.Blocks:
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
-            yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 5
+            yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 8
         patches = session + [event.patch_id]
         result = studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
         path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
         mode = " in adversarial mode" if adversarial else ""
+        word = concept_word(result, event.patch.concepts)
         yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{mode}{trained}. "
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
-               result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()))
+               result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()),
+               result.heatmaps(word), gr.update(choices=result.words(), value=word), result)
 
     @spaces.GPU(duration=120)
     @user_errors
@@ -110,7 +119,26 @@ def create_demo(studio: Studio) -> gr.Blocks:
         learned = studio.attack(concept or "", session, images_of(uploads),
                                 on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}"))
         result = studio.compare(concept, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
-        return result.grid(), "\n".join(result.labels())
+        word = concept_word(result, [concept])
+        return (result.grid(), "\n".join(result.labels()), result.heatmaps(word),
+                gr.update(choices=result.words(), value=word), result)
+
+    @user_errors
+    def show_word(word, comparison):
+        """The picked word's heatmaps, before and after, from the comparison already drawn (nothing is generated)."""
+        if comparison is None:
+            raise ValueError("Erase a concept first: the heatmaps compare the model before and after.")
+        return comparison.heatmaps(word)
+
+    @spaces.GPU(duration=120)
+    @user_errors
+    def see_collateral(concepts, session, progress=gr.Progress()):
+        """Every concept the model knows (or the listed ones), drawn without and with the session's patches."""
+        result = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+        chart = result.chart()
+        path = Path(tempfile.mkdtemp()) / "collateral.png"
+        chart.save(path)
+        return chart, pd.DataFrame(result.table()).round(3), str(path)
 
     @user_errors
     def upload_patch(file, session):
@@ -128,6 +156,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
 
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
         session = gr.State([])  # this browser session's patch ids
+        comparison = gr.State(None)  # the last before/after (or erased/attacked) comparison, with its traces
         gr.Markdown(INTRO)
         with gr.Accordion("Model", open=False):
             with gr.Row():
@@ -175,14 +204,32 @@ def create_demo(studio: Studio) -> gr.Blocks:
                     judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
                     grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
                     slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider")
+                    heat_word = gr.Dropdown([], label="Heatmaps of the word", elem_id="heat-word", allow_custom_value=False)
+                    heat_grid = gr.Image(label="What the word attends to, before → after (same seeds, one scale per seed; "
+                                         "the share of the attention it receives in each row's title)", type="pil",
+                                         format="png", elem_id="heat-grid")
+                    with gr.Accordion("What else changed? (the collateral map)", open=False):
+                        collateral_concepts = gr.Textbox(label="Concepts to check (blank: every concept the embedded model "
+                                                         "knows; other models: list them, comma separated)", value="",
+                                                         max_length=5000, elem_id="collateral-concepts")
+                        collateral_button = gr.Button("Draw every concept with and without the patches", elem_id="collateral")
+                        collateral_chart = gr.Image(label="Presence before → after, most changed on top", type="pil",
+                                                    format="png", elem_id="collateral-chart")
+                        collateral_table = gr.Dataframe(label="The numbers", elem_id="collateral-table")
+                        collateral_file = gr.File(label="Download the chart", elem_id="collateral-file")
                     attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
                     attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
                     attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
         erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session, adversarial],
-                                         [erase_status, loss_plot, grid, slider, patch_file, session, judged], api_name="erase")
+                                         [erase_status, loss_plot, grid, slider, patch_file, session, judged,
+                                          heat_grid, heat_word, comparison], api_name="erase")
         cancel.click(None, cancels=[erase_event])
-        attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged], api_name="attack")
+        attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged, heat_grid, heat_word, comparison],
+                            api_name="attack")
+        heat_word.input(show_word, [heat_word, comparison], heat_grid, api_visibility="private")
+        collateral_button.click(see_collateral, [collateral_concepts, session], [collateral_chart, collateral_table, collateral_file],
+                                api_name="collateral")
         reset_button.click(reset, session, [erase_status, session], api_visibility="private")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
         inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session]

@@ -2,6 +2,8 @@
 
     python -m fmn generate --prompt "a red circle on grass" --seed 0 --out img.png [--patch p.safetensors]
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
+    python -m fmn heatmap --prompt "a red circle" --words circle --patch p.safetensors --compare --out maps.png --json maps.json
+    python -m fmn collateral --patch p.safetensors [--concepts a,b,c] --out chart.png --json collateral.json
     python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
     python -m fmn bench quality [--quick] [--json quality.json]
@@ -16,6 +18,7 @@ with status 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -83,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["heatmap"].add_argument("--words", nargs="*", help="words to show (default: every word)")
     sub.choices["heatmap"].add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"))
     sub.choices["heatmap"].add_argument("--resolutions", type=int, nargs="*", help="latent sides of the layers to use, e.g. 8 4")
+    sub.choices["heatmap"].add_argument("--compare", action="store_true",
+                                        help="rows: the original model, then with the patches, on the same seeds")
+    sub.choices["heatmap"].add_argument("--num-images", type=int, default=3, help="--compare: seeds seed, seed+1, ...")
+    sub.choices["heatmap"].add_argument("--json", help="--compare: write each word's share of the attention, before and after")
+    c = sub.add_parser("collateral", help="what else a patch changed: every known concept drawn without and with it")
+    c.add_argument("--patch", action="append", required=True, help="the patch(es) to check (repeatable)")
+    c.add_argument("--concepts", help="comma-separated concepts to check (default: every concept the embedded model knows)")
+    c.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    c.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
+    c.add_argument("--device", default=None)
+    c.add_argument("--out", required=True, help="the chart, a PNG file")
+    c.add_argument("--json", help="the numbers: per concept, presence (embedded model), pixel and attention change")
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     for name, help_ in BENCHMARKS.items():
         import_module(f".bench.{name.replace('-', '_')}", __package__).add_arguments(bench.add_parser(name, help=help_))
@@ -152,6 +167,56 @@ def _attack(args, studio) -> None:
     print(out.with_stem(f"{out.stem}-{seeds[0]}"), "...")
 
 
+def _heatmap_compare(args, studio, settings, patches) -> None:
+    """The prompt on N seeds, original and patched, with the words' heatmaps on one scale; their attention shares."""
+    from .evaluate import Probe, compare_prompts
+
+    if not patches:
+        raise ValueError("--compare needs a --patch to compare the original model with.")
+    if not 1 <= args.num_images <= 8:
+        raise ValueError(f"--num-images {args.num_images}: use 1 to 8.")
+    seeds = [args.seed + i for i in range(args.num_images)]
+    result = compare_prompts(studio, [Probe("prompt", settings.prompt, None)], patches, seeds, settings=settings)
+    words = args.words or result.words()
+    result.heatmaps(words).save(args.out)
+    print(args.out)
+    shares = result.share_table(words)
+    for word, (row,) in shares.items():
+        print(f"{word}: {row['before']:.2%} of the attention -> {row['after']:.2%}")
+    if args.json:
+        _write_json(args.json, {"prompt": settings.prompt, "seeds": seeds, "patches": args.patch,
+                                "shares": {word: {"before": row["before"], "after": row["after"]} for word, (row,) in shares.items()}})
+
+
+def _collateral(args, studio) -> None:
+    patches = [studio.load_patch(p) for p in args.patch]
+
+    def report(i, n):
+        print(f"\rconcept {i}/{n}", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = studio.collateral(patches, args.concepts, on_concept=report)
+    finally:
+        print(file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.chart().save(out)
+    for e in result.effects[:5]:
+        seen = f"presence {e.presence_before:.0%} -> {e.presence_after:.0%}, " if e.presence_before is not None else ""
+        print(f"{e.concept}{' (erased)' if e.erased else ''}: {seen}pixel change {e.pixel_change:.3f}, "
+              f"attention {e.attention_before:.2%} -> {e.attention_after:.2%}")
+    if args.json:
+        _write_json(args.json, {"patches": args.patch, "seeds": result.seeds, "concepts": result.table()})
+    print(out)
+
+
+def _write_json(path: str, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .studio import Studio  # heavy imports after argument parsing, so --help is instant
@@ -165,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             if out.suffix.lower() != ".png":
                 raise ValueError(f"--out {out}: the attacked images are written as PNG files (name.png).")
             _attack(args, Studio(args.model, device=args.device, config=args.config))
+            return 0
+        if args.command == "collateral":
+            if out.suffix.lower() != ".png":
+                raise ValueError(f"--out {out}: the chart is written as a PNG file (name.png).")
+            _collateral(args, Studio(args.model, device=args.device, config=args.config))
             return 0
         if args.command == "erase":
             if out.suffix != ".safetensors":
@@ -188,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             for image, path in zip(images, paths):
                 image.save(path)
                 print(path)
+        elif args.json and not args.compare:
+            raise ValueError("--json writes the attention shares of --compare: add --compare and a --patch.")
+        elif args.compare:
+            _heatmap_compare(args, studio, settings, patches)
         else:
             result = studio.inspect(settings, args.words, args.step_range, set(args.resolutions) if args.resolutions else None,
                                     patches=patches)

@@ -17,6 +17,7 @@ Two layers here:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -154,9 +155,11 @@ class Trace:
 
     `raw_maps` holds the plain sums; `token_maps`, `word_map` and `word_maps` scale each map
     to [0, 1] (min-max) for display, which DAAM's comparisons within one map need anyway.
+    `share(word)` is the comparable number: the part of the cross-attention the word receives.
 
     Several images of the same prompt in one call (``num_images_per_prompt`` or a list of
-    generators) are averaged: the maps describe the prompt, not one image.
+    generators) are averaged: the maps describe the prompt, not one image. `image(i)` is the
+    trace of the call's i-th image alone.
     """
 
     def __init__(
@@ -176,7 +179,8 @@ class Trace:
         self.tokens = tokenizer.tokenize(prompt)[: tokenizer.model_max_length - 2]  # what fits between BOS and EOS
         self.steps = 0
         self.n_maps = 0
-        self._sum = None  # (tokens, H, W), allocated at the first captured map
+        self._sum = None  # (images, tokens, H, W), allocated at the first captured map
+        self._mass = None  # (images, tokens): each token's attention probability, mean over pixels, summed over maps
         self._latent_hw = None
         self._cfg = False
         self._capturing = False
@@ -201,26 +205,44 @@ class Trace:
         maps = probs.detach().unflatten(0, (-1, attn.heads))  # (B, heads, pixels, 77)
         if self._cfg:
             maps = maps[maps.shape[0] // 2 :]  # the pipeline batches [uncond, cond]: keep cond
-        maps = maps[..., 1 : 1 + n].mean((0, 1), dtype=torch.float32)  # (pixels, tokens), skipping BOS
-        maps = maps.T.reshape(n, h, w)  # (tokens, h, w)
+        maps = maps[..., 1 : 1 + n].mean(1, dtype=torch.float32)  # (images, pixels, tokens), skipping BOS
+        mass = maps.mean(1)  # (images, tokens): every pixel's probabilities sum to 1 over the 77 tokens
+        maps = maps.transpose(1, 2).unflatten(2, (h, w))  # (images, tokens, h, w)
         size = self.map_size or self._latent_hw
         if (h, w) != tuple(size):
-            maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]  # (tokens, H, W)
+            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # (images, tokens, H, W)
         if self._sum is None:
-            self._sum = torch.zeros_like(maps)
+            self._sum, self._mass = torch.zeros_like(maps), torch.zeros_like(mass)
         self._sum += maps
+        self._mass += mass
         self.n_maps += 1
 
-    @property
-    def raw_maps(self) -> torch.Tensor:
-        """Sum of the head-averaged maps over the captured steps and layers, (tokens, H, W)."""
+    def _captured(self) -> None:
         if self._sum is None:
             raise ValueError(
                 f"nothing was captured for {self.prompt!r}: step_range={self.step_range} and "
                 f"resolutions={self.resolutions} matched none of {self.steps} UNet calls; widen them, "
                 "and call the pipeline inside the `with trace(...)` block"
             )
-        return self._sum
+
+    @property
+    def raw_maps(self) -> torch.Tensor:
+        """Sum of the head-averaged maps over the captured steps and layers, mean over the images, (tokens, H, W)."""
+        self._captured()
+        return self._sum.mean(0)
+
+    @property
+    def n_images(self) -> int:
+        self._captured()
+        return self._sum.shape[0]
+
+    def image(self, i: int) -> "Trace":
+        """The trace of the i-th image of the traced call alone (maps and shares of that image only)."""
+        if not -self.n_images <= i < self.n_images:
+            raise IndexError(f"image {i} of a trace of {self.n_images} image(s)")
+        one = copy.copy(self)
+        one._sum, one._mass = self._sum[i : i + 1], self._mass[i : i + 1]
+        return one
 
     @property
     def token_maps(self) -> torch.Tensor:
@@ -242,16 +264,26 @@ class Trace:
                 start = i + 1
         return spans
 
-    def word_map(self, word: str, normalize: bool = True) -> torch.Tensor:
-        """The mean of the maps of `word`'s sub-word tokens (all its occurrences), (H, W).
-
-        Matching is case-insensitive (CLIP lowercases). Scaled to [0, 1] unless `normalize=False`.
-        """
+    def _positions(self, word: str) -> list[int]:
+        """The token positions of every occurrence of `word` (case-insensitive: CLIP lowercases)."""
         positions = [i for w, span in self._word_spans() if w.lower() == word.strip().lower() for i in span]
         if not positions:
             raise ValueError(f"word {word!r} is not in the prompt {self.prompt!r}; its words are {self.words}")
-        word_map = self.raw_maps[positions].mean(0)  # (H, W)
+        return positions
+
+    def word_map(self, word: str, normalize: bool = True) -> torch.Tensor:
+        """The mean of the maps of `word`'s sub-word tokens (all its occurrences), (H, W).
+        Scaled to [0, 1] unless `normalize=False`."""
+        word_map = self.raw_maps[self._positions(word)].mean(0)  # (H, W)
         return _normalise(word_map) if normalize else word_map
+
+    def share(self, word: str) -> float:
+        """The part of the cross-attention that `word`'s tokens receive, in [0, 1]: their softmax
+        probabilities (out of all 77 tokens, BOS and padding included) averaged over pixels, heads,
+        layers, steps and images. Comparable across models and patches on the same prompt and seeds,
+        unlike the min-max scaled maps: an erasure that drains a word's attention lowers it."""
+        self._captured()
+        return float(self._mass[:, self._positions(word)].sum(1).mean() / self.n_maps)
 
     def word_maps(self, normalize: bool = True) -> dict[str, torch.Tensor]:
         """{word: word_map(word)} for every distinct word of the prompt, in prompt order."""

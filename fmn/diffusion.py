@@ -1,6 +1,6 @@
 """The few diffusion operations that erasure, inversion and the attack all build on.
 
-Prompt embeddings (`encode`), latents of a concept (`reference_latents`: the user's images
+Prompt embeddings (`encode`) and where a concept's tokens sit in them (`concept_positions`), latents of a concept (`reference_latents`: the user's images
 or the model's own) and a latent noised to a random training step (`noisy`), written once
 so that every loss in `fmn.erase`, `fmn.inversion` and `fmn.attack` noises the same way.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionPipeline
 
-__all__ = ["encode", "reference_latents", "noisy"]
+__all__ = ["encode", "concept_positions", "reference_latents", "noisy"]
 
 MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream is the same as one by one
 
@@ -19,6 +19,16 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states for prompts, padded to the tokenizer's length: (B, 77, D)."""
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
     return pipe.text_encoder(ids.to(pipe.device))[0]
+
+
+def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
+    """Token positions (BOS = 0) of the concept's tokens inside the prompt; ValueError if absent."""
+    ids = tokenizer(prompt, truncation=True).input_ids
+    want = tokenizer(concept, add_special_tokens=False).input_ids
+    for start in range(len(ids) - len(want) + 1):
+        if ids[start:start + len(want)] == want:
+            return list(range(start, start + len(want)))
+    raise ValueError(f"the concept {concept!r} is not a token sequence of the prompt {prompt!r}")
 
 
 def reference_latents(pipe: StableDiffusionPipeline, prompts: list[str], per_prompt: int, steps: int,

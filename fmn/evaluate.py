@@ -1,25 +1,28 @@
 """Before and after an erasure, on the same seeds: what went, what stayed.
 
 `probe_prompts` picks prompts that name the concept, paraphrase it, and name other things
-that must survive; `compare` generates each prompt without and with the patches and, on
-the embedded model, asks the judge how sure it is that each image shows the subject
-("circle: 0.97 -> 0.03"). The app's Erase tab and the benchmarks use the same comparison.
+that must survive; `compare` generates each prompt without and with the patches, tracing
+the cross-attention of the same generations (each word's heatmap and share of attention,
+before and after), and, on the embedded model, asks the judge how sure it is that each image
+shows the subject ("circle: 0.97 -> 0.03"). The app's Erase tab, `python -m fmn heatmap
+--compare` and the benchmarks use the same comparison.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .attention import Trace
 from .generate import GenerationSettings
+from .heatmaps import before_after_grid, to_image
 from .models import world_of
 from .world.known import World
 
-__all__ = ["Probe", "probe_prompts", "Comparison", "compare"]
+__all__ = ["Probe", "probe_prompts", "Comparison", "compare", "compare_prompts"]
 
 
 @dataclass
@@ -76,6 +79,46 @@ class Comparison:
     after: list[list[Image.Image]]
     scores: list[tuple[float, float]] | None  # per probe: the judge's mean probability of its subject, before and after
     titles: tuple[str, str] = ("before", "after")
+    before_maps: list[list[Trace]] | None = None  # [probe][seed]: the cross-attention of each image
+    after_maps: list[list[Trace]] | None = None
+
+    def words(self) -> list[str]:
+        """Every word of the probes' prompts (no punctuation), in order: what a heatmap can show."""
+        words = [w for maps in self.before_maps for w in maps[0].words if any(c.isalnum() for c in w)]
+        return list(dict.fromkeys(w.lower() for w in words))
+
+    def _with(self, word: str) -> list[int]:
+        """The probes whose prompt has `word`; a clear error if none has."""
+        rows = [i for i, maps in enumerate(self.before_maps) if word.strip().lower() in (w.lower() for w in maps[0].words)]
+        if not rows:
+            raise ValueError(f"{word!r} is in none of the prompts; their words are: {', '.join(self.words())}")
+        return rows
+
+    def shares(self, word: str) -> list[tuple[str, float, float]]:
+        """(prompt, share before, share after) for each probe whose prompt has `word`: the part of the
+        cross-attention its tokens receive (`Trace.share`), mean over the seeds."""
+        return [(self.probes[i].prompt, *(float(np.mean([t.share(word) for t in side[i]]))
+                                          for side in (self.before_maps, self.after_maps))) for i in self._with(word)]
+
+    def heatmaps(self, words: str | list[str]) -> Image.Image:
+        """For each word, each probe with it and each seed: the image and the word's heatmap before, then after,
+        the two maps of a seed on one scale (the larger peak is 1), titled with the share before → after."""
+        rows = []
+        for word in [words] if isinstance(words, str) else words:
+            for i, (prompt, b, a) in zip(self._with(word), self.shares(word)):
+                pairs = ([], [])
+                for s in range(len(self.seeds)):
+                    raw = [side[i][s].word_map(word, normalize=False) for side in (self.before_maps, self.after_maps)]
+                    peak = max(float(m.max()) for m in raw) or 1.0
+                    for pair, images, heat in zip(pairs, (self.before[i], self.after[i]), raw):
+                        pair.append((images[s], heat / peak))
+                rows.append((f"{prompt}   [{word}: {b:.1%} → {a:.1%} of the attention]", *pairs))
+        return before_after_grid(rows, self.seeds, self.titles)
+
+    def share_table(self, words: list[str] | None = None) -> dict[str, list[dict]]:
+        """{word: [{prompt, before, after}, ...]} for these words (default every word): the JSON of `heatmap --compare`."""
+        return {w: [{"prompt": p, self.titles[0]: b, self.titles[1]: a} for p, b, a in self.shares(w)]
+                for w in words or self.words()}
 
     def labels(self) -> list[str]:
         """One line per probe, e.g. 'circle: 0.97 -> 0.03'."""
@@ -100,9 +143,7 @@ class Comparison:
             axes[row, 0].set_ylabel(self.probes[row].group, fontsize=7)
             axes[row, 0].text(0, -0.08, label, transform=axes[row, 0].transAxes, fontsize=7, va="top")
         fig.tight_layout(h_pad=1.2)
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+        return to_image(fig)
 
 
 def judge_for(pipe):
@@ -111,21 +152,25 @@ def judge_for(pipe):
     return world.judge if world else None
 
 
-def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
-            on_image=None, learned=None) -> Comparison:
-    """Generates every probe of `concept` without and with `patches` on the same seeds.
+def compare_prompts(studio, probes: list[Probe], patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
+                    on_image=None, learned=None, settings: GenerationSettings | None = None) -> Comparison:
+    """Generates every probe without and with `patches` on the same seeds, tracing each generation's
+    cross-attention (tracing costs a few per cent; nothing is generated twice).
 
     With `learned` (an attack's embeddings, `Studio.attack`) both sides carry the patches and
-    the right side reads the concept's words through the learned embeddings.
+    the right side reads the concept's words through the learned embeddings. `settings`: the
+    generation settings but the prompt (default: `steps` steps, the defaults otherwise).
     """
-    probes = probe_prompts(studio.pipe, concept)
-    before, after = [], []
+    base = settings or GenerationSettings("", steps=steps)
+    sides = {"before": ([], []), "after": ([], [])}
     for i, probe in enumerate(probes):
-        settings = GenerationSettings(probe.prompt, steps=steps)
-        before.append(studio.generate(settings, list(seeds), patches=patches if learned else ()))
-        after.append(studio.generate(settings, list(seeds), patches=patches, learned=learned))
+        for side, kwargs in (("before", {"patches": patches if learned else ()}), ("after", {"patches": patches, "learned": learned})):
+            images, tc = studio.generate_traced(replace(base, prompt=probe.prompt), list(seeds), **kwargs)
+            sides[side][0].append(images)
+            sides[side][1].append([tc.image(s) for s in range(len(seeds))])
         if on_image:
             on_image(i + 1, len(probes))
+    (before, before_maps), (after, after_maps) = sides["before"], sides["after"]
     judge = judge_for(studio.pipe)
     scores = None
     if judge is not None:
@@ -136,4 +181,10 @@ def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 
                 continue
             scores.append(tuple(float(np.mean([v.prob(probe.subject) for v in judge(images)])) for images in (b, a)))
     titles = ("erased", "attacked") if learned else ("before", "after")
-    return Comparison(probes, list(seeds), before, after, scores, titles)
+    return Comparison(list(probes), list(seeds), before, after, scores, titles, before_maps, after_maps)
+
+
+def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
+            on_image=None, learned=None) -> Comparison:
+    """`compare_prompts` on the probe prompts of `concept` (`probe_prompts`)."""
+    return compare_prompts(studio, probe_prompts(studio.pipe, concept), patches, seeds, steps, on_image, learned)

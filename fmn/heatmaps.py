@@ -16,7 +16,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["overlay", "word_grid"]
+__all__ = ["overlay", "word_grid", "before_after_grid", "to_image"]
 
 
 def overlay(image: Image.Image, heatmap: torch.Tensor, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
@@ -48,6 +48,40 @@ def word_grid(image: Image.Image, maps: dict[str, torch.Tensor], title: str | No
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.tolist(), fraction=0.02, pad=0.02)
     if title is not None:
         fig.suptitle(title)
+    return to_image(fig)
+
+
+def to_image(fig: Figure) -> Image.Image:
+    """Renders a private matplotlib figure to an RGB image."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def before_after_grid(rows: list[tuple[str, list, list]], seeds: list[int], titles: tuple[str, str] = ("before", "after"),
+                      cmap: str = "jet") -> Image.Image:
+    """One row per prompt; per seed, the image and the word's heatmap before, then after.
+
+    Args:
+        rows: (label, before, after) per prompt; before and after hold one (image, heatmap) per seed,
+            the two heatmaps of a seed on one scale (so that drained attention looks dimmer after).
+        seeds: the seeds, for the column titles.
+        titles: what the two sides are called.
+    """
+    k = len(seeds)
+    fig = Figure(figsize=(1.1 * 4 * k + 0.6, 1.35 * len(rows) + 0.3), dpi=100)
+    axes = fig.subplots(len(rows), 4 * k, squeeze=False)
+    for r, (label, before, after) in enumerate(rows):
+        for s, ((image_b, heat_b), (image_a, heat_a)) in enumerate(zip(before, after)):
+            panels = [(image_b, titles[0]), (overlay(image_b, heat_b, cmap), "map"),
+                      (image_a, titles[1]), (overlay(image_a, heat_a, cmap), "map")]
+            for c, (panel, name) in enumerate(panels):
+                ax = axes[r, 4 * s + c]
+                ax.imshow(panel)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{name}, seed {seeds[s]}" if c % 2 == 0 else name, fontsize=7)
+        axes[r, 0].text(0, -0.08, label, transform=axes[r, 0].transAxes, fontsize=7, va="top")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.ravel().tolist(), fraction=0.01, pad=0.01)
+    return to_image(fig)

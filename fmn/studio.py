@@ -12,6 +12,7 @@ erasure never changes another user's images.
 from __future__ import annotations
 
 import queue
+from collections import OrderedDict
 import threading
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -23,7 +24,8 @@ import torch
 from PIL import Image
 
 from .attack import AttackConfig, concept_inversion
-from .attention import trace
+from .attention import Trace, trace
+from .collateral import Collateral, collateral
 from .erase import DEFAULT_METHOD, Progress, erase, split_concepts
 from .evaluate import Comparison, compare, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
@@ -33,6 +35,8 @@ from .models import EMBEDDED, load_pipeline
 from .patch import Patch, activate, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased"]
+
+ORIGINALS_KEPT = 32  # the unedited model's calls remembered: a collateral map's and a few comparisons' "before" sides
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Studio:
         self.source = str(source or EMBEDDED)
         self.pipe = load_pipeline(self.source, device=device, config=config)
         self.patches: dict[str, Patch] = {}  # id -> patch, attached to self.pipe
+        self.originals: OrderedDict = OrderedDict()  # the unedited model's traced calls, oldest first
         self.lock = threading.Lock()
 
     def use(self, source: str | Path | None) -> str:
@@ -71,6 +76,7 @@ class Studio:
             if source != self.source:
                 pipe = load_pipeline(source, device=self.device)  # raises before anything changes
                 self.pipe, self.source, self.patches = pipe, source, {}
+                self.originals.clear()
         return self.source
 
     def warnings(self, settings: GenerationSettings) -> list[str]:
@@ -99,14 +105,34 @@ class Studio:
         with self.lock, self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
             return generate(self.pipe, settings, seeds, on_step)
 
+    def generate_traced(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
+                        patches: list[str] | tuple = (), learned: Inverted | None = None, step_range=None,
+                        resolutions=None) -> tuple[list[Image.Image], Trace]:
+        """`generate`, tracing the cross-attention of the same call: `trace.image(i)` is the i-th seed's.
+        The unedited model's calls are remembered (the last `ORIGINALS_KEPT`): every comparison's "before"
+        side is drawn once. Callers must not change the images returned."""
+        settings = check_settings(self.pipe, settings)
+        original = not patches and learned is None
+        key = (repr(settings), tuple(seeds or [settings.seed]), step_range, tuple(sorted(resolutions or ())))
+        with self.lock:
+            if original and key in self.originals:
+                self.originals.move_to_end(key)
+                return self.originals[key]
+            with self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
+                with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
+                    images = generate(self.pipe, settings, seeds, on_step)
+            if original:
+                self.originals[key] = images, tc
+                while len(self.originals) > ORIGINALS_KEPT:
+                    self.originals.popitem(last=False)
+        return images, tc
+
     def inspect(self, settings: GenerationSettings, words: list[str] | None = None, step_range=None,
                 resolutions=None, on_step=None, patches: list[str] | tuple = ()) -> Inspection:
         """Generates one image while tracing cross-attention, and renders the words' heatmaps."""
         settings = check_settings(self.pipe, settings)
-        with self.lock, self._patched(patches):
-            with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
-                image = generate(self.pipe, settings, None, on_step)[0]
-            maps = {w: m for w, m in tc.word_maps().items() if any(c.isalnum() for c in w)}  # no punctuation panels
+        (image,), tc = self.generate_traced(settings, None, on_step, patches, step_range=step_range, resolutions=resolutions)
+        maps = {w: m for w, m in tc.word_maps().items() if any(c.isalnum() for c in w)}  # no punctuation panels
         if words:
             missing = [w for w in words if w.lower() not in maps]
             if missing:
@@ -165,6 +191,12 @@ class Studio:
             raise ValueError("Name the concept to compare, e.g. 'circle'.")
         self._check_patches(patches)
         return compare(self, names[0], list(patches), on_image=on_image, learned=learned)
+
+    def collateral(self, patches: list[str], concepts: list[str] | str | None = None, on_concept=None) -> Collateral:
+        """What else `patches` changed: every concept the model knows (or `concepts`), drawn without and
+        with them on the same seeds (see `fmn.collateral`)."""
+        self._check_patches(patches)
+        return collateral(self, list(patches), concepts, on_concept=on_concept)
 
     def save_patch(self, patch_id: str, folder: str | Path) -> Path:
         """Writes a loaded patch to `folder` under a readable file name (e.g. "uce-circle.safetensors")."""

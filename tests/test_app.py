@@ -95,8 +95,9 @@ def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
 def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
     bob_before = pixels(call(bob, "a red circle", 11)[0])
-    status, _, grid, pair, patch, judged = alice.predict("circle", "uce", None, "", 0, api_name="/erase")
-    assert "Erased **circle** with uce" in status
+    status, _, grid, pair, patch, judged, heat, word = alice.predict("circle", "uce", None, "", 0, api_name="/erase")
+    assert "Erased **circle** with uce" in status and word == "circle"
+    assert Image.open(heat).width > Image.open(heat).height  # the concept word's maps, before and after, per seed
     assert Image.open(grid).width > Image.open(grid).height // 2 and patch.endswith(".safetensors")
     assert "circle:" in judged and "→" in judged  # the judge's before -> after per probe
     assert not np.array_equal(pixels(call(alice, "a red circle", 11)[0]), bob_before)  # alice's session is patched
@@ -141,7 +142,8 @@ def test_erase_bad_input_loses_nothing(erased, tmp_path, concept, upload, steps,
 @SERVER
 def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
     session, patched = erased
-    grid, judged = session.predict("circle", None, api_name="/attack")
+    grid, judged, heat, word = session.predict("circle", None, api_name="/attack")
+    assert word == "circle" and Image.open(heat).width > Image.open(heat).height  # erased -> attacked maps
     readings = [re.search(r"\[(\w+): ([\d.]+) → ([\d.]+)\]", line) for line in judged.splitlines()]
     assert len(readings) == 6 and all(readings), judged  # every probe of an object, judged erased -> attacked
     assert {r[1] for r in readings} >= {"circle"} and all(0 <= float(r[k]) <= 1 for r in readings for k in (2, 3))
@@ -170,15 +172,21 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     image, maps = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"]
     *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, []))
-    status, _, grid, pair, path, session, judged = last
+    status, _, grid, pair, path, session, judged, heat, word, comparison = last
     assert [s[0] for s in streamed] == ["Erasing: step 1/1, 0 s"] and "Erased **circle, square** with uce" in status
     assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
+    assert word["value"] == "circle" and "photo" in word["choices"] and heat.width > heat.height
+    assert fns["show_word"]("dog", comparison).height < heat.height  # one probe names a dog, three a circle
+    chart, table, chart_file = fns["collateral"]("circle, dog", session)
+    assert list(table["concept"])[:2] and set(table["concept"]) == {"circle", "dog"} and chart_file.endswith(".png")
+    with pytest.raises(gr.Error, match="no list of what it knows"):
+        fns["collateral"]("", session)
     with pytest.raises(gr.Error, match="concept is empty"):
         list(fns["erase"](" , ", "fmn", None, "", 0, session))
     with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):
         list(fns["erase"]("circle", "uce", None, "", 0, session, True))
-    *_, (status, *_, session, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
+    *_, (status, *_, session, _, _, _, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
     assert "Erased **star** with fmn in adversarial mode" in status and studio.patches[session[-1]].settings["adversarial"]
     with pytest.raises(gr.Error, match="prompt is empty"):
         fns["generate"]("", "", 0, 2, 5.0, 0, 2, None, session)

@@ -1,5 +1,6 @@
 """The command line: files written, and bad input answered with one line and status 2."""
 
+import json
 import subprocess
 import sys
 
@@ -160,3 +161,50 @@ def test_attack_writes_the_attacked_images(tiny_dirs, tmp_path, capsys):
         base.update(dict(zip(args[::2], args[1::2])))
         status, lines = run_here(capsys, "attack", "--model", model, "--patch", str(patch), *[x for kv in base.items() for x in kv])
         assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], (args, lines)
+
+
+def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, circle_patch, tmp_path, capsys):
+    model, patch = str(tiny_dirs["sd15"]), circle_patch
+    maps, numbers = tmp_path / "maps.png", tmp_path / "maps.json"
+    status, lines = run_here(capsys, "heatmap", "--model", model, "--prompt", "a red circle", "--words", "circle", "red",
+                             "--patch", str(patch), "--compare", "--num-images", "2", "--steps", "2",
+                             "--out", str(maps), "--json", str(numbers))
+    assert status == 0, lines
+    shares = json.loads(numbers.read_text())
+    assert shares["seeds"] == [0, 1] and set(shares["shares"]) == {"circle", "red"}
+    assert all(0 < v < 1 for word in shares["shares"].values() for v in word.values())
+    assert Image.open(maps).width > Image.open(maps).height
+    chart, table = tmp_path / "chart.png", tmp_path / "collateral.json"
+    status, lines = run_here(capsys, "collateral", "--model", model, "--patch", str(patch), "--concepts", "circle,dog",
+                             "--out", str(chart), "--json", str(table))
+    assert status == 0, lines
+    rows = json.loads(table.read_text())["concepts"]
+    assert {r["concept"]: r["erased"] for r in rows} == {"circle": True, "dog": False} and Image.open(chart).height > 100
+
+
+@pytest.fixture(scope="module")
+def circle_patch(tiny_dirs, tmp_path_factory):
+    from fmn.__main__ import main
+
+    path = tmp_path_factory.mktemp("patch") / "circle.safetensors"
+    assert main(["erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "uce", "--out", str(path)]) == 0
+    return path
+
+
+PATCH = "<the circle patch>"
+HEATMAP = ["heatmap", "--prompt", "a red circle", "--steps", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([*HEATMAP, "--words", "dragon", "--compare", "--patch", PATCH], "'dragon' is in none of the prompts"),
+    ([*HEATMAP, "--compare", "--patch", PATCH, "--num-images", "9"], "--num-images 9: use 1 to 8"),
+    ([*HEATMAP, "--json", "x.json"], "--json writes the attention shares of --compare"),
+    ([*HEATMAP, "--compare"], "--compare needs a --patch"),
+    (["collateral", "--patch", PATCH, "--concepts", " , "], "concept list is empty"),
+    (["collateral", "--patch", PATCH], "no list of what it knows"),
+    (["collateral", "--patch", PATCH, "--concepts", ",".join(f"t{i}" for i in range(200))], "200 concepts to check; the limit is 100"),
+])
+def test_heatmap_compare_and_collateral_bad_input(tiny_dirs, circle_patch, tmp_path, capsys, args, message):
+    args = [str(circle_patch) if a == PATCH else a for a in args]
+    status, lines = run_here(capsys, *args, "--model", str(tiny_dirs["sd15"]), "--out", str(tmp_path / "out.png"))
+    assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines

@@ -125,7 +125,7 @@ def test_other_models_have_no_unknown_words():
 
 def test_forget_me_not_drains_the_concept_tokens_attention():
     from fmn.attention import install
-    from fmn.erase.forget_me_not import concept_positions
+    from fmn.diffusion import concept_positions
 
     pipe = tiny_pipeline()
     prompt = "a photo of circle"

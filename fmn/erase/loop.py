@@ -4,7 +4,8 @@ A trained method supplies three things: which layers get a LoRA adapter (``targe
 references it computes once with the unedited model (``references``), and the loss of one
 step (``loss``). The loop owns the rest: freezing the base weights, the optimizer, a
 preservation term (the patched model must still predict what the unedited one did for the
-concepts in ``config.preserve``, weighted by ``config.preserve_weight``), progress,
+concepts in ``config.preserve``, weighted by ``config.preserve_weight``, and with
+``config.keep_attention`` their words' cross-attention maps as they were), progress,
 cancellation, a NaN guard that leaves the model as it was, and turning the adapter into a
 `Patch`. Its phases are named for `torch.profiler` ("erase.references", "erase.loss", ...).
 The unedited model is always the same pipeline with its patches switched off
@@ -22,7 +23,8 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 from torch.profiler import record_function
 
-from ..diffusion import encode, noisy, reference_latents
+from ..attention import install
+from ..diffusion import concept_positions, encode, noisy, reference_latents
 from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
 from .adversarial import Adversary
 from .method import ErasureMethod
@@ -52,25 +54,55 @@ class Progress:
 @dataclass
 class Anchors:
     """What the unedited model predicts for prompts that must not change, at fixed noisy latents:
-    the targets of the preservation term that keeps the other concepts while one is erased."""
+    the targets of the preservation term that keeps the other concepts while one is erased.
+
+    With `attention_weight` > 0 the term also keeps each anchor word's cross-attention maps: an
+    erasure that lowers the keys of every word like the concept's (Forget-Me-Not's re-steering
+    does, unchecked) would drain the kept words' attention while their images still look right."""
 
     prompts: list[str]
     latents: torch.Tensor  # (P, 4, h, w) noisy latents
     timesteps: torch.Tensor  # (P,)
     eps: torch.Tensor  # (P, 4, h, w) the unedited model's predictions
+    words: torch.Tensor  # (P, 77): 1 at each prompt's word tokens
+    maps: list[torch.Tensor] | None = None  # per attn2 layer, (P, heads, pixels): the unedited maps of the words
+    attention_weight: float = 0.0
 
     @classmethod
-    def draw(cls, pipe: StableDiffusionPipeline, words: list[str], steps: int, generator: torch.Generator) -> "Anchors":
+    def draw(cls, pipe: StableDiffusionPipeline, words: list[str], steps: int, generator: torch.Generator,
+             attention_weight: float = 0.0) -> "Anchors":
         """One image per word by the unedited model, noised to a random step, and its prediction there."""
         prompts = [f"a picture of {w}" for w in words]
+        mask = torch.zeros(len(prompts), pipe.tokenizer.model_max_length, device=pipe.device)
+        for row, (prompt, word) in enumerate(zip(prompts, words)):
+            mask[row, concept_positions(pipe.tokenizer, prompt, word)] = 1
         zt, _, t = noisy(pipe, reference_latents(pipe, prompts, 1, steps, generator), generator)
-        return cls(prompts, zt, t, pipe.unet(zt, t, encode(pipe, prompts)).sample)
+        anchors = cls(prompts, zt, t, None, mask, attention_weight=attention_weight)
+        anchors.eps, anchors.maps = anchors._predict(pipe, torch.arange(len(prompts)))
+        return anchors
+
+    def _predict(self, pipe: StableDiffusionPipeline, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The model's predictions on anchors `idx` and, if kept, its maps of their words."""
+        text = encode(pipe, [self.prompts[i] for i in idx])
+        if not self.attention_weight:
+            return pipe.unet(self.latents[idx], self.timesteps[idx], text).sample, None
+        maps, words = [], self.words[idx]  # (B, 77)
+        sink = lambda name, probs, attn: maps.append(  # noqa: E731 (B * heads, pixels, 77) -> (B, heads, pixels)
+            (probs.unflatten(0, (len(idx), attn.heads)).float() * words[:, None, None]).sum(-1))
+        with install(pipe.unet, sink):
+            eps = pipe.unet(self.latents[idx], self.timesteps[idx], text).sample
+        return eps, maps
 
     def loss(self, pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """Mean squared drift of the patched model's predictions from the unedited ones on `batch` anchors."""
+        """Mean squared drift of the patched model's predictions from the unedited ones on `batch` anchors,
+        plus `attention_weight` times the L2 drift of their words' maps (Forget-Me-Not's norm, held at zero change)."""
         idx = torch.randint(0, len(self.prompts), (batch,), generator=generator)
-        pred = pipe.unet(self.latents[idx], self.timesteps[idx], encode(pipe, [self.prompts[i] for i in idx])).sample
-        return nn.functional.mse_loss(pred.float(), self.eps[idx].float())
+        pred, maps = self._predict(pipe, idx)
+        loss = nn.functional.mse_loss(pred.float(), self.eps[idx].float())
+        if maps:
+            drift = sum((now - was[idx]).pow(2).sum() for now, was in zip(maps, self.maps))
+            loss = loss + self.attention_weight * (drift + 1e-12).sqrt()  # finite gradient at zero drift
+        return loss
 
 
 def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parameter]:
@@ -97,7 +129,7 @@ def train_patch(
     # 1. References from the unedited model (no patch is active outside a call)
     with torch.no_grad(), record_function("erase.references"):
         refs: Any = method.references(pipe, generator)
-        keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator) if cfg.preserve and cfg.preserve_weight else None
+        keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator, cfg.keep_attention) if cfg.preserve and cfg.preserve_weight else None
         adversary = Adversary(pipe, method.concepts, generator, method.images) if cfg.adversarial else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
     # initial values from the global generator, so seed it here (and only here) for reproducible patches

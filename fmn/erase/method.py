@@ -49,6 +49,7 @@ class TrainingConfig(MethodConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     preserve_weight: float = 1.0  # ours: the preservation term's weight (0: none, as in the papers)
+    keep_attention: float = 0.0  # ours: in that term, the weight of keeping the preserved words' cross-attention maps
     adversarial: bool = False  # also erase the words an attacker learns against the patch as it trains (adversarial.py)
     attack_every: int = 10  # adversarial: training steps between two rounds of the attacker's learning
     attack_steps: int = 10  # adversarial: inversion steps a round, each round from the last words

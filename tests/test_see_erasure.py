@@ -1,0 +1,163 @@
+"""Seeing an erasure: attention shares and heatmaps before -> after, and the collateral map."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fmn.collateral import MAX_CONCEPTS
+from fmn.evaluate import Probe, compare_prompts
+from fmn.generate import GenerationSettings
+from fmn.studio import Studio
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_dirs):
+    """The tiny random SD-1.x model with one closed-form patch erasing "circle"."""
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    studio.circle = studio.erase("circle", "uce")
+    return studio
+
+
+def test_shares_are_parts_of_the_attention_and_images_split_the_trace(studio):
+    images, tc = studio.generate_traced(GenerationSettings("a red circle", steps=2), [0, 1])
+    shares = {w: tc.share(w) for w in tc.words}
+    assert all(0 < s < 1 for s in shares.values()) and sum(shares.values()) < 1  # BOS and padding take the rest
+    per_image = [tc.image(i) for i in range(2)]
+    assert len(images) == tc.n_images == 2 and per_image[0].n_images == 1
+    assert np.isclose(np.mean([t.share("circle") for t in per_image]), shares["circle"])
+    assert torch.allclose((per_image[0].raw_maps + per_image[1].raw_maps) / 2, tc.raw_maps)
+    assert not torch.allclose(per_image[0].raw_maps, per_image[1].raw_maps)  # each seed its own map
+    with pytest.raises(IndexError):
+        tc.image(2)
+
+
+def test_the_unedited_models_calls_are_drawn_once(studio, monkeypatch):
+    settings = GenerationSettings("a blue square", steps=2)
+    first = studio.generate_traced(settings, [5])
+    monkeypatch.setattr("fmn.studio.generate", lambda *a, **k: pytest.fail("the unedited call was drawn again"))
+    again = studio.generate_traced(settings, [5])
+    assert again[0] is first[0] and again[1] is first[1]
+    monkeypatch.undo()
+    assert studio.generate_traced(settings, [5], patches=[studio.circle])[1] is not first[1]  # a patched call is drawn
+
+
+def test_comparison_heatmaps_and_shares_before_and_after(studio):
+    probes = [Probe("prompt", "a red circle", None), Probe("prompt", "a blue square", None)]
+    result = compare_prompts(studio, probes, [studio.circle], seeds=[0, 1], steps=2)
+    assert result.words() == ["a", "red", "circle", "blue", "square"]
+    (prompt, before, after), = result.shares("circle")
+    assert prompt == "a red circle" and before != after  # the patch changed what "circle" receives
+    assert [p for p, _, _ in result.shares("a")] == ["a red circle", "a blue square"]
+    table = result.share_table(["circle"])
+    assert table == {"circle": [{"prompt": "a red circle", "before": before, "after": after}]}
+    grid = result.heatmaps(["circle", "square"])
+    assert grid.width > grid.height  # 2 rows of 2 seeds x (image, map) x (before, after)
+    with pytest.raises(ValueError, match="'dragon' is in none of the prompts; their words are: a, red, circle"):
+        result.heatmaps("dragon")
+
+
+def test_collateral_lists_each_concept_with_pixel_and_attention_change(studio):
+    result = studio.collateral([studio.circle], "circle, square, dog", on_concept=lambda i, n: None)
+    rows = {e.concept: e for e in result.effects}
+    assert set(rows) == {"circle", "square", "dog"} and rows["circle"].erased and not rows["dog"].erased
+    assert rows["circle"].prompt == "a photo of circle" and rows["circle"].presence_before is None  # no judge here
+    assert [e.pixel_change for e in result.effects] == sorted((e.pixel_change for e in result.effects), reverse=True)
+    assert all(0 <= e.pixel_change <= 1 for e in result.effects) and rows["circle"].pixel_change > 0
+    assert result.chart().height > 100 and json.dumps(result.table())
+
+
+@pytest.mark.parametrize("concepts, message", [
+    ("", "no list of what it knows"), (" , ", "concept list is empty"),
+    (",".join(f"thing{i}" for i in range(200)), f"200 concepts to check; the limit is {MAX_CONCEPTS}"),
+])
+def test_collateral_refuses_bad_lists(studio, concepts, message):
+    with pytest.raises(ValueError, match=message):
+        studio.collateral([studio.circle], concepts or None)
+
+
+def test_collateral_needs_a_patch(studio):
+    with pytest.raises(ValueError, match="Nothing to compare"):
+        studio.collateral([], "dog")
+
+
+# The embedded model: the issue's measured claims, judged
+
+
+def fmn_shares(tmp_path, *erase_args) -> tuple[object, dict]:
+    """`python -m fmn erase --concept circle --method fmn ...`, then `heatmap --compare --json` on "a red circle"
+    and "a blue square": the patch file and each word's share of the attention before and after."""
+    from fmn.__main__ import main
+
+    patch = tmp_path / "fmn-circle.safetensors"
+    assert main(["erase", "--concept", "circle", "--method", "fmn", *erase_args, "--out", str(patch)]) == 0
+    shares = {}
+    for prompt, word in (("a red circle", "circle"), ("a blue square", "square")):
+        out = tmp_path / f"{word}.json"
+        assert main(["heatmap", "--prompt", prompt, "--words", word, "--patch", str(patch), "--compare",
+                     "--out", str(tmp_path / f"{word}.png"), "--json", str(out)]) == 0
+        shares[word] = json.loads(out.read_text())["shares"][word]
+    print(erase_args, shares)  # the note's figures (pytest -s)
+    return patch, shares
+
+
+@pytest.mark.slow
+def test_forget_me_not_drains_the_concepts_attention_and_the_map_lists_every_concept(tmp_path):
+    """At its defaults: "circle" receives at most half its attention of before in "a red circle"; the collateral
+    map lists every concept of the world, circles gone (<= 20 %), squares kept (>= 80 %)."""
+    from fmn.__main__ import main
+
+    patch, shares = fmn_shares(tmp_path)
+    assert shares["circle"]["after"] <= 0.5 * shares["circle"]["before"], shares
+    out = tmp_path / "collateral.json"
+    assert main(["collateral", "--patch", str(patch), "--out", str(tmp_path / "chart.png"), "--json", str(out)]) == 0
+    rows = {row["concept"]: row for row in json.loads(out.read_text())["concepts"]}
+    print({c: (r["presence_before"], r["presence_after"]) for c, r in rows.items()})
+    assert len(rows) >= 20 and rows["circle"]["erased"]
+    assert rows["circle"]["presence_after"] <= 0.2 and rows["square"]["presence_after"] >= 0.8, rows
+    assert Image.open(tmp_path / "chart.png").height > 400  # a bar per concept
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="re-steering drains every shape word's attention: 'square' keeps 4 % of it")
+def test_forget_me_not_at_its_defaults_keeps_the_other_words_attention(tmp_path):
+    _, shares = fmn_shares(tmp_path)
+    assert abs(shares["square"]["after"] / shares["square"]["before"] - 1) <= 0.10, shares
+
+
+@pytest.mark.slow
+def test_keeping_the_preserved_words_attention_keeps_it(tmp_path):
+    """The loop's keep_attention term with a larger step (the CLI has no flag for it: the library is called)."""
+    from fmn.erase import erase
+    from fmn.evaluate import Probe, compare_prompts
+
+    studio = Studio(device="cpu")
+    patch_id = "keep"
+    studio.patches[patch_id] = erase(studio.pipe, ["circle"], "fmn", name=patch_id, keep_attention=1.0, lr=6e-3)
+    probes = [Probe("prompt", "a red circle", None), Probe("prompt", "a blue square", None)]
+    result = compare_prompts(studio, probes, [patch_id], seeds=list(range(8)))
+    (_, circle_before, circle_after), = result.shares("circle")
+    (_, square_before, square_after), = result.shares("square")
+    print(f"keep_attention=1: circle {circle_before:.4f} -> {circle_after:.4f}, square {square_before:.4f} -> {square_after:.4f}")
+    assert circle_after <= 0.5 * circle_before and abs(square_after / square_before - 1) <= 0.10
+
+
+@pytest.mark.slow
+def test_the_collateral_map_shows_a_kept_colour_that_shifted():
+    """A patch said to erase "circle" that in fact turns green into blue (as ESD-x's did to green squares): the
+    chart puts green's drop first, though the patch never names it."""
+    from dataclasses import replace
+
+    world_studio = Studio(device="cpu")
+    shift = world_studio.erase("green", "uce", replace_with="blue")
+    world_studio.patches[shift] = replace(world_studio.patches[shift], concepts=["circle"])  # what it claims to erase
+    try:
+        result = world_studio.collateral([shift])
+    finally:
+        world_studio.remove_patch(shift)
+    top = result.effects[0]
+    print([(e.concept, e.presence_before, e.presence_after) for e in result.effects[:4]])
+    assert top.concept == "green" and not top.erased and top.presence_before - top.presence_after >= 0.5, top
+    assert next(e for e in result.effects if e.concept == "circle").erased  # the patch's claim is marked
