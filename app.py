@@ -24,6 +24,7 @@ import spaces
 from fmn.attention import cross_attention_resolutions
 from fmn.erase import DEFAULT_METHOD, METHODS
 from fmn.erase.images import load_concept_images
+from fmn.figure import write_figure
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
 from fmn.studio import Erased, Studio
@@ -63,13 +64,6 @@ def user_errors(handler):
     return plain
 
 
-def concept_word(comparison, concepts: list[str]) -> str:
-    """The word whose heatmaps to show first: the erased concept's (its last word), else the prompts' first."""
-    words = comparison.words()
-    wanted = [c.split()[-1].lower() for c in concepts if c.strip()]
-    return next((w for w in wanted if w in words), words[0])
-
-
 def create_demo(studio: Studio) -> gr.Blocks:
     """The app's layout and events; handlers are small closures over the shared studio."""
 
@@ -78,16 +72,23 @@ def create_demo(studio: Studio) -> gr.Blocks:
 
     @spaces.GPU
     @user_errors
-    def inspect_prompt(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(), progress=gr.Progress()):
+    def inspect_prompt(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(),
+                       with_original=False, progress=gr.Progress()):
         if layers is not None and not layers:
             raise ValueError("Pick at least one layer resolution for the heatmaps.")
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
-        result = studio.inspect(GenerationSettings(prompt, negative, seed, steps, guidance), step_range=step_range,
-                                resolutions={int(r) for r in layers} if layers else None,
+        resolutions = {int(r) for r in layers} if layers else None
+        settings = GenerationSettings(prompt, negative, seed, steps, guidance)
+        result = studio.inspect(settings, step_range=step_range, resolutions=resolutions,
                                 on_step=lambda i, n: progress((i, n), desc="denoising"), patches=list(session or ()))
         for warning in result.warnings:
             gr.Warning(warning)
-        return result.image, [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()]
+        compared = None
+        if with_original and not session:
+            gr.Warning("Your session applies no patch: these are the original model's maps already.")
+        elif with_original:
+            compared = studio.compare_prompt(settings, list(session), step_range=step_range, resolutions=resolutions).side_by_side()
+        return result.image, [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()], compared
 
     @spaces.GPU(duration=120)
     @user_errors
@@ -106,7 +107,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
         path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
         mode = " in adversarial mode" if adversarial else ""
-        word = concept_word(result, event.patch.concepts)
+        word = result.word_for(event.patch.concepts)
         yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{mode}{trained}. "
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()),
@@ -119,7 +120,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
         learned = studio.attack(concept or "", session, images_of(uploads),
                                 on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}"))
         result = studio.compare(concept, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
-        word = concept_word(result, [concept])
+        word = result.word_for([concept])
         return (result.grid(), "\n".join(result.labels()), result.heatmaps(word),
                 gr.update(choices=result.words(), value=word), result)
 
@@ -139,6 +140,16 @@ def create_demo(studio: Studio) -> gr.Blocks:
         path = Path(tempfile.mkdtemp()) / "collateral.png"
         chart.save(path)
         return chart, pd.DataFrame(result.table()).round(3), str(path)
+
+    @spaces.GPU(duration=120)
+    @user_errors
+    def make_figure(word, concepts, session, comparison, progress=gr.Progress()):
+        """One PNG for a talk from the last comparison and the collateral map, and the GIF of the heatmap building up."""
+        if comparison is None:
+            raise ValueError("Erase a concept first: the figure shows the model before and after.")
+        collateral = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+        figure, gif = write_figure(comparison, collateral, word or comparison.words()[0], Path(tempfile.mkdtemp()) / "erasure.png")
+        return figure, [str(gif.with_suffix(".png")), str(gif)]
 
     @user_errors
     def upload_patch(file, session):
@@ -176,12 +187,16 @@ def create_demo(studio: Studio) -> gr.Blocks:
                         step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
                         sizes = [str(r) for r in cross_attention_resolutions(studio.pipe.unet)]
                         layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
+                    with_original = gr.Checkbox(False, label="Compare with the original (the model without your session's patches)",
+                                                elem_id="with-original")
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2):
                     image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
                     maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260, format="png")
+                    compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on one "
+                                        "scale, its share of the attention in the title", type="pil", format="png", elem_id="compared")
             gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
-                        fn=lambda p, s: inspect_prompt(p, "", s, 25, 5.0, 0, 25))
+                        fn=lambda p, s: inspect_prompt(p, "", s, 25, 5.0, 0, 25)[:2])
         with gr.Tab("Erase"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -217,6 +232,11 @@ def create_demo(studio: Studio) -> gr.Blocks:
                                                     format="png", elem_id="collateral-chart")
                         collateral_table = gr.Dataframe(label="The numbers", elem_id="collateral-table")
                         collateral_file = gr.File(label="Download the chart", elem_id="collateral-file")
+                    with gr.Row():
+                        figure_button = gr.Button("Figure for talks", elem_id="figure")
+                        figure_files = gr.File(label="The figure (PNG) and the heatmap building up (GIF)", file_count="multiple",
+                                               elem_id="figure-files")
+                    figure_image = gr.Image(label="Figure for talks", type="pil", format="png", elem_id="figure-image")
                     attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
                     attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
                     attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
@@ -228,13 +248,15 @@ def create_demo(studio: Studio) -> gr.Blocks:
         attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged, heat_grid, heat_word, comparison],
                             api_name="attack")
         heat_word.input(show_word, [heat_word, comparison], heat_grid, api_visibility="private")
+        figure_button.click(make_figure, [heat_word, collateral_concepts, session, comparison], [figure_image, figure_files],
+                            api_name="figure")
         collateral_button.click(see_collateral, [collateral_concepts, session], [collateral_chart, collateral_table, collateral_file],
                                 api_name="collateral")
         reset_button.click(reset, session, [erase_status, session], api_visibility="private")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
-        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session]
-        run.click(inspect_prompt, inputs, [image, maps], api_name="generate")
-        prompt.submit(inspect_prompt, inputs, [image, maps], api_visibility="private")
+        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session, with_original]
+        run.click(inspect_prompt, inputs, [image, maps, compared], api_name="generate")
+        prompt.submit(inspect_prompt, inputs, [image, maps, compared], api_visibility="private")
         load.click(load_model, source, status, api_name="load_model")
     return demo
 

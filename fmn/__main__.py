@@ -4,7 +4,7 @@
     python -m fmn heatmap --prompt "a red circle on grass" --words circle grass --out maps.png
     python -m fmn heatmap --prompt "a red circle" --words circle --patch p.safetensors --compare --out maps.png --json maps.json
     python -m fmn collateral --patch p.safetensors [--concepts a,b,c] --out chart.png --json collateral.json
-    python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors
+    python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors [--figure story.png]
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
     python -m fmn bench quality [--quick] [--json quality.json]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True, help="the patch file to write (.safetensors)")
+    e.add_argument("--figure", help="also write a figure for talks (PNG: before/after, heatmaps, what else changed) "
+                                    "and the heatmap building up (the same name, .gif)")
+    e.add_argument("--check", help="--figure on a model without a world.json: the concepts whose change to chart, comma separated")
     a = sub.add_parser("attack", help="concept inversion against a patch: can a learned word bring the concept back?")
     a.add_argument("--concept", required=True, help="the erased concept to bring back")
     a.add_argument("--patch", action="append", required=True, help="the erasure patch(es) to attack (repeatable)")
@@ -126,6 +129,14 @@ def _erase(args, studio) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     studio.patches[patch_id].save(out)
     print(out)
+    if args.figure:
+        from .figure import write_figure
+
+        comparison = studio.compare(args.concept, [patch_id])
+        collateral = studio.collateral([patch_id], args.check)
+        _, gif = write_figure(comparison, collateral, comparison.word_for(args.concept), args.figure)
+        print(args.figure)
+        print(gif)
 
 
 def _attack(args, studio) -> None:
@@ -169,14 +180,13 @@ def _attack(args, studio) -> None:
 
 def _heatmap_compare(args, studio, settings, patches) -> None:
     """The prompt on N seeds, original and patched, with the words' heatmaps on one scale; their attention shares."""
-    from .evaluate import Probe, compare_prompts
-
     if not patches:
         raise ValueError("--compare needs a --patch to compare the original model with.")
     if not 1 <= args.num_images <= 8:
         raise ValueError(f"--num-images {args.num_images}: use 1 to 8.")
     seeds = [args.seed + i for i in range(args.num_images)]
-    result = compare_prompts(studio, [Probe("prompt", settings.prompt, None)], patches, seeds, settings=settings)
+    step_range = tuple(args.step_range) if args.step_range else None
+    result = studio.compare_prompt(settings, patches, seeds, step_range, set(args.resolutions) if args.resolutions else None)
     words = args.words or result.words()
     result.heatmaps(words).save(args.out)
     print(args.out)
@@ -239,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "erase":
             if out.suffix != ".safetensors":
                 raise ValueError(f"--out {out}: a patch is written as a .safetensors file.")
-            _erase(args, Studio(args.model, device=args.device, config=args.config))
+            if args.figure and Path(args.figure).suffix.lower() != ".png":
+                raise ValueError(f"--figure {args.figure}: the figure is written as a PNG file (name.png).")
+            studio = Studio(args.model, device=args.device, config=args.config)
+            if args.figure and studio.pipe.world is None and not args.check:
+                raise ValueError("--figure on a model without a world.json needs --check 'a, b, c': the concepts to chart.")
+            _erase(args, studio)
             return 0
         settings = GenerationSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance,
                                       args.width, args.height)

@@ -181,6 +181,8 @@ class Trace:
         self.n_maps = 0
         self._sum = None  # (images, tokens, H, W), allocated at the first captured map
         self._mass = None  # (images, tokens): each token's attention probability, mean over pixels, summed over maps
+        self._frames = []  # the running sum after each captured step but the last, fp16: how the maps built up
+        self._framed = 0  # n_maps at the last frame
         self._latent_hw = None
         self._cfg = False
         self._capturing = False
@@ -188,6 +190,9 @@ class Trace:
     def _on_unet_call(self, unet, args, kwargs) -> None:
         """UNet forward pre-hook: one call per denoising step (CFG batches uncond and cond together)."""
         sample = args[0] if args else kwargs["sample"]  # (B, C, h, w)
+        if self.n_maps > self._framed:  # the last step added maps: keep the sum as it stood after it
+            self._frames.append(self._sum.half())
+            self._framed = self.n_maps
         self._latent_hw = tuple(sample.shape[-2:])
         self._cfg = self.pipe.do_classifier_free_guidance
         start, end = self.step_range or (0, float("inf"))
@@ -242,7 +247,14 @@ class Trace:
             raise IndexError(f"image {i} of a trace of {self.n_images} image(s)")
         one = copy.copy(self)
         one._sum, one._mass = self._sum[i : i + 1], self._mass[i : i + 1]
+        one._frames = [frame[i : i + 1] for frame in self._frames]
         return one
+
+    def build_up(self, word: str) -> list[torch.Tensor]:
+        """The word's map (unscaled, mean over the images) after each captured step: how it built up, (H, W) each."""
+        positions = self._positions(word)
+        frames = [frame.float() for frame in self._frames] + ([self._sum] if self.n_maps > self._framed else [])
+        return [frame.mean(0)[positions].mean(0) for frame in frames]
 
     @property
     def token_maps(self) -> torch.Tensor:

@@ -84,8 +84,10 @@ class Collateral:
             ax.barh(y, [e.pixel_change for e in self.effects], 0.6,
                     color=["tab:red" if e.erased else "tab:blue" for e in self.effects], label="pixel change (red: erased)")
             ax.set_xlabel(f"mean absolute pixel change on the same {len(self.seeds)} seeds (0-1)")
-        ax.set_yticks(y, [f"{e.concept} ({e.kind})  attention {e.attention_before:.1%} → {e.attention_after:.1%}"
-                          for e in self.effects], fontsize=7)
+        ax.set_yticks(y, [f"{e.concept} ({e.kind}{', ERASED' if e.erased else ''})  attention "
+                          f"{e.attention_before:.1%} → {e.attention_after:.1%}" for e in self.effects], fontsize=7)
+        for label, effect in zip(ax.get_yticklabels(), self.effects):
+            label.set_color("tab:red" if effect.erased else "black")
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title("What else the patch changed (most changed on top)", fontsize=9)
         fig.tight_layout()

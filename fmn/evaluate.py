@@ -18,7 +18,7 @@ from PIL import Image
 
 from .attention import Trace
 from .generate import GenerationSettings
-from .heatmaps import before_after_grid, to_image
+from .heatmaps import before_after_grid, to_image, word_rows
 from .models import world_of
 from .world.known import World
 
@@ -87,7 +87,14 @@ class Comparison:
         words = [w for maps in self.before_maps for w in maps[0].words if any(c.isalnum() for c in w)]
         return list(dict.fromkeys(w.lower() for w in words))
 
-    def _with(self, word: str) -> list[int]:
+    def word_for(self, concepts: list[str]) -> str:
+        """The word whose heatmaps to show first: the first concept's that the prompts spell (its last word),
+        else the prompts' first word."""
+        words = self.words()
+        wanted = [c.split()[-1].lower() for c in concepts if c.strip()]
+        return next((w for w in wanted if w in words), words[0])
+
+    def probes_with(self, word: str) -> list[int]:
         """The probes whose prompt has `word`; a clear error if none has."""
         rows = [i for i, maps in enumerate(self.before_maps) if word.strip().lower() in (w.lower() for w in maps[0].words)]
         if not rows:
@@ -98,14 +105,14 @@ class Comparison:
         """(prompt, share before, share after) for each probe whose prompt has `word`: the part of the
         cross-attention its tokens receive (`Trace.share`), mean over the seeds."""
         return [(self.probes[i].prompt, *(float(np.mean([t.share(word) for t in side[i]]))
-                                          for side in (self.before_maps, self.after_maps))) for i in self._with(word)]
+                                          for side in (self.before_maps, self.after_maps))) for i in self.probes_with(word)]
 
     def heatmaps(self, words: str | list[str]) -> Image.Image:
         """For each word, each probe with it and each seed: the image and the word's heatmap before, then after,
         the two maps of a seed on one scale (the larger peak is 1), titled with the share before → after."""
         rows = []
         for word in [words] if isinstance(words, str) else words:
-            for i, (prompt, b, a) in zip(self._with(word), self.shares(word)):
+            for i, (prompt, b, a) in zip(self.probes_with(word), self.shares(word)):
                 pairs = ([], [])
                 for s in range(len(self.seeds)):
                     raw = [side[i][s].word_map(word, normalize=False) for side in (self.before_maps, self.after_maps)]
@@ -114,6 +121,18 @@ class Comparison:
                         pair.append((images[s], heat / peak))
                 rows.append((f"{prompt}   [{word}: {b:.1%} → {a:.1%} of the attention]", *pairs))
         return before_after_grid(rows, self.seeds, self.titles)
+
+    def side_by_side(self, probe: int = 0, seed: int = 0) -> Image.Image:
+        """One probe on one seed: the image and every word's heatmap, the original row above the patched one,
+        each word's two maps on one scale; the words titled with their share before → after."""
+        traces = [side[probe][seed] for side in (self.before_maps, self.after_maps)]
+        words = [w for w in dict.fromkeys(w.lower() for w in traces[0].words) if any(c.isalnum() for c in w)]
+        raw = {w: [t.word_map(w, normalize=False) for t in traces] for w in words}
+        peaks = {w: max(float(m.max()) for m in maps) or 1.0 for w, maps in raw.items()}
+        rows = [(f"{title}, seed {self.seeds[seed]}", side[probe][seed],
+                 {f"{w} {t.share(w):.1%}": raw[w][k] / peaks[w] for w in words})
+                for k, (title, side, t) in enumerate(zip(self.titles, (self.before, self.after), traces))]
+        return word_rows(rows, self.probes[probe].prompt)
 
     def share_table(self, words: list[str] | None = None) -> dict[str, list[dict]]:
         """{word: [{prompt, before, after}, ...]} for these words (default every word): the JSON of `heatmap --compare`."""
@@ -153,19 +172,22 @@ def judge_for(pipe):
 
 
 def compare_prompts(studio, probes: list[Probe], patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
-                    on_image=None, learned=None, settings: GenerationSettings | None = None) -> Comparison:
+                    on_image=None, learned=None, settings: GenerationSettings | None = None, step_range=None,
+                    resolutions=None) -> Comparison:
     """Generates every probe without and with `patches` on the same seeds, tracing each generation's
     cross-attention (tracing costs a few per cent; nothing is generated twice).
 
     With `learned` (an attack's embeddings, `Studio.attack`) both sides carry the patches and
     the right side reads the concept's words through the learned embeddings. `settings`: the
-    generation settings but the prompt (default: `steps` steps, the defaults otherwise).
+    generation settings but the prompt (default: `steps` steps, the defaults otherwise);
+    `step_range` and `resolutions` choose what the heatmaps sum (`fmn.attention.trace`).
     """
     base = settings or GenerationSettings("", steps=steps)
     sides = {"before": ([], []), "after": ([], [])}
     for i, probe in enumerate(probes):
         for side, kwargs in (("before", {"patches": patches if learned else ()}), ("after", {"patches": patches, "learned": learned})):
-            images, tc = studio.generate_traced(replace(base, prompt=probe.prompt), list(seeds), **kwargs)
+            images, tc = studio.generate_traced(replace(base, prompt=probe.prompt), list(seeds), step_range=step_range,
+                                                resolutions=resolutions, **kwargs)
             sides[side][0].append(images)
             sides[side][1].append([tc.image(s) for s in range(len(seeds))])
         if on_image:

@@ -16,7 +16,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["overlay", "word_grid", "before_after_grid", "to_image"]
+__all__ = ["overlay", "word_grid", "word_rows", "before_after_grid", "to_image"]
 
 
 def overlay(image: Image.Image, heatmap: torch.Tensor, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
@@ -38,14 +38,24 @@ def overlay(image: Image.Image, heatmap: torch.Tensor, cmap: str = "jet", alpha:
 
 def word_grid(image: Image.Image, maps: dict[str, torch.Tensor], title: str | None = None, cmap: str = "jet") -> Image.Image:
     """One row: the image, then its overlay for each word titled with the word, and one shared colour bar."""
-    fig = Figure(figsize=(2 * (len(maps) + 1) + 0.6, 2.4), dpi=100)
-    axes = np.atleast_1d(fig.subplots(1, len(maps) + 1))
-    panels = [("image", image)] + [(word, overlay(image, heat, cmap)) for word, heat in maps.items()]
-    for ax, (label, panel) in zip(axes, panels):
-        ax.imshow(panel)
-        ax.set_title(label)
-        ax.axis("off")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.tolist(), fraction=0.02, pad=0.02)
+    return word_rows([("image", image, maps)], title, cmap)
+
+
+def word_rows(rows: list[tuple[str, Image.Image, dict[str, torch.Tensor]]], title: str | None = None,
+              cmap: str = "jet") -> Image.Image:
+    """One row per (name, image, {word: heatmap}): the image titled with the name, then each word's overlay.
+    Rows of the same words compare (the original model above the patched one) when their maps share a scale."""
+    n = max(len(maps) for _, _, maps in rows) + 1
+    fig = Figure(figsize=(2 * n + 0.6, 2.2 * len(rows) + 0.2), dpi=100)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (name, image, maps) in enumerate(rows):
+        panels = [(name, image)] + [(word, overlay(image, heat, cmap)) for word, heat in maps.items()]
+        for c in range(n):
+            axes[r, c].axis("off")
+            if c < len(panels):
+                axes[r, c].imshow(panels[c][1])
+                axes[r, c].set_title(panels[c][0])
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
     if title is not None:
         fig.suptitle(title)
     return to_image(fig)

@@ -27,7 +27,7 @@ from .attack import AttackConfig, concept_inversion
 from .attention import Trace, trace
 from .collateral import Collateral, collateral
 from .erase import DEFAULT_METHOD, Progress, erase, split_concepts
-from .evaluate import Comparison, compare, judge_for
+from .evaluate import Comparison, Probe, compare, compare_prompts, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
@@ -191,6 +191,17 @@ class Studio:
             raise ValueError("Name the concept to compare, e.g. 'circle'.")
         self._check_patches(patches)
         return compare(self, names[0], list(patches), on_image=on_image, learned=learned)
+
+    def compare_prompt(self, settings: GenerationSettings, patches: list[str], seeds: list[int] | None = None,
+                       step_range=None, resolutions=None) -> Comparison:
+        """One prompt without and with `patches` on the same seeds (default: its seed), traced: the Generate
+        tab's "compare with the original" and `python -m fmn heatmap --compare`."""
+        if not patches:
+            raise ValueError("Nothing to compare the original with: apply a patch (erase a concept or upload one).")
+        self._check_patches(patches)
+        settings = check_settings(self.pipe, settings)
+        return compare_prompts(self, [Probe("prompt", settings.prompt, None)], list(patches), seeds or [settings.seed],
+                               settings=settings, step_range=step_range, resolutions=resolutions)
 
     def collateral(self, patches: list[str], concepts: list[str] | str | None = None, on_concept=None) -> Collateral:
         """What else `patches` changed: every concept the model knows (or `concepts`), drawn without and

@@ -36,10 +36,11 @@ def client(app_url):
 
 @SERVER
 def test_generate_endpoint_returns_image_and_a_map_per_word(client):
-    image, maps = call(client, "a red circle on grass", 3)
+    image, maps, compared = call(client, "a red circle on grass", 3)
+    assert compared is None  # "compare with the original" is off
     assert Image.open(image).size == (64, 64)
     assert [m["caption"] for m in maps] == ["a", "red", "circle", "on", "grass"]
-    again, _ = call(client, "a red circle on grass", 3)
+    again, *_ = call(client, "a red circle on grass", 3)
     assert np.array_equal(pixels(image), pixels(again))
 
 
@@ -96,7 +97,7 @@ def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
     bob_before = pixels(call(bob, "a red circle", 11)[0])
     status, _, grid, pair, patch, judged, heat, word = alice.predict("circle", "uce", None, "", 0, api_name="/erase")
-    assert "Erased **circle** with uce" in status and word == "circle"
+    assert "Erased **circle** with uce" in status and word["value"] == "circle" and "grass" in dict(word["choices"])
     assert Image.open(heat).width > Image.open(heat).height  # the concept word's maps, before and after, per seed
     assert Image.open(grid).width > Image.open(grid).height // 2 and patch.endswith(".safetensors")
     assert "circle:" in judged and "→" in judged  # the judge's before -> after per probe
@@ -143,7 +144,7 @@ def test_erase_bad_input_loses_nothing(erased, tmp_path, concept, upload, steps,
 def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
     session, patched = erased
     grid, judged, heat, word = session.predict("circle", None, api_name="/attack")
-    assert word == "circle" and Image.open(heat).width > Image.open(heat).height  # erased -> attacked maps
+    assert word["value"] == "circle" and Image.open(heat).width > Image.open(heat).height  # erased -> attacked maps
     readings = [re.search(r"\[(\w+): ([\d.]+) → ([\d.]+)\]", line) for line in judged.splitlines()]
     assert len(readings) == 6 and all(readings), judged  # every probe of an object, judged erased -> attacked
     assert {r[1] for r in readings} >= {"circle"} and all(0 <= float(r[k]) <= 1 for r in readings for k in (2, 3))
@@ -169,7 +170,7 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")
     fns = handlers(studio)
-    image, maps = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
+    image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"]
     *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, []))
     status, _, grid, pair, path, session, judged, heat, word, comparison = last
@@ -182,12 +183,18 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     assert list(table["concept"])[:2] and set(table["concept"]) == {"circle", "dog"} and chart_file.endswith(".png")
     with pytest.raises(gr.Error, match="no list of what it knows"):
         fns["collateral"]("", session)
+    figure, (png, gif) = fns["figure"]("circle", "circle, dog", session, comparison)
+    assert figure.height > 400 and png.endswith(".png") and gif.endswith(".gif")
+    with pytest.raises(gr.Error, match="Erase a concept first"):
+        fns["figure"]("circle", "", session, None)
     with pytest.raises(gr.Error, match="concept is empty"):
         list(fns["erase"](" , ", "fmn", None, "", 0, session))
     with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):
         list(fns["erase"]("circle", "uce", None, "", 0, session, True))
     *_, (status, *_, session, _, _, _, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
     assert "Erased **star** with fmn in adversarial mode" in status and studio.patches[session[-1]].settings["adversarial"]
+    *_, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, session, True)  # with the original
+    assert compared.height > image.height * 4  # two rows of maps: the original model's, then the session's
     with pytest.raises(gr.Error, match="prompt is empty"):
         fns["generate"]("", "", 0, 2, 5.0, 0, 2, None, session)
     assert list(studio.patches) == session and len(session) == 2  # nothing lost
@@ -210,6 +217,7 @@ def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):
 
 @SERVER
 def test_browser_erases_and_sees_before_and_after(app_url):
+    """Erase, see the before/after heatmaps and switch their word, draw the collateral map, download the figure."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -226,5 +234,28 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.get_by_text("Erased **Mimo**").or_(page.get_by_text("Erased Mimo")).first.wait_for(timeout=300_000)
         page.locator("#grid img").wait_for(timeout=60_000)
         assert "Mimo:" in page.locator("#judged textarea").input_value()
+        heat = page.locator("#heat-grid img")  # the concept word's maps before -> after, then another word's
+        heat.wait_for(timeout=60_000)
+        mimo_maps = heat.get_attribute("src")
+        page.locator("#heat-word input").click()
+        page.get_by_role("option", name="star", exact=True).click()
+        page.wait_for_function("src => { const img = document.querySelector('#heat-grid img'); "
+                               "return img && img.src !== src && img.complete; }", arg=mimo_maps, timeout=60_000)
         page.screenshot(path=str(OUTPUT / "app-erase.png"), full_page=True)
+        page.locator("#heat-word input").click()
+        page.get_by_role("option", name="mimo", exact=True).click()  # the figure tells the erased word's story
+        page.get_by_text("What else changed?").click()
+        page.locator("#collateral").click()
+        page.locator("#collateral-chart img").wait_for(timeout=300_000)
+        assert page.locator("#collateral-table").get_by_text("Zubrik").count() >= 1  # every character is in the table
+        page.locator("#figure").click()
+        link = page.locator("#figure-files a").first
+        link.wait_for(timeout=300_000)
+        with page.expect_download() as download:
+            link.click()
+        saved = OUTPUT / "app-figure.png"
+        download.value.save_as(saved)
+        assert Image.open(saved).height > 400
+        page.locator("#collateral-chart").scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "app-collateral.png"), full_page=True)
         browser.close()

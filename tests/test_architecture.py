@@ -18,7 +18,7 @@ FLOORS = [
     ("fmn.patch",),  # patches as adapters, the frozen reference
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods
-    ("fmn.attack", "fmn.evaluate", "fmn.collateral"),
+    ("fmn.attack", "fmn.evaluate", "fmn.collateral", "fmn.figure"),
     ("fmn.studio",),  # one model shared by every caller
     ("fmn.__main__", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
 ]

@@ -180,6 +180,11 @@ def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, cir
     assert status == 0, lines
     rows = json.loads(table.read_text())["concepts"]
     assert {r["concept"]: r["erased"] for r in rows} == {"circle": True, "dog": False} and Image.open(chart).height > 100
+    story = tmp_path / "story.png"
+    status, lines = run_here(capsys, "erase", "--model", model, "--concept", "circle", "--method", "uce",
+                             "--out", str(tmp_path / "again.safetensors"), "--figure", str(story), "--check", "circle, dog")
+    assert status == 0, lines
+    assert Image.open(story).height > 400 and Image.open(story.with_suffix(".gif")).n_frames == 25
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +205,14 @@ HEATMAP = ["heatmap", "--prompt", "a red circle", "--steps", "2"]
     ([*HEATMAP, "--compare", "--patch", PATCH, "--num-images", "9"], "--num-images 9: use 1 to 8"),
     ([*HEATMAP, "--json", "x.json"], "--json writes the attention shares of --compare"),
     ([*HEATMAP, "--compare"], "--compare needs a --patch"),
+    (["erase", "--concept", "circle", "--method", "uce", "--figure", "story.png"], "needs --check 'a, b, c'"),
+    (["erase", "--concept", "circle", "--method", "uce", "--figure", "story.gif"], "the figure is written as a PNG"),
     (["collateral", "--patch", PATCH, "--concepts", " , "], "concept list is empty"),
     (["collateral", "--patch", PATCH], "no list of what it knows"),
     (["collateral", "--patch", PATCH, "--concepts", ",".join(f"t{i}" for i in range(200))], "200 concepts to check; the limit is 100"),
 ])
 def test_heatmap_compare_and_collateral_bad_input(tiny_dirs, circle_patch, tmp_path, capsys, args, message):
     args = [str(circle_patch) if a == PATCH else a for a in args]
-    status, lines = run_here(capsys, *args, "--model", str(tiny_dirs["sd15"]), "--out", str(tmp_path / "out.png"))
-    assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines
+    out = tmp_path / ("out.safetensors" if args[0] == "erase" else "out.png")
+    status, lines = run_here(capsys, *args, "--model", str(tiny_dirs["sd15"]), "--out", str(out))
+    assert status == 2 and not out.exists() and lines[-1].startswith("error: ") and message in lines[-1], lines

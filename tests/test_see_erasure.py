@@ -86,45 +86,45 @@ def test_collateral_needs_a_patch(studio):
 # The embedded model: the issue's measured claims, judged
 
 
-def fmn_shares(tmp_path, *erase_args) -> tuple[object, dict]:
-    """`python -m fmn erase --concept circle --method fmn ...`, then `heatmap --compare --json` on "a red circle"
-    and "a blue square": the patch file and each word's share of the attention before and after."""
+@pytest.fixture(scope="module")
+def fmn_default(tmp_path_factory):
+    """`python -m fmn erase --concept circle --method fmn`, then `heatmap --compare --json` on "a red circle" and
+    "a blue square" (each word's share of the attention before and after) and `collateral --json` (every concept)."""
     from fmn.__main__ import main
 
-    patch = tmp_path / "fmn-circle.safetensors"
-    assert main(["erase", "--concept", "circle", "--method", "fmn", *erase_args, "--out", str(patch)]) == 0
+    tmp = tmp_path_factory.mktemp("fmn")
+    patch = tmp / "fmn-circle.safetensors"
+    assert main(["erase", "--concept", "circle", "--method", "fmn", "--out", str(patch)]) == 0
     shares = {}
     for prompt, word in (("a red circle", "circle"), ("a blue square", "square")):
-        out = tmp_path / f"{word}.json"
+        out = tmp / f"{word}.json"
         assert main(["heatmap", "--prompt", prompt, "--words", word, "--patch", str(patch), "--compare",
-                     "--out", str(tmp_path / f"{word}.png"), "--json", str(out)]) == 0
+                     "--out", str(tmp / f"{word}.png"), "--json", str(out)]) == 0
         shares[word] = json.loads(out.read_text())["shares"][word]
-    print(erase_args, shares)  # the note's figures (pytest -s)
-    return patch, shares
-
-
-@pytest.mark.slow
-def test_forget_me_not_drains_the_concepts_attention_and_the_map_lists_every_concept(tmp_path):
-    """At its defaults: "circle" receives at most half its attention of before in "a red circle"; the collateral
-    map lists every concept of the world, circles gone (<= 20 %), squares kept (>= 80 %)."""
-    from fmn.__main__ import main
-
-    patch, shares = fmn_shares(tmp_path)
-    assert shares["circle"]["after"] <= 0.5 * shares["circle"]["before"], shares
-    out = tmp_path / "collateral.json"
-    assert main(["collateral", "--patch", str(patch), "--out", str(tmp_path / "chart.png"), "--json", str(out)]) == 0
+    out = tmp / "collateral.json"
+    assert main(["collateral", "--patch", str(patch), "--out", str(tmp / "chart.png"), "--json", str(out)]) == 0
     rows = {row["concept"]: row for row in json.loads(out.read_text())["concepts"]}
-    print({c: (r["presence_before"], r["presence_after"]) for c, r in rows.items()})
-    assert len(rows) >= 20 and rows["circle"]["erased"]
-    assert rows["circle"]["presence_after"] <= 0.2 and rows["square"]["presence_after"] >= 0.8, rows
-    assert Image.open(tmp_path / "chart.png").height > 400  # a bar per concept
+    print(shares, {c: (r["presence_before"], r["presence_after"]) for c, r in rows.items()})  # the note's figures (-s)
+    return {"shares": shares, "rows": rows, "chart": tmp / "chart.png"}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="re-steering drains every shape word's attention: 'square' keeps 4 % of it")
-def test_forget_me_not_at_its_defaults_keeps_the_other_words_attention(tmp_path):
-    _, shares = fmn_shares(tmp_path)
-    assert abs(shares["square"]["after"] / shares["square"]["before"] - 1) <= 0.10, shares
+def test_forget_me_not_drains_the_concepts_attention_and_the_map_lists_every_concept(fmn_default):
+    """At its defaults: "circle" receives at most half its attention of before in "a red circle"; the collateral
+    map lists every concept of the world, circles gone (<= 20 %)."""
+    shares, rows = fmn_default["shares"], fmn_default["rows"]
+    assert shares["circle"]["after"] <= 0.5 * shares["circle"]["before"], shares
+    assert len(rows) >= 20 and rows["circle"]["erased"] and rows["circle"]["presence_after"] <= 0.2, rows
+    assert Image.open(fmn_default["chart"]).height > 400  # a bar per concept
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="re-steering drains every shape word's attention ('square' keeps 4 % of it) and "
+                   "the collateral map shows squares on 2 of 4 seeds, Mimo on 1 of 4 (session 8)")
+def test_forget_me_not_at_its_defaults_keeps_squares_and_their_attention(fmn_default):
+    shares, square = fmn_default["shares"]["square"], fmn_default["rows"]["square"]
+    ratio = shares["after"] / shares["before"]
+    assert square["presence_after"] >= 0.8 and abs(ratio - 1) <= 0.10, (square["presence_after"], ratio)
 
 
 @pytest.mark.slow
@@ -140,8 +140,11 @@ def test_keeping_the_preserved_words_attention_keeps_it(tmp_path):
     result = compare_prompts(studio, probes, [patch_id], seeds=list(range(8)))
     (_, circle_before, circle_after), = result.shares("circle")
     (_, square_before, square_after), = result.shares("square")
-    print(f"keep_attention=1: circle {circle_before:.4f} -> {circle_after:.4f}, square {square_before:.4f} -> {square_after:.4f}")
+    kept = {e.concept: e.presence_after for e in studio.collateral([patch_id], "circle, square, Mimo").effects}
+    print(f"keep_attention=1: circle {circle_before:.4f} -> {circle_after:.4f}, square {square_before:.4f} -> {square_after:.4f}; "
+          f"presence after {kept}")
     assert circle_after <= 0.5 * circle_before and abs(square_after / square_before - 1) <= 0.10
+    assert kept["circle"] <= 0.2 and kept["square"] >= 0.8, kept
 
 
 @pytest.mark.slow
@@ -161,3 +164,25 @@ def test_the_collateral_map_shows_a_kept_colour_that_shifted():
     print([(e.concept, e.presence_before, e.presence_after) for e in result.effects[:4]])
     assert top.concept == "green" and not top.erased and top.presence_before - top.presence_after >= 0.5, top
     assert next(e for e in result.effects if e.concept == "circle").erased  # the patch's claim is marked
+
+
+def test_the_map_builds_up_step_by_step(studio):
+    images, tc = studio.generate_traced(GenerationSettings("a red circle", steps=3), [0, 1])
+    frames = tc.image(1).build_up("circle")
+    assert len(frames) == 3 and torch.allclose(frames[-1], tc.image(1).word_map("circle", normalize=False))
+    assert all(frames[i + 1].sum() > frames[i].sum() for i in range(2))  # a running sum grows
+
+
+def test_compare_with_the_original_and_the_figure_for_talks(studio, tmp_path):
+    from fmn.figure import write_figure
+
+    with pytest.raises(ValueError, match="Nothing to compare the original with"):
+        studio.compare_prompt(GenerationSettings("a red circle", steps=2), [])
+    one = studio.compare_prompt(GenerationSettings("a red circle", seed=4, steps=2), [studio.circle])
+    assert one.seeds == [4] and one.side_by_side().height > one.side_by_side().width / 4  # two rows: original, patched
+    comparison = studio.compare("circle", [studio.circle])
+    collateral = studio.collateral([studio.circle], "circle, dog")
+    figure, gif = write_figure(comparison, collateral, comparison.word_for(["circle"]), tmp_path / "talk.png")
+    assert (tmp_path / "talk.png").is_file() and figure.height > 400
+    frames = Image.open(gif)
+    assert frames.n_frames == 25 and frames.size == (384, 212)  # a frame per denoising step, before beside after
