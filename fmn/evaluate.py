@@ -87,6 +87,13 @@ class Comparison:
         words = [w for maps in self.before_maps for w in maps[0].words if any(c.isalnum() for c in w)]
         return list(dict.fromkeys(w.lower() for w in words))
 
+    def map_pair(self, word: str, probe: int, seed: int) -> tuple:
+        """The word's map before and after on one probe and seed, on one scale (the larger peak is 1), so that
+        drained attention looks dimmer after: what every before/after heatmap view draws."""
+        raw = [side[probe][seed].word_map(word, normalize=False) for side in (self.before_maps, self.after_maps)]
+        peak = max(float(m.max()) for m in raw) or 1.0
+        return raw[0] / peak, raw[1] / peak
+
     def word_for(self, concepts: list[str]) -> str:
         """The word whose heatmaps to show first: the first concept's that the prompts spell (its last word),
         else the prompts' first word."""
@@ -115,10 +122,8 @@ class Comparison:
             for i, (prompt, b, a) in zip(self.probes_with(word), self.shares(word)):
                 pairs = ([], [])
                 for s in range(len(self.seeds)):
-                    raw = [side[i][s].word_map(word, normalize=False) for side in (self.before_maps, self.after_maps)]
-                    peak = max(float(m.max()) for m in raw) or 1.0
-                    for pair, images, heat in zip(pairs, (self.before[i], self.after[i]), raw):
-                        pair.append((images[s], heat / peak))
+                    for pair, images, heat in zip(pairs, (self.before[i], self.after[i]), self.map_pair(word, i, s)):
+                        pair.append((images[s], heat))
                 rows.append((f"{prompt}   [{word}: {b:.1%} → {a:.1%} of the attention]", *pairs))
         return before_after_grid(rows, self.seeds, self.titles)
 
@@ -127,10 +132,9 @@ class Comparison:
         each word's two maps on one scale; the words titled with their share before → after."""
         traces = [side[probe][seed] for side in (self.before_maps, self.after_maps)]
         words = [w for w in dict.fromkeys(w.lower() for w in traces[0].words) if any(c.isalnum() for c in w)]
-        raw = {w: [t.word_map(w, normalize=False) for t in traces] for w in words}
-        peaks = {w: max(float(m.max()) for m in maps) or 1.0 for w, maps in raw.items()}
+        pairs = {w: self.map_pair(w, probe, seed) for w in words}
         rows = [(f"{title}, seed {self.seeds[seed]}", side[probe][seed],
-                 {f"{w} {t.share(w):.1%}": raw[w][k] / peaks[w] for w in words})
+                 {f"{w} {t.share(w):.1%}": pairs[w][k] for w in words})
                 for k, (title, side, t) in enumerate(zip(self.titles, (self.before, self.after), traces))]
         return word_rows(rows, self.probes[probe].prompt)
 

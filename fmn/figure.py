@@ -38,11 +38,10 @@ def story(comparison: Comparison, collateral: Collateral, word: str) -> Image.Im
     fig = Figure(figsize=(2 * k * 1.6, 2 * 1.7 + 1.6 * 2 * k * chart.height / chart.width + 0.8), dpi=100)
     grid = fig.add_gridspec(3, 2 * k, height_ratios=[1, 1, 2 * k * chart.height / chart.width])
     for s in range(k):
-        raw = [side[probe][s].word_map(word, normalize=False) for side in (comparison.before_maps, comparison.after_maps)]
-        peak = max(float(m.max()) for m in raw) or 1.0
-        for half, (title, images, heat) in enumerate(zip(comparison.titles, (comparison.before, comparison.after), raw)):
+        pair = comparison.map_pair(word, probe, s)
+        for half, (title, images, heat) in enumerate(zip(comparison.titles, (comparison.before, comparison.after), pair)):
             image = images[probe][s]
-            for row, panel in enumerate((image, overlay(image, heat / peak))):
+            for row, panel in enumerate((image, overlay(image, heat))):
                 ax = fig.add_subplot(grid[row, half * k + s])
                 ax.imshow(panel)
                 ax.set_xticks([])
