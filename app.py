@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import spaces
 from fmn.attention import cross_attention_resolutions
 from fmn.erase import DEFAULT_METHOD, METHODS
 from fmn.erase.images import load_concept_images
+from fmn.export import FORMATS
 from fmn.figure import write_figure
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
@@ -139,15 +141,18 @@ def create_demo(studio: Studio) -> gr.Blocks:
         chart = result.chart()
         path = Path(tempfile.mkdtemp()) / "collateral.png"
         chart.save(path)
-        return chart, pd.DataFrame(result.table()).round(3), str(path)
+        return chart, pd.DataFrame(result.table()).round(3), str(path), (list(session), concepts or "", result)
 
     @spaces.GPU(duration=120)
     @user_errors
-    def make_figure(word, concepts, session, comparison, progress=gr.Progress()):
-        """One PNG for a talk from the last comparison and the collateral map, and the GIF of the heatmap building up."""
+    def make_figure(word, concepts, session, comparison, last_collateral, progress=gr.Progress()):
+        """One PNG for a talk from the last comparison and the collateral map (the one drawn already, if it is
+        for these patches and concepts), and the GIF of the heatmap building up."""
         if comparison is None:
             raise ValueError("Erase a concept first: the figure shows the model before and after.")
-        collateral = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+        drawn_for, drawn_concepts, collateral = last_collateral or (None, None, None)
+        if (drawn_for, drawn_concepts) != (list(session), concepts or ""):
+            collateral = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
         figure, gif = write_figure(comparison, collateral, word or comparison.words()[0], Path(tempfile.mkdtemp()) / "erasure.png")
         return figure, [str(gif.with_suffix(".png")), str(gif)]
 
@@ -156,10 +161,22 @@ def create_demo(studio: Studio) -> gr.Blocks:
         patch_id = studio.load_patch(file)
         return f"Loaded `{patch_id}`; your session applies {len(session) + 1} patch(es).", session + [patch_id]
 
+    @user_errors
+    def export_session(to, session, progress=gr.Progress()):
+        """The session's patches, stacked, as a file other tools load (a merged model: its folder, zipped)."""
+        if not session:
+            raise ValueError("Nothing to export: erase a concept or upload a patch first.")
+        progress(0, desc=f"writing {to}")
+        folder = Path(tempfile.mkdtemp())
+        if to == "merged":
+            merged = studio.export(session, to, folder / "erased-model")
+            return shutil.make_archive(str(merged), "zip", merged)
+        return str(studio.export(session, to, folder / f"erasure-{to}.safetensors"))
+
     def reset(session):
         for patch_id in session:
             studio.remove_patch(patch_id)
-        return "Your session applies no patch: the original model.", []
+        return "Your session applies no patch: the original model.", [], None, None
 
     @user_errors
     def load_model(source):
@@ -168,6 +185,7 @@ def create_demo(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
         session = gr.State([])  # this browser session's patch ids
         comparison = gr.State(None)  # the last before/after (or erased/attacked) comparison, with its traces
+        last_collateral = gr.State(None)  # (patch ids, concepts, Collateral): the last map drawn, reused by the figure
         gr.Markdown(INTRO)
         with gr.Accordion("Model", open=False):
             with gr.Row():
@@ -213,6 +231,12 @@ def create_demo(studio: Studio) -> gr.Blocks:
                         reset_button = gr.Button("Reset")
                     patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
                     patch_file = gr.File(label="Download the patch", elem_id="patch")
+                    with gr.Row():
+                        export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…", elem_id="export-to",
+                                                info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; merged: a "
+                                                     "diffusers folder (zip); single-file: one checkpoint")
+                        export_button = gr.Button("Export the session's patches", elem_id="export")
+                    export_file = gr.File(label="The export", elem_id="export-file")
                 with gr.Column(scale=2):
                     erase_status = gr.Markdown("Your session applies no patch: the original model.", elem_id="erase-status")
                     loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
@@ -248,11 +272,12 @@ def create_demo(studio: Studio) -> gr.Blocks:
         attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged, heat_grid, heat_word, comparison],
                             api_name="attack")
         heat_word.input(show_word, [heat_word, comparison], heat_grid, api_visibility="private")
-        figure_button.click(make_figure, [heat_word, collateral_concepts, session, comparison], [figure_image, figure_files],
-                            api_name="figure")
-        collateral_button.click(see_collateral, [collateral_concepts, session], [collateral_chart, collateral_table, collateral_file],
-                                api_name="collateral")
-        reset_button.click(reset, session, [erase_status, session], api_visibility="private")
+        figure_button.click(make_figure, [heat_word, collateral_concepts, session, comparison, last_collateral],
+                            [figure_image, figure_files], api_name="figure")
+        collateral_button.click(see_collateral, [collateral_concepts, session],
+                                [collateral_chart, collateral_table, collateral_file, last_collateral], api_name="collateral")
+        export_button.click(export_session, [export_to, session], export_file, api_name="export")
+        reset_button.click(reset, session, [erase_status, session, comparison, last_collateral], api_visibility="private")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
         inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session, with_original]
         run.click(inspect_prompt, inputs, [image, maps, compared], api_name="generate")

@@ -5,6 +5,7 @@
     python -m fmn heatmap --prompt "a red circle" --words circle --patch p.safetensors --compare --out maps.png --json maps.json
     python -m fmn collateral --patch p.safetensors [--concepts a,b,c] --out chart.png --json collateral.json
     python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors [--figure story.png]
+    python -m fmn export circle.safetensors [more.safetensors] --to diffusers-lora|kohya|merged|single-file --out PATH
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
     python -m fmn bench quality [--quick] [--json quality.json]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from .erase import DEFAULT_METHOD, METHODS
 from .erase.method import MAX_STEPS
+from .export import FORMATS
 from .generate import GenerationSettings
 
 
@@ -101,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None)
     c.add_argument("--out", required=True, help="the chart, a PNG file")
     c.add_argument("--json", help="the numbers: per concept, presence (embedded model), pixel and attention change")
+    x = sub.add_parser("export", help="write patches, stacked, as a LoRA for diffusers, ComfyUI or A1111, or a merged model")
+    x.add_argument("patch", nargs="+", help="the patch file(s) to export")
+    x.add_argument("--to", required=True, help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    x.add_argument("--model", default=None, help="the model the patches were made on (default: embedded)")
+    x.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
+    x.add_argument("--out", required=True, help="a .safetensors file, or a new folder for --to merged")
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     for name, help_ in BENCHMARKS.items():
         import_module(f".bench.{name.replace('-', '_')}", __package__).add_arguments(bench.add_parser(name, help=help_))
@@ -236,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             import_module(f".bench.{args.bench.replace('-', '_')}", __package__).run(args)
             return 0
         out = Path(args.out)
+        if args.command == "export":
+            if args.to not in FORMATS:  # before the model loads
+                raise ValueError(f"--to {args.to}: use one of {', '.join(FORMATS)}.")
+            studio = Studio(args.model, device="cpu", config=args.config)
+            print(studio.export([studio.load_patch(p) for p in args.patch], args.to, out))
+            return 0
         if args.command == "attack":
             if out.suffix.lower() != ".png":
                 raise ValueError(f"--out {out}: the attacked images are written as PNG files (name.png).")

@@ -1,8 +1,8 @@
-"""Loading a Stable Diffusion 1.x / 2.x pipeline from wherever the user has one.
+"""Loading a Stable Diffusion 1.x / 2.x or SDXL pipeline from wherever the user has one.
 
 One entry point, `load_pipeline`, takes the embedded shapes-world model (the default),
 a local diffusers folder, a single ``.safetensors`` checkpoint, or a Hugging Face hub id,
-and returns a ready `StableDiffusionPipeline` on the best device. Only safetensors are
+and returns a ready `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) on the best device. Only safetensors are
 read: pickle files (``.ckpt``, ``.bin``, ``.pt``) can run code when loaded.
 """
 
@@ -15,18 +15,19 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 
 from .world.known import World
 
-__all__ = ["EMBEDDED", "ModelLoadError", "load_pipeline", "pick_device", "world_of"]
+__all__ = ["EMBEDDED", "ModelLoadError", "is_sdxl", "load_pipeline", "pick_device", "world_of"]
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "fmn-shapes"
-SUPPORTED = {"StableDiffusionPipeline"}
+SUPPORTED = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+SUPPORTED_NAMES = "Stable Diffusion 1.x, 2.x and SDXL"
+SDXL_PREFIX = "conditioner.embedders.1."  # only SDXL's single-file checkpoints hold a second text encoder here
 # key prefixes that only this architecture's single-file checkpoints hold -> its name
 FOREIGN_PREFIXES = {
-    "conditioner.embedders.1.": "SDXL",
     "double_blocks.": "FLUX",
     "model.diffusion_model.joint_blocks.": "Stable Diffusion 3",
 }
@@ -48,18 +49,30 @@ def pick_device(device: str | None = None, dtype: torch.dtype | None = None) -> 
     return device, dtype
 
 
-def _check_folder(folder: Path) -> None:
+def is_sdxl(pipe) -> bool:
+    """SDXL: two text encoders, the second's pooled output and the image size as added conditioning."""
+    return isinstance(pipe, StableDiffusionXLPipeline)
+
+
+def _pipeline_class(name: str, where: str) -> type:
+    if name not in SUPPORTED:
+        raise ModelLoadError(f"{where} holds a {name}: not supported yet ({SUPPORTED_NAMES} only).")
+    return SUPPORTED[name]
+
+
+def _check_folder(folder: Path) -> type:
+    """The folder's pipeline class, once it is known to be one we load from safetensors."""
     index = folder / "model_index.json"
     if not index.exists():
         raise ModelLoadError(f"{folder} is not a diffusers folder: it has no model_index.json.")
-    name = json.loads(index.read_text()).get("_class_name", "?")
-    if name not in SUPPORTED:
-        raise ModelLoadError(f"{folder} holds a {name}: not supported yet (Stable Diffusion 1.x and 2.x only).")
+    cls = _pipeline_class(json.loads(index.read_text()).get("_class_name", "?"), str(folder))
     if not any(folder.glob("unet/*.safetensors")):
         raise ModelLoadError(f"{folder} has no safetensors weights in unet/; only safetensors are loaded (pickle files can run code).")
+    return cls
 
 
-def _check_single_file(path: Path) -> None:
+def _check_single_file(path: Path) -> type:
+    """The checkpoint's pipeline class, read from its keys."""
     if path.suffix != ".safetensors":
         raise ModelLoadError(
             f"{path.name}: only .safetensors checkpoints are loaded. Other weight files (.ckpt, .bin, .pt) "
@@ -72,7 +85,8 @@ def _check_single_file(path: Path) -> None:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file ({err}).") from err
     for prefix, arch in FOREIGN_PREFIXES.items():
         if any(k.startswith(prefix) for k in keys):
-            raise ModelLoadError(f"{path.name} is a {arch} checkpoint: not supported yet (Stable Diffusion 1.x and 2.x only).")
+            raise ModelLoadError(f"{path.name} is a {arch} checkpoint: not supported yet ({SUPPORTED_NAMES} only).")
+    return StableDiffusionXLPipeline if any(k.startswith(SDXL_PREFIX) for k in keys) else StableDiffusionPipeline
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -89,7 +103,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_hub(repo_id: str, **kw) -> StableDiffusionPipeline:
     try:
-        config = StableDiffusionPipeline.load_config(repo_id, local_files_only=True)
+        config = StableDiffusionPipeline.load_config(repo_id, local_files_only=True)  # model_index.json: any pipeline
         kw["local_files_only"] = True
     except (OSError, ValueError):  # not in the local cache
         hint = (f"Download it where there is network (`hf download {repo_id}`) and copy the cache, "
@@ -100,16 +114,20 @@ def _load_hub(repo_id: str, **kw) -> StableDiffusionPipeline:
             config = StableDiffusionPipeline.load_config(repo_id)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{repo_id!r} could not be fetched from the Hugging Face hub ({err}). {hint}") from err
-    if config.get("_class_name") not in SUPPORTED:
-        raise ModelLoadError(f"{repo_id} is a {config.get('_class_name')}: not supported yet (Stable Diffusion 1.x and 2.x only).")
-    return StableDiffusionPipeline.from_pretrained(repo_id, use_safetensors=True, **kw)
+    cls = _pipeline_class(config.get("_class_name", "?"), repo_id)
+    return cls.from_pretrained(repo_id, use_safetensors=True, **_extra(cls), **kw)
 
 
-def _load_single_file(path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
+def _extra(cls: type) -> dict:
+    """SD 1.x/2.x pipelines come with a safety checker, off here (the app shows what the model draws); SDXL has none."""
+    return dict(safety_checker=None, requires_safety_checker=False) if cls is StableDiffusionPipeline else {}
+
+
+def _load_single_file(cls: type, path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
     """A single file holds weights only; the configs come from `config` or the hub's cache."""
     offline = not (config and Path(config).is_dir()) and not _hub_reachable()
     try:
-        return StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=offline, **kw)
+        return cls.from_single_file(path, config=config, local_files_only=offline, **_extra(cls), **kw)
     except (OSError, ValueError) as err:
         if not offline:
             raise
@@ -126,7 +144,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     config: str | None = None,
 ) -> StableDiffusionPipeline:
-    """Loads an SD 1.x/2.x pipeline.
+    """Loads an SD 1.x/2.x or SDXL pipeline.
 
     Args:
         source: None or "" for the embedded model; a diffusers folder; a ``.safetensors``
@@ -139,14 +157,13 @@ def load_pipeline(
     device, dtype = pick_device(device, dtype)
     source = str(source).strip() if source else str(EMBEDDED)
     path = Path(source).expanduser()
-    kw = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kw = dict(torch_dtype=dtype)
     try:
         if path.is_dir():
-            _check_folder(path)
-            pipe = StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, **kw)
+            cls = _check_folder(path)
+            pipe = cls.from_pretrained(path, use_safetensors=True, **_extra(cls), **kw)
         elif path.is_file():
-            _check_single_file(path)
-            pipe = _load_single_file(path, config, **kw)
+            pipe = _load_single_file(_check_single_file(path), path, config, **kw)
         elif path.suffix or source.startswith((".", "/", "~")) or source.count("/") != 1:
             raise ModelLoadError(f"{source}: no such file or folder (and not a hub id of the form owner/name).")
         else:

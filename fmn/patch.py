@@ -30,12 +30,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["Patch", "PatchError", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
+__all__ = ["Patch", "PatchError", "NotAPatch", "components", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
            "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
 VERSION = 1
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's second
 MAX_PATCH_BYTES = 512 * 2**20
 
 
@@ -43,11 +43,16 @@ class PatchError(ValueError):
     """A patch cannot be read or does not fit this model; the message says why."""
 
 
+class NotAPatch(PatchError):
+    """A readable safetensors file without the patch format tag: perhaps a LoRA made elsewhere (`fmn.export.import_lora`)."""
+
+
 def fingerprint(pipe: StableDiffusionPipeline) -> str:
     """A short id of the base model: its configs and a few weight statistics, equal across dtypes and devices."""
     probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.text_encoder.get_input_embeddings().weight]
     stats = [round(float(t.detach().float().abs().mean()), 4) for t in probes]
-    blob = json.dumps([dict(pipe.unet.config), pipe.text_encoder.config.to_diff_dict(), stats], sort_keys=True, default=str)
+    text_config = {k: v for k, v in pipe.text_encoder.config.to_diff_dict().items() if k not in ("dtype", "torch_dtype")}
+    blob = json.dumps([dict(pipe.unet.config), text_config, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -90,7 +95,7 @@ class Patch:
         except (SafetensorError, OSError) as err:
             raise PatchError(f"{path.name} is not a readable safetensors file ({err}).") from err
         if meta.get("format") != FORMAT:
-            raise PatchError(f"{path.name} is not a Forget-Me-Not Studio patch (no '{FORMAT}' format tag).")
+            raise NotAPatch(f"{path.name} is not a Forget-Me-Not Studio patch (no '{FORMAT}' format tag).")
         if meta.get("version") != str(VERSION):
             raise PatchError(f"{path.name} has patch format version {meta.get('version')}; this version reads {VERSION}.")
         try:
@@ -103,7 +108,14 @@ class Patch:
 def _component(pipe: StableDiffusionPipeline, name: str) -> torch.nn.Module:
     if name not in COMPONENTS:
         raise PatchError(f"a patch may change {COMPONENTS}, not {name!r}")
+    if getattr(pipe, name, None) is None:
+        raise PatchError(f"this patch changes a {name}, which this model does not have (a patch for another kind of model).")
     return getattr(pipe, name)
+
+
+def components(pipe: StableDiffusionPipeline) -> list[str]:
+    """The parts of this pipeline a patch may change."""
+    return [c for c in COMPONENTS if getattr(pipe, c, None) is not None]
 
 
 def new_adapter(pipe: StableDiffusionPipeline, name: str, component: str, target_modules: list[str],
@@ -141,7 +153,7 @@ def attach(pipe: StableDiffusionPipeline, patch: Patch, name: str) -> None:
 
 def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
     """Makes exactly these patches active (none: the base model, bit for bit)."""
-    for component in COMPONENTS:
+    for component in components(pipe):
         module = _component(pipe, component)
         present = getattr(module, "peft_config", {})
         if not present:
@@ -158,7 +170,8 @@ def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
 def frozen(pipe: StableDiffusionPipeline):
     """Inside the block the pipeline is the original model: its active patches are switched off.
     This is every method's frozen reference, so no second copy of the model is ever held."""
-    active = [m for m in (pipe.unet, pipe.text_encoder)
+    active = [_component(pipe, c) for c in components(pipe)]
+    active = [m for m in active
               if any(isinstance(layer, BaseTunerLayer) and not layer.disable_adapters for layer in m.modules())]
     for module in active:
         set_adapter_layers(module, enabled=False)
@@ -171,11 +184,13 @@ def frozen(pipe: StableDiffusionPipeline):
 
 def detach(pipe: StableDiffusionPipeline, name: str) -> None:
     """Removes patch `name` from the pipeline entirely."""
-    for component in COMPONENTS:
+    for component in components(pipe):
         module = _component(pipe, component)
         if name in getattr(module, "peft_config", {}):
-            delete_adapter_layers(module, name)
-            del module.peft_config[name]
-            if not module.peft_config:  # the last one: unwrap the LoRA layers, the model is as loaded
+            delete_adapter_layers(module, name)  # for a LoRA diffusers loaded (`fmn.export`), the config goes too
+            remaining = getattr(module, "peft_config", {})
+            remaining.pop(name, None)
+            if not remaining:  # the last one: unwrap the LoRA layers, the model is as loaded
                 recurse_remove_peft_layers(module)
-                del module.peft_config
+                if hasattr(module, "peft_config"):
+                    del module.peft_config

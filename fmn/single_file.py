@@ -90,7 +90,7 @@ def original_state_dict(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_single_file(pipe: StableDiffusionPipeline, path: str | Path) -> Path:
+def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     path = Path(path)
-    save_file(original_state_dict(pipe), path, metadata={"format": "pt"})
+    save_file(original_state_dict(pipe), path, metadata={"format": "pt", **(metadata or {})})
     return path

@@ -32,7 +32,8 @@ from .generate import GenerationSettings, check_settings, generate, unknown_word
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
-from .patch import Patch, activate, attach, detach
+from .export import export, import_lora
+from .patch import NotAPatch, Patch, activate, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased"]
 
@@ -63,7 +64,7 @@ class Studio:
 
     def __init__(self, source: str | Path | None = None, device: str | None = None, config: str | None = None):
         self.device = device
-        self.source = str(source or EMBEDDED)
+        self.source, self.config = str(source or EMBEDDED), config
         self.pipe = load_pipeline(self.source, device=device, config=config)
         self.patches: dict[str, Patch] = {}  # id -> patch, attached to self.pipe
         self.originals: OrderedDict = OrderedDict()  # the unedited model's traced calls, oldest first
@@ -75,7 +76,7 @@ class Studio:
         with self.lock:
             if source != self.source:
                 pipe = load_pipeline(source, device=self.device)  # raises before anything changes
-                self.pipe, self.source, self.patches = pipe, source, {}
+                self.pipe, self.source, self.config, self.patches = pipe, source, None, {}
                 self.originals.clear()
         return self.source
 
@@ -236,13 +237,25 @@ class Studio:
             return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides), images, on_step, eye)
 
     def load_patch(self, path: str | Path) -> str:
-        """Reads a patch file and attaches it; raises PatchError (model untouched) if it does not fit."""
-        patch = Patch.load(path)
+        """Reads a patch file, or a LoRA made elsewhere (any layout diffusers reads), and attaches it;
+        raises PatchError (model untouched) if it does not fit."""
+        try:
+            patch = Patch.load(path)
+        except NotAPatch:
+            patch_id = f"lora:{Path(path).stem}#{uuid.uuid4().hex[:6]}"
+            with self.lock:
+                self.patches[patch_id] = import_lora(self.pipe, path, patch_id)
+            return patch_id
         patch_id = f"{patch.name}#{uuid.uuid4().hex[:6]}"
         with self.lock:
             attach(self.pipe, patch, patch_id)
             self.patches[patch_id] = patch
         return patch_id
+
+    def export(self, patch_ids: list[str], to: str, out: str | Path) -> Path:
+        """Writes these patches, stacked, as a LoRA, a merged model or a single file (see `fmn.export`)."""
+        self._check_patches(patch_ids)
+        return export(self.pipe, [self.patches[p] for p in patch_ids], to, out, self.source, self.config)
 
     def remove_patch(self, patch_id: str) -> None:
         with self.lock:

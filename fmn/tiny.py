@@ -2,7 +2,9 @@
 
 ``tiny_pipeline("sd15")`` mirrors SD 1.x (epsilon prediction, conv projections in the
 transformer blocks); ``tiny_pipeline("sd2")`` mirrors SD 2.x (v-prediction, linear
-projections, per-block head dims). ``sd15_pipeline("full")`` has SD 1.5's exact shapes
+projections, per-block head dims); ``tiny_pipeline("sdxl")`` mirrors SDXL (two text encoders
+whose hidden states are concatenated, the second's pooled projection and the image size as
+added conditioning, several transformer layers per block). ``sd15_pipeline("full")`` has SD 1.5's exact shapes
 (UNet 860 M, CLIP ViT-L/14 text encoder 123 M, VAE 84 M parameters): speed does not
 depend on weight values, so it times an erasure at full size without a download.
 Weights are random: shapes and code paths are real.
@@ -14,8 +16,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .models import EMBEDDED
 from .world.recipe.tokenizer import build_tokenizer
@@ -23,19 +25,31 @@ from .world.recipe.tokenizer import build_tokenizer
 __all__ = ["tiny_pipeline", "sd15_pipeline"]
 
 
-def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline:
+def _tiny_text_config(tokenizer, width: int, hidden_act: str, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=hidden_act, **extra)
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=8,
+    )
+
+
+def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A random-weight SD-family pipeline that generates 32x32 images in well under a second."""
-    assert kind in ("sd15", "sd2")
+    assert kind in ("sd15", "sd2", "sdxl")
     torch.manual_seed(seed)
     with TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp), merges=200)
+    if kind == "sdxl":
+        return _tiny_sdxl(tokenizer)
     width = 32
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu" if kind == "sd2" else "quick_gelu",
-    ))
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, width, "gelu" if kind == "sd2" else "quick_gelu"))
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -43,12 +57,26 @@ def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline:
         attention_head_dim=(2, 4) if kind == "sd2" else 2,
         use_linear_projection=kind == "sd2",
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, block_out_channels=(8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=8,
+    return _pipeline(_tiny_vae(), text_encoder, tokenizer, unet, "v_prediction" if kind == "sd2" else "epsilon")
+
+
+def _tiny_sdxl(tokenizer: CLIPTokenizer) -> StableDiffusionXLPipeline:
+    """SDXL's layout in small: the UNet's cross-attention reads both encoders' hidden states side by side
+    (32 + 32), its added embedding the second encoder's pooled projection (32) and six size numbers."""
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, 32, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, 32, "gelu", projection_dim=32))
+    time_width = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=64, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=time_width, projection_class_embeddings_input_dim=6 * time_width + 32,
     )
-    return _pipeline(vae, text_encoder, tokenizer, unet, "v_prediction" if kind == "sd2" else "epsilon")
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler("epsilon"), force_zeros_for_empty_prompt=True,
+    )
 
 
 def sd15_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionPipeline:
@@ -79,13 +107,16 @@ def sd15_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionPipeline:
     return _pipeline(vae, text_encoder, tokenizer, unet, "epsilon")
 
 
-def _pipeline(vae, text_encoder, tokenizer, unet, prediction_type: str) -> StableDiffusionPipeline:
-    """The components with a DDIM scheduler on SD's noise schedule."""
-    scheduler = DDIMScheduler(
+def _scheduler(prediction_type: str) -> DDIMScheduler:
+    """DDIM on SD's noise schedule."""
+    return DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
+
+
+def _pipeline(vae, text_encoder, tokenizer, unet, prediction_type: str) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

@@ -59,11 +59,11 @@ def bad_upload(case: str, folder: Path) -> tuple[list[Path], str]:
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Diffusers folders of tiny random SD-1.x-like and SD-2.x-like pipelines."""
+    """Diffusers folders of tiny random SD-1.x-like, SD-2.x-like and SDXL-like pipelines."""
     from fmn.tiny import tiny_pipeline
 
     dirs = {}
-    for kind in ("sd15", "sd2"):
+    for kind in ("sd15", "sd2", "sdxl"):
         folder = tmp_path_factory.mktemp(kind)
         tiny_pipeline(kind).save_pretrained(folder)
         dirs[kind] = folder

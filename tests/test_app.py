@@ -1,6 +1,7 @@
 """The app as a real server: gradio_client calls, concurrent users, and a headless browser."""
 
 import re
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -110,6 +111,10 @@ def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     carried = pixels(call(carol, "a red circle", 11)[0]) - pixels(call(alice, "a red circle", 11)[0])
     assert np.abs(carried).max() <= 3  # the file holds fp16 factors
 
+    dave = Client(app_url, verbose=False)  # so does a kohya LoRA exported from alice's session
+    assert "Loaded" in dave.predict(handle_file(alice.predict("kohya", api_name="/export")), api_name="/load_patch")
+    assert np.abs(pixels(call(dave, "a red circle", 11)[0]) - pixels(call(alice, "a red circle", 11)[0])).max() <= 3
+
 
 @pytest.fixture(scope="module")
 def erased(app_url):
@@ -179,14 +184,27 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
     assert word["value"] == "circle" and "photo" in word["choices"] and heat.width > heat.height
     assert fns["show_word"]("dog", comparison).height < heat.height  # one probe names a dog, three a circle
-    chart, table, chart_file = fns["collateral"]("circle, dog", session)
+    chart, table, chart_file, drawn = fns["collateral"]("circle, dog", session)
     assert list(table["concept"])[:2] and set(table["concept"]) == {"circle", "dog"} and chart_file.endswith(".png")
     with pytest.raises(gr.Error, match="no list of what it knows"):
         fns["collateral"]("", session)
-    figure, (png, gif) = fns["figure"]("circle", "circle, dog", session, comparison)
+    maps_drawn, draw_map = [], studio.collateral
+    studio.collateral = lambda *args, **kwargs: maps_drawn.append(args) or draw_map(*args, **kwargs)
+    figure, (png, gif) = fns["figure"]("circle", "circle, dog", session, comparison, drawn)
     assert figure.height > 400 and png.endswith(".png") and gif.endswith(".gif")
+    assert maps_drawn == []  # the figure reuses the map just drawn
+    fns["figure"]("circle", "dog", session, comparison, drawn)
+    assert maps_drawn == [(session, "dog")]  # other concepts: drawn anew
+    studio.collateral = draw_map
     with pytest.raises(gr.Error, match="Erase a concept first"):
-        fns["figure"]("circle", "", session, None)
+        fns["figure"]("circle", "", session, None, None)
+    exported = fns["export"]("kohya", session)
+    imported = studio.load_patch(exported)  # a LoRA comes back as a patch, with what made it
+    assert exported.endswith("erasure-kohya.safetensors") and studio.patches[imported].method == "uce"
+    studio.remove_patch(imported)
+    assert zipfile.ZipFile(fns["export"]("merged", session)).getinfo("erasure.json").file_size > 0
+    with pytest.raises(gr.Error, match="Nothing to export"):
+        fns["export"]("kohya", [])
     with pytest.raises(gr.Error, match="concept is empty"):
         list(fns["erase"](" , ", "fmn", None, "", 0, session))
     with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):

@@ -15,7 +15,7 @@ FLOORS = [
     ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.recipe.tokenizer", "fmn.world.recipe.render"),
     ("fmn.models", "fmn.tiny", "fmn.single_file"),  # load
     ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
-    ("fmn.patch",),  # patches as adapters, the frozen reference
+    ("fmn.patch", "fmn.export"),  # patches as adapters, the frozen reference; out to other tools and back in
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods
     ("fmn.attack", "fmn.evaluate", "fmn.collateral", "fmn.figure"),

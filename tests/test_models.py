@@ -65,9 +65,9 @@ def test_corrupt_safetensors_file(tmp_path):
 
 
 def test_other_architectures_are_named(tmp_path):
-    path = tmp_path / "sdxl.safetensors"
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, path)
-    with pytest.raises(ModelLoadError, match="SDXL checkpoint: not supported yet"):
+    path = tmp_path / "flux.safetensors"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2)}, path)
+    with pytest.raises(ModelLoadError, match="FLUX checkpoint: not supported yet"):
         load_pipeline(path)
     folder = tmp_path / "flux"
     folder.mkdir()

@@ -252,8 +252,12 @@ def export(cfg: TrainConfig, vae, text_encoder, tokenizer, unet, scale: float, j
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)  # half the bytes in the repository
     pipe.to(torch.float32)
+    # transformers loads a model in the dtype its config records, diffusers in fp32: record fp32, so that a
+    # plain `StableDiffusionPipeline.from_pretrained(out)` gets one dtype throughout
+    te_config = out / "text_encoder" / "config.json"
+    te_config.write_text(json.dumps(json.loads(te_config.read_text()) | {"dtype": "float32"}, indent=2, sort_keys=True) + "\n")
     (out / "world.json").write_text(json.dumps(describe_world(), indent=1))
     Judge.load(judge_dir).save(cfg.judge_out)
     return out

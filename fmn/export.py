@@ -1,0 +1,225 @@
+"""Erasures out of the studio, in the formats other tools load, and LoRA files in.
+
+A patch holds peft LoRA factors (`fmn.patch`); the ways out:
+
+- ``diffusers-lora``: the same factors under diffusers' keys (``unet.<module>.lora_A.weight``), each
+  module's scale ``alpha / r`` folded into ``lora_B`` so that `pipe.load_lora_weights(path)` needs no config;
+- ``kohya``: the ``lora_unet_<module>`` / ``lora_te_<module>`` layout with ``lora_down``, ``lora_up`` and
+  ``alpha`` that ComfyUI and A1111 read (diffusers reads it back through its own kohya conversion);
+- ``merged``: a diffusers folder with the factors folded into the weights by diffusers' `fuse_lora`;
+- ``single-file``: that merged model as one original-layout checkpoint (`fmn.single_file`).
+
+Several patches export as one: their factors are stacked along the rank, which is exactly the sum
+of their changes that applying them together gives. Every export carries the erasures' metadata
+(method, concepts, settings, base fingerprint): in the safetensors header, or ``erasure.json`` in a
+folder. Nothing is written half-way: each export goes to a temporary name first.
+
+`import_lora` is the way in: any LoRA file diffusers reads (peft, old diffusers or kohya keys)
+becomes a patch, after a check that its layers exist in the model with the shapes it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .patch import MAX_PATCH_BYTES, Patch, PatchError, activate, adapter_tensors, components, fingerprint
+from .models import is_sdxl, load_pipeline
+from .single_file import save_single_file
+
+__all__ = ["FORMATS", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
+
+FORMATS = {
+    "diffusers-lora": "a LoRA file for diffusers' load_lora_weights (.safetensors)",
+    "kohya": "a LoRA file for ComfyUI and A1111, kohya's key layout (.safetensors)",
+    "merged": "a diffusers folder with the erasure folded into the weights",
+    "single-file": "one original-layout checkpoint with the erasure folded in (.safetensors)",
+}
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # SDXL's first: lora_te1_
+
+
+def lora_factors(patches: list[Patch]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``"<component>.<module>"`` -> (A, B) in fp32 with ``B @ A`` the module's whole change: each patch's
+    ``alpha / r`` folded into its B, several patches stacked along the rank. Text-encoder modules are named
+    from ``text_model.`` as every tool knows CLIP's (recent transformers drop that level; diffusers adds it back)."""
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for patch in patches:
+        for component, config in patch.lora.items():
+            for key, a in patch.tensors.items():
+                if not (key.startswith(f"{component}.") and key.endswith(".lora_A.weight")):
+                    continue
+                module = key.removesuffix(".lora_A.weight")
+                name = module.removeprefix(f"{component}.")
+                rank = config.get("rank_pattern", {}).get(name, config["r"])
+                scale = config.get("alpha_pattern", {}).get(name, config["lora_alpha"]) / rank
+                b = patch.tensors[f"{module}.lora_B.weight"].float() * scale
+                if component.startswith("text_encoder") and not name.startswith("text_model."):
+                    module = f"{component}.text_model.{name}"
+                factors.setdefault(module, []).append((a.float(), b))
+    return {m: (torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs], dim=1)) for m, pairs in factors.items()}
+
+
+def diffusers_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
+    """The factors under diffusers' keys, no alphas (diffusers then takes each module's scale as 1): peft's
+    ``lora_A``/``lora_B`` for the UNet; ``lora_linear_layer.down``/``.up`` for the text encoder, the layout
+    diffusers reads whichever of its layers a patch changes (peft keys there are recognised only beside an
+    attention projection's)."""
+    state = {}
+    for module, (a, b) in lora_factors(patches).items():
+        down, up = ("lora_linear_layer.down", "lora_linear_layer.up") if module.startswith("text_encoder") else ("lora_A", "lora_B")
+        state[f"{module}.{down}.weight"], state[f"{module}.{up}.weight"] = a, b
+    return state
+
+
+def kohya_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
+    """kohya's layout: ``lora_unet_<module, dots as underscores>.lora_down/.lora_up/.alpha`` (alpha = rank: scale 1)."""
+    state, factors = {}, lora_factors(patches)
+    sdxl = any(m.startswith("text_encoder_2.") for m in factors)
+    for module, (a, b) in factors.items():
+        component, name = module.split(".", 1)
+        key = ("lora_te1_" if sdxl and component == "text_encoder" else KOHYA_PREFIX[component]) + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = a, b
+        state[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
+    return state
+
+
+def metadata(patches: list[Patch]) -> dict[str, str]:
+    """What made the export, for the safetensors header: strings only."""
+    erasures = [{"method": p.method, "concepts": p.concepts, "settings": p.settings, "base": p.base} for p in patches]
+    return {"format": "pt", "fmn_erasures": json.dumps(erasures), "fmn_base": patches[0].base}
+
+
+def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Path) -> None:
+    if to not in FORMATS:
+        raise ValueError(f"Unknown export format {to!r}: use one of {', '.join(FORMATS)}.")
+    if not patches:
+        raise ValueError("Nothing to export: give at least one patch.")
+    base = fingerprint(pipe)
+    for patch in patches:
+        if patch.base != base:
+            raise PatchError(f"{patch.name} was made for another model (fingerprint {patch.base}, this one is {base}): "
+                             "export it with the model it was made on (--model).")
+    if to == "merged":
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"{out} exists and is not an empty folder: a merged model is written to a new folder.")
+    elif out.suffix != ".safetensors":
+        raise ValueError(f"{out.name}: a {to} export is one .safetensors file.")
+    if to == "single-file" and is_sdxl(pipe):
+        raise ValueError("single-file export writes SD 1.x's original layout; for SDXL export --to merged (a diffusers folder).")
+
+
+def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str, config: str | None) -> StableDiffusionPipeline:
+    """A fresh fp32 copy of the base model on the CPU with the patches fused into its weights (diffusers' fuse_lora)."""
+    merged = load_pipeline(source, device="cpu", dtype=torch.float32, config=config)
+    merged.load_lora_weights(diffusers_lora(patches), adapter_name="erasure")
+    changed = sorted({module.split(".", 1)[0] for module in lora_factors(patches)})
+    merged.fuse_lora(components=changed, lora_scale=1.0, adapter_names=["erasure"])
+    merged.unload_lora_weights()
+    return merged
+
+
+def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: str | Path, source: str,
+           config: str | None = None) -> Path:
+    """Writes the patches, stacked, as `to` at `out`; `source` (and `config`) name the base model, reloaded for
+    the merged formats. Raises ValueError (PatchError for a patch of another model) before writing anything."""
+    out = Path(out)
+    _check(pipe, patches, to, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        if to == "merged":
+            _merged(pipe, patches, source, config).save_pretrained(staging / "model", safe_serialization=True)
+            world = Path(source) / "world.json"
+            if world.is_file():  # the shapes world's vocabulary and judge still apply to the edited model
+                shutil.copy(world, staging / "model" / "world.json")
+            (staging / "model" / "erasure.json").write_text(json.dumps(json.loads(metadata(patches)["fmn_erasures"]), indent=1))
+            if out.exists():
+                out.rmdir()
+            (staging / "model").rename(out)
+        else:
+            tmp = staging / out.name
+            if to == "single-file":
+                save_single_file(_merged(pipe, patches, source, config), tmp, metadata(patches))
+            else:
+                state = diffusers_lora(patches) if to == "diffusers-lora" else kohya_lora(patches)
+                save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, tmp, metadata=metadata(patches))
+            tmp.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _peft_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA as diffusers' `lora_state_dict` gives it, under peft keys, converted as diffusers' loaders do."""
+    unet = {k: v for k, v in state.items() if not k.startswith("text_encoder")}
+    text = {k: v for k, v in state.items() if k.startswith("text_encoder")}
+    return convert_unet_state_dict_to_peft(unet) | (convert_state_dict_to_peft(convert_state_dict_to_diffusers(text)) if text else {})
+
+
+def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> list[str]:
+    """The LoRA's layers (peft keys) that this model lacks or holds with other shapes."""
+    problems = []
+    for key, value in state.items():
+        component, rest = key.split(".", 1)
+        if component not in components(pipe):
+            problems.append(f"{key} (a {component}: this kind of model has none)")
+            continue
+        if component.startswith("text_encoder") and not hasattr(getattr(pipe, component), "text_model"):
+            rest = rest.removeprefix("text_model.")
+        module_name, factor = rest.split(".lora_", 1)
+        module = dict(getattr(pipe, component).named_modules()).get(module_name)
+        module = getattr(module, "base_layer", module)  # already wrapped by another patch
+        if module is None or not hasattr(module, "weight"):
+            problems.append(f"{module_name} (no such layer in the {component})")
+        elif factor.startswith("A") and value.shape[1] != module.weight.shape[1]:
+            problems.append(f"{module_name} (takes {value.shape[1]} inputs, the model's layer {module.weight.shape[1]})")
+        elif factor.startswith("B") and value.shape[0] != module.weight.shape[0]:
+            problems.append(f"{module_name} (gives {value.shape[0]} outputs, the model's layer {module.weight.shape[0]})")
+    return problems
+
+
+def import_lora(pipe: StableDiffusionPipeline, path: str | Path, name: str) -> Patch:
+    """Reads a LoRA file in any layout diffusers reads and attaches it to the pipeline as patch `name`
+    (inactive); raises PatchError, the pipeline untouched, where the file is not a LoRA or does not fit."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise PatchError(f"{path.name}: a LoRA is read from a .safetensors file (other formats are pickles, which can run code).")
+    if path.stat().st_size > MAX_PATCH_BYTES:
+        raise PatchError(f"{path.name} is {path.stat().st_size >> 20} MiB: too large for a LoRA patch.")
+    try:
+        with safe_open(path, "pt") as f:
+            header = f.metadata() or {}
+        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
+        state = _peft_keys(state)
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise PatchError(f"{path.name} is not a LoRA that diffusers can read ({err}).") from err
+    problems = _misfits(pipe, state)
+    if problems:
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise PatchError(f"{path.name} does not fit this model: {'; '.join(problems[:5])}{more}.")
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=name)  # diffusers reads the layout and the alphas
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise PatchError(f"{path.name} could not be loaded as a LoRA ({err}).") from err
+    changed = [c for c in components(pipe) if name in getattr(getattr(pipe, c), "peft_config", {})]
+    lora = {}
+    for c in changed:
+        cfg = getattr(pipe, c).peft_config[name]
+        lora[c] = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules),
+                   "rank_pattern": dict(cfg.rank_pattern), "alpha_pattern": dict(cfg.alpha_pattern)}
+    erasures = json.loads(header.get("fmn_erasures", "[]"))
+    patch = Patch(adapter_tensors(pipe, name, changed),
+                  method="+".join(e["method"] for e in erasures) or "lora",
+                  concepts=[c for e in erasures for c in e["concepts"]] or [path.stem],
+                  base=fingerprint(pipe), lora=lora,
+                  settings={"imported_from": path.name, "erasures": erasures})
+    activate(pipe, [])  # diffusers switched it on; a patch waits until a call names it
+    return patch

@@ -1,0 +1,95 @@
+"""SDXL on a tiny random pipeline built from configs: loading, seeded generation, heatmaps over both text
+encoders' tokens, LoRA patches made elsewhere (both text encoders) in, exports out, the app; erasing is refused
+with a message until its methods learn SDXL's added conditioning."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fmn.generate import GenerationSettings
+from fmn.models import is_sdxl, load_pipeline
+from fmn.patch import PatchError
+from fmn.studio import Studio
+
+SETTINGS = GenerationSettings("a red circle", steps=3)
+ATTN = "down_blocks.1.attentions.0.transformer_blocks.1.attn2"  # the second transformer layer of the block: SDXL's layout
+TE_LAYERS = ("text_model.encoder.layers.1.self_attn.q_proj", "text_model.encoder.layers.1.self_attn.out_proj")
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_dirs):
+    return Studio(tiny_dirs["sdxl"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    """A LoRA as another tool writes one for SDXL: the UNet's cross-attention and both text encoders."""
+    gen = torch.Generator().manual_seed(0)
+    state = {f"unet.{ATTN}.to_k.lora_A.weight": torch.randn(2, 64, generator=gen),
+             f"unet.{ATTN}.to_k.lora_B.weight": torch.randn(32, 2, generator=gen)}
+    for te in ("text_encoder", "text_encoder_2"):
+        for layer in TE_LAYERS:
+            state[f"{te}.{layer}.lora_A.weight"] = torch.randn(2, 32, generator=gen)
+            state[f"{te}.{layer}.lora_B.weight"] = torch.randn(32, 2, generator=gen)
+    path = tmp_path_factory.mktemp("lora") / "sdxl-lora.safetensors"
+    save_file(state, path)
+    return path
+
+
+def test_an_sdxl_folder_loads_and_generates_with_seeds(studio, tiny_dirs):
+    assert is_sdxl(studio.pipe) and studio.pipe.text_encoder_2 is not None
+    first, again = studio.generate(SETTINGS, [0, 1]), studio.generate(SETTINGS, [0, 1])
+    assert first[0].size == (32, 32) and np.array_equal(pixels(first), pixels(again))  # seeds reproduce
+    assert not np.array_equal(pixels(first[:1]), pixels(first[1:]))  # and differ from each other
+
+
+def test_heatmaps_per_word(studio):
+    result = studio.inspect(GenerationSettings("a red circle on grass", steps=3))
+    assert list(result.word_maps) == ["a", "red", "circle", "on", "grass"]
+    assert all(m.shape == result.word_maps["a"].shape and torch.isfinite(m).all() for m in result.word_maps.values())
+    assert result.grid.width > result.image.width * 5
+
+
+def test_erasing_on_sdxl_is_refused_with_a_message(studio):
+    with pytest.raises(ValueError, match="Erasing on SDXL is not supported yet"):
+        studio.erase("circle", "uce")
+    assert studio.patches == {}
+
+
+def test_a_lora_for_both_text_encoders_loads_exports_and_comes_back(studio, lora, tiny_dirs, tmp_path):
+    patch_id = studio.load_patch(lora)
+    assert sorted(studio.patches[patch_id].lora) == ["text_encoder", "text_encoder_2", "unet"]
+    plain, patched = studio.generate(SETTINGS, [0]), studio.generate(SETTINGS, [0], patches=[patch_id])
+    assert np.abs(pixels(patched) - pixels(plain)).mean() > 0.5  # all three parts changed what is drawn
+    kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")
+    merged = studio.export([patch_id], "merged", tmp_path / "merged")
+    with pytest.raises(ValueError, match="for SDXL export --to merged"):
+        studio.export([patch_id], "single-file", tmp_path / "single.safetensors")
+    again = Studio(tiny_dirs["sdxl"], device="cpu")
+    back = again.generate(SETTINGS, [0], patches=[again.load_patch(kohya)])
+    assert np.abs(pixels(back) - pixels(patched)).mean() <= 2  # of 255
+    from fmn.generate import generate
+
+    assert np.abs(pixels(generate(load_pipeline(merged, device="cpu"), SETTINGS, [0])) - pixels(patched)).mean() <= 2
+    studio.remove_patch(patch_id)
+    assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))  # removed: the model as loaded
+
+
+def test_an_sdxl_lora_onto_an_sd15_model_is_refused(lora, tiny_dirs):
+    sd15 = Studio(tiny_dirs["sd15"], device="cpu")
+    with pytest.raises(PatchError, match="text_encoder_2: this kind of model has none"):
+        sd15.load_patch(lora)
+    assert sd15.patches == {} and not hasattr(sd15.pipe.unet, "peft_config")
+
+
+def test_the_app_runs_on_an_sdxl_folder(studio):
+    from app import create_demo
+
+    fns = {f.api_name: f.fn for f in create_demo(studio).fns.values() if f.api_name}
+    image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
+    assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"] and compared is None
