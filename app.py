@@ -29,6 +29,7 @@ from fmn.export import FORMATS
 from fmn.figure import write_figure
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
+from fmn.sessions import Limits, Sessions
 from fmn.studio import Erased, Studio
 
 EXAMPLES = [
@@ -66,8 +67,15 @@ def user_errors(handler):
     return plain
 
 
-def create_demo(studio: Studio) -> gr.Blocks:
-    """The app's layout and events; handlers are small closures over the shared studio."""
+def visitor(request: gr.Request | None) -> str:
+    """The caller's session: a browser tab or an API client (in-process calls share one)."""
+    return request.session_hash if request is not None and request.session_hash else "local"
+
+
+def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits = Limits()) -> gr.Blocks:
+    """The app's layout and events; handlers are small closures over the shared studio. `allow_model_switch`:
+    may a visitor load another model (off on a shared server); `limits`: per-session patches and idle time."""
+    sessions = Sessions(studio, limits)
 
     def images_of(uploads):
         return load_concept_images(list(uploads), native_size(studio.pipe)) if uploads else None
@@ -75,7 +83,8 @@ def create_demo(studio: Studio) -> gr.Blocks:
     @spaces.GPU
     @user_errors
     def inspect_prompt(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(),
-                       with_original=False, progress=gr.Progress()):
+                       with_original=False, request: gr.Request = None, progress=gr.Progress()):
+        sessions.touch(visitor(request))
         if layers is not None and not layers:
             raise ValueError("Pick at least one layer resolution for the heatmaps.")
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
@@ -94,12 +103,16 @@ def create_demo(studio: Studio) -> gr.Blocks:
 
     @spaces.GPU(duration=120)
     @user_errors
-    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, progress=gr.Progress()):
+    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, request: gr.Request = None,
+                  progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
+        sessions.touch(visitor(request))
+        sessions.check_room(visitor(request))
         overrides = ({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
         losses = []
         for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
             if isinstance(event, Erased):
+                sessions.add(visitor(request), event.patch_id)  # now, so that a tab closed during the comparison frees it
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
@@ -157,8 +170,11 @@ def create_demo(studio: Studio) -> gr.Blocks:
         return figure, [str(gif.with_suffix(".png")), str(gif)]
 
     @user_errors
-    def upload_patch(file, session):
+    def upload_patch(file, session, request: gr.Request = None):
+        sessions.touch(visitor(request))
+        sessions.check_room(visitor(request))
         patch_id = studio.load_patch(file)
+        sessions.add(visitor(request), patch_id)
         return f"Loaded `{patch_id}`; your session applies {len(session) + 1} patch(es).", session + [patch_id]
 
     @user_errors
@@ -173,13 +189,27 @@ def create_demo(studio: Studio) -> gr.Blocks:
             return shutil.make_archive(str(merged), "zip", merged)
         return str(studio.export(session, to, folder / f"erasure-{to}.safetensors"))
 
-    def reset(session):
-        for patch_id in session:
+    def reset(session, request: gr.Request = None):
+        sessions.end(visitor(request))
+        for patch_id in session:  # any the registry no longer knows (a session that idled out)
             studio.remove_patch(patch_id)
         return "Your session applies no patch: the original model.", [], None, None
 
+    def end_session(request: gr.Request):
+        """A closed tab (Gradio's unload event) frees its patches at once."""
+        sessions.end(visitor(request))
+
     @user_errors
-    def load_model(source):
+    def load_model(source, request: gr.Request = None):
+        """Switches the shared model: only where the operator allowed it, and never under other visitors' patches."""
+        if not allow_model_switch:
+            raise ValueError("Model switching is off on this server: every visitor shares one model. "
+                             "Its operator can start it with --allow-model-switch.")
+        held = sessions.others_hold_patches(visitor(request))
+        if held:
+            raise ValueError(f"Other visitors' {held} patch(es) are on this model, and switching would drop them: "
+                             "try again when they are done.")
+        sessions.end(visitor(request))
         return f"Loaded: `{studio.use(source)}`"
 
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
@@ -189,8 +219,10 @@ def create_demo(studio: Studio) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Accordion("Model", open=False):
             with gr.Row():
-                source = gr.Textbox(label="Model", placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, a .safetensors file", scale=4)
-                load = gr.Button("Load", scale=1)
+                source = gr.Textbox(label="Model", placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, "
+                                    "a .safetensors file" if allow_model_switch else "switching is off on this shared server",
+                                    interactive=allow_model_switch, scale=4)
+                load = gr.Button("Load", scale=1, interactive=allow_model_switch)
             status = gr.Markdown(f"Loaded: `{studio.source}`")
         with gr.Tab("Generate & inspect"):
             with gr.Row():
@@ -283,6 +315,8 @@ def create_demo(studio: Studio) -> gr.Blocks:
         run.click(inspect_prompt, inputs, [image, maps, compared], api_name="generate")
         prompt.submit(inspect_prompt, inputs, [image, maps, compared], api_visibility="private")
         load.click(load_model, source, status, api_name="load_model")
+        demo.unload(end_session)
+    demo.sessions = sessions  # for the operator's tests and tools
     return demo
 
 
@@ -292,8 +326,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     parser.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    parser.add_argument("--allow-model-switch", action="store_true",
+                        help="let visitors load another model (refused while other visitors hold patches)")
+    parser.add_argument("--max-patches", type=int, default=Limits.patches, help="patches one session may hold")
+    parser.add_argument("--idle-minutes", type=float, default=Limits.idle_s / 60,
+                        help="a session idle this long is ended and its patches freed")
     args = parser.parse_args()
-    demo = create_demo(Studio(args.model))
+    demo = create_demo(Studio(args.model), args.allow_model_switch, Limits(args.max_patches, args.idle_minutes * 60))
     demo.queue(default_concurrency_limit=1, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=CSS)
 

@@ -19,7 +19,7 @@ FLOORS = [
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods
     ("fmn.attack", "fmn.evaluate", "fmn.collateral", "fmn.figure"),
-    ("fmn.studio",),  # one model shared by every caller
+    ("fmn.studio", "fmn.sessions"),  # one model shared by every caller; visitors' sessions on it
     ("fmn.__main__", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
 ]
 
