@@ -1,24 +1,69 @@
 """The few diffusion operations that erasure, inversion and the attack all build on.
 
-Prompt embeddings (`encode`) and where a concept's tokens sit in them (`concept_positions`), latents of a concept (`reference_latents`: the user's images
-or the model's own) and a latent noised to a random training step (`noisy`), written once
-so that every loss in `fmn.erase`, `fmn.inversion` and `fmn.attack` noises the same way.
+Prompts as the UNet reads them (`encode`, a `Text`) and where a concept's tokens sit in them
+(`concept_positions`), the UNet's prediction under them (`denoise`), latents of a concept
+(`reference_latents`: the user's images or the model's own) and a latent noised to a random
+training step (`noisy`), written once so that every loss in `fmn.erase`, `fmn.inversion` and
+`fmn.attack` reads prompts and noises the same way, on SD 1.x/2.x and on SDXL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import StableDiffusionPipeline
 
-__all__ = ["encode", "concept_positions", "reference_latents", "noisy"]
+from .models import is_sdxl
+
+__all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents", "noisy"]
 
 MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream is the same as one by one
 
 
-def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states for prompts, padded to the tokenizer's length: (B, 77, D)."""
+@dataclass
+class Text:
+    """A batch of prompts as the UNet reads them: the hidden states its cross-attention attends to, and on
+    SDXL the second text encoder's pooled projection, which the UNet also takes (with the image size)."""
+
+    states: torch.Tensor  # (B, 77, D); SDXL: both encoders' penultimate states side by side
+    pooled: torch.Tensor | None = None  # SDXL: (B, P)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, rows) -> "Text":
+        return Text(self.states[rows], None if self.pooled is None else self.pooled[rows])
+
+    def expand(self, n: int) -> "Text":
+        """One prompt's rows repeated n times (a view, as `Tensor.expand`)."""
+        return Text(self.states.expand(n, -1, -1), None if self.pooled is None else self.pooled.expand(n, -1))
+
+    @staticmethod
+    def cat(texts: list["Text"]) -> "Text":
+        pooled = None if texts[0].pooled is None else torch.cat([t.pooled for t in texts])
+        return Text(torch.cat([t.states for t in texts]), pooled)
+
+
+def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
+    """The prompts padded to the tokenizer's length, read by the text encoder(s) as generation reads them."""
+    if is_sdxl(pipe):
+        states, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        return Text(states, pooled)
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.device))[0]
+    return Text(pipe.text_encoder(ids.to(pipe.device))[0])
+
+
+def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
+    """The UNet's prediction for noisy latents (B, 4, h, w) at steps t under the prompts. SDXL's UNet also
+    takes the pooled text and the image size (original = target size, no crop), as its pipeline passes them."""
+    if text.pooled is None:
+        return pipe.unet(latents, t, text.states).sample
+    height, width = (side * pipe.vae_scale_factor for side in latents.shape[-2:])
+    size = torch.tensor([height, width, 0, 0, height, width], device=latents.device, dtype=text.pooled.dtype)
+    added = {"text_embeds": text.pooled, "time_ids": size.expand(len(latents), -1)}
+    return pipe.unet(latents, t, text.states, added_cond_kwargs=added).sample
 
 
 def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:

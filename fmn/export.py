@@ -44,6 +44,8 @@ FORMATS = {
     "single-file": "one original-layout checkpoint with the erasure folded in (.safetensors)",
 }
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # SDXL's first: lora_te1_
+KOHYA_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's added
+# embedding MLP: kohya names it as the original (sgm) UNet does, and diffusers' conversion reads it only so
 
 
 def lora_factors(patches: list[Patch]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -85,6 +87,7 @@ def kohya_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
     sdxl = any(m.startswith("text_encoder_2.") for m in factors)
     for module, (a, b) in factors.items():
         component, name = module.split(".", 1)
+        name = KOHYA_NAMES.get(name, name)
         key = ("lora_te1_" if sdxl and component == "text_encoder" else KOHYA_PREFIX[component]) + name.replace(".", "_")
         state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = a, b
         state[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))

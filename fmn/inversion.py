@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .diffusion import encode, noisy
+from .diffusion import denoise, encode, noisy
+from .models import is_sdxl
 
 __all__ = ["InversionConfig", "Inverted", "inverted", "invert"]
 
@@ -39,10 +40,15 @@ class InversionConfig:
 
 @dataclass
 class Inverted:
-    """Learned input embeddings for the token ids of a concept's name."""
+    """Learned input embeddings for the token ids of a concept's name: one table's rows per text encoder
+    (SDXL has two, of different widths, both reading the same tokens)."""
 
     token_ids: list[int]
-    vectors: torch.Tensor  # (len(token_ids), D)
+    vectors: list[torch.Tensor]  # per text encoder, (len(token_ids), D)
+
+
+def text_encoders(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
+    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
 
 
 def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:
@@ -52,27 +58,30 @@ def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:
 @contextmanager
 def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
     """Inside the block every occurrence of the concept's tokens reads the learned vectors."""
-    table = pipe.text_encoder.get_input_embeddings()
-    ids = torch.tensor(learned.token_ids, device=table.weight.device)
+    handles = []
+    for encoder, vectors in zip(text_encoders(pipe), learned.vectors):
+        table = encoder.get_input_embeddings()
+        ids = torch.tensor(learned.token_ids, device=table.weight.device)
 
-    def swap(module, inputs, output):
-        input_ids = inputs[0]
-        for token, vector in zip(ids, learned.vectors):
-            output = torch.where((input_ids == token)[..., None], vector.to(output), output)
-        return output
+        def swap(module, inputs, output, ids=ids, vectors=vectors):
+            input_ids = inputs[0]
+            for token, vector in zip(ids, vectors):
+                output = torch.where((input_ids == token)[..., None], vector.to(output), output)
+            return output
 
-    handle = table.register_forward_hook(swap)
+        handles.append(table.register_forward_hook(swap))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
 def only_vectors_learn(pipe: StableDiffusionPipeline):
-    """Inside the block no weight of the UNet or the text encoder takes gradients; after it each is as it was
+    """Inside the block no weight of the UNet or the text encoders takes gradients; after it each is as it was
     (an adversarial erasure inverts between its own training steps, with its adapter trainable)."""
-    params = [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+    params = [*pipe.unet.parameters(), *(p for encoder in text_encoders(pipe) for p in encoder.parameters())]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -96,19 +105,20 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
     """
     with only_vectors_learn(pipe):
         token_ids = concept_token_ids(pipe, concept)
-        table = pipe.text_encoder.get_input_embeddings().weight
-        vectors = (table[token_ids] if start is None else start.vectors).detach().clone().float().requires_grad_(True)
+        tables = [encoder.get_input_embeddings().weight for encoder in text_encoders(pipe)]
+        vectors = [(table[token_ids] if start is None else begun).detach().clone().float().requires_grad_(True)
+                   for table, begun in zip(tables, start.vectors if start is not None else tables)]
         learned = Inverted(token_ids, vectors)
         prompts = prompts or [t.format(concept) for t in TEMPLATES]
         scored: list[tuple[float, Inverted]] = []
 
         def keep_score(step: int) -> None:
             if score and (step in (0, config.steps) or (config.score_every and step % config.score_every == 0)):
-                snapshot = Inverted(token_ids, vectors.detach().clone())
+                snapshot = Inverted(token_ids, [v.detach().clone() for v in vectors])
                 with torch.no_grad():
                     scored.append((score(snapshot), snapshot))
 
-        optimizer = torch.optim.AdamW([vectors], lr=config.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(vectors, lr=config.lr, weight_decay=0.0)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         keep_score(0)
         for step in range(1, config.steps + 1):
@@ -116,7 +126,7 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
             batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
             zt, noise, t = noisy(pipe, latents[idx], generator)
             with inverted(pipe, learned):
-                pred = pipe.unet(zt, t, encode(pipe, batch_prompts)).sample
+                pred = denoise(pipe, zt, t, encode(pipe, batch_prompts))
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,4 +136,4 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
             keep_score(step)
         if scored:
             return max(scored, key=lambda pair: pair[0])[1]
-        return Inverted(token_ids, vectors.detach())
+        return Inverted(token_ids, [v.detach() for v in vectors])

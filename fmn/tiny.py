@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from .models import EMBEDDED
 from .world.recipe.tokenizer import build_tokenizer
 
-__all__ = ["tiny_pipeline", "sd15_pipeline"]
+__all__ = ["tiny_pipeline", "sd15_pipeline", "sdxl_pipeline"]
 
 
 def _tiny_text_config(tokenizer, width: int, hidden_act: str, **extra) -> CLIPTextConfig:
@@ -105,6 +105,37 @@ def sd15_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionPipeline:
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
     )
     return _pipeline(vae, text_encoder, tokenizer, unet, "epsilon")
+
+
+def sdxl_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL base's architecture with random weights ("full": UNet 2.6 B, CLIP ViT-L/14 and OpenCLIP ViT-bigG
+    text encoders; about 14 GB in fp32, for a GPU), or `tiny_pipeline("sdxl")`. The embedded model's tokenizer."""
+    assert size in ("full", "tiny")
+    if size == "tiny":
+        return tiny_pipeline("sdxl", seed)
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED / "tokenizer")
+    ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, hidden_act="quick_gelu", **ids))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+        projection_dim=1280, **ids))
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), use_linear_projection=True, cross_attention_dim=2048,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
+        scaling_factor=0.13025,
+    )
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler("epsilon"))
 
 
 def _scheduler(prediction_type: str) -> DDIMScheduler:

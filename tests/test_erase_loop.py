@@ -15,7 +15,7 @@ from fmn.tiny import tiny_pipeline
 
 def predictions(pipe, prompt, refs, idx):
     with torch.no_grad():
-        emb = encode(pipe, [prompt]).expand(len(idx), -1, -1)
+        emb = encode(pipe, [prompt]).states.expand(len(idx), -1, -1)
         return pipe.unet(refs.latents[idx], refs.timesteps[idx], emb).sample
 
 
@@ -137,7 +137,7 @@ def test_forget_me_not_drains_the_concept_tokens_attention():
     def mass():
         total = []
         with torch.no_grad(), install(pipe.unet, lambda n, probs, a: total.append(probs[..., positions].sum().item())):
-            pipe.unet(z, t, encode(pipe, [prompt]).expand(2, -1, -1))
+            pipe.unet(z, t, encode(pipe, [prompt]).states.expand(2, -1, -1))
         return sum(total)
 
     before = mass()
@@ -173,18 +173,18 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
 def test_text_encoder_unlearning_changes_only_the_text_encoder():
     pipe = tiny_pipeline()
     with torch.no_grad():
-        before = encode(pipe, ["a photo of a circle"])
+        before = encode(pipe, ["a photo of a circle"]).states
     seen = []
     patch = erase(pipe, ["circle"], "text-encoder", steps=5, references=2, reference_steps=3, on_progress=seen.append)
     assert all(p.loss <= 0 for p in seen)  # gradient ascent: the loss is the negated denoising error
     activate(pipe, [patch.name])
     with torch.no_grad():
-        after = encode(pipe, ["a photo of a circle"])
+        after = encode(pipe, ["a photo of a circle"]).states
     assert (after - before).abs().max() > 1e-4
     assert patch.tensors and all(k.startswith("text_encoder.") for k in patch.tensors)
     activate(pipe, [])
     with torch.no_grad():
-        assert torch.equal(encode(pipe, ["a photo of a circle"]), before)
+        assert torch.equal(encode(pipe, ["a photo of a circle"]).states, before)
 
 
 @pytest.mark.parametrize("method", ["fmn", "esd-u", "text-encoder"])

@@ -17,10 +17,10 @@ def denoising_loss(pipe, concept, latents, learned=None, n=16):
     t = torch.randint(0, 1000, (n,), generator=g)
     with torch.no_grad():
         if learned is None:
-            emb = encode(pipe, [f"a photo of {concept}"] * n)
+            emb = encode(pipe, [f"a photo of {concept}"] * n).states
         else:
             with inverted(pipe, learned):
-                emb = encode(pipe, [f"a photo of {concept}"] * n)
+                emb = encode(pipe, [f"a photo of {concept}"] * n).states
         pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, emb).sample
     return (pred - noise).pow(2).mean().item()
 
@@ -29,17 +29,17 @@ def test_inverted_words_change_only_prompts_that_name_the_concept():
     pipe = tiny_pipeline()
     ids = concept_token_ids(pipe, "circle")
     table = pipe.text_encoder.get_input_embeddings().weight
-    same = Inverted(ids, table[ids].detach().clone())
-    other = Inverted(ids, torch.randn(len(ids), table.shape[1]))
+    same = Inverted(ids, [table[ids].detach().clone()])
+    other = Inverted(ids, [torch.randn(len(ids), table.shape[1])])
     with torch.no_grad():
-        plain = encode(pipe, ["a red circle", "a blue square"])
+        plain = encode(pipe, ["a red circle", "a blue square"]).states
         with inverted(pipe, same):
-            assert torch.allclose(encode(pipe, ["a red circle", "a blue square"]), plain, atol=1e-6)
+            assert torch.allclose(encode(pipe, ["a red circle", "a blue square"]).states, plain, atol=1e-6)
         with inverted(pipe, other):
-            changed = encode(pipe, ["a red circle", "a blue square"])
+            changed = encode(pipe, ["a red circle", "a blue square"]).states
         assert not torch.allclose(changed[0], plain[0])
         assert torch.allclose(changed[1], plain[1], atol=1e-6)
-        assert torch.allclose(encode(pipe, ["a red circle"]), plain[:1])  # the hook is gone after the block
+        assert torch.allclose(encode(pipe, ["a red circle"]).states, plain[:1])  # the hook is gone after the block
 
 
 def test_inversion_lowers_the_denoising_loss_of_its_images_and_trains_nothing_else():
@@ -62,8 +62,8 @@ def test_attack_learns_against_the_erased_model_and_leaves_no_patch_active():
     base = denoising_loss(pipe, "circle", latents)
     patch = erase(pipe, ["circle"], "esd-x", steps=5, sample_steps=4, trajectories=2)
     learned = concept_inversion(pipe, "circle", [patch.name], AttackConfig(steps=5, images=2, image_steps=4))
-    assert learned.vectors.shape == (len(concept_token_ids(pipe, "circle")), pipe.text_encoder.config.hidden_size)
-    assert torch.isfinite(learned.vectors).all()
+    assert [v.shape for v in learned.vectors] == [(len(concept_token_ids(pipe, "circle")), pipe.text_encoder.config.hidden_size)]
+    assert torch.isfinite(learned.vectors[0]).all()
     assert denoising_loss(pipe, "circle", latents) == base  # the patch is attached but switched off again
 
 
@@ -73,8 +73,8 @@ def test_forget_me_not_with_inversion_trains_on_the_name_and_the_learned_words()
     with torch.no_grad():
         refs = method.references(pipe, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        named = encode(pipe, refs.prompts)
-    assert refs.learned.shape == named.shape and not torch.allclose(refs.learned, named)
+        named = encode(pipe, refs.prompts).states
+    assert refs.learned.states.shape == named.shape and not torch.allclose(refs.learned.states, named)
     patch = erase(pipe, ["circle"], "fmn", steps=3, inversion_steps=3, references=2, reference_steps=4)
     assert patch.settings["inversion_steps"] == 3
 

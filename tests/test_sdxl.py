@@ -1,12 +1,13 @@
 """SDXL on a tiny random pipeline built from configs: loading, seeded generation, heatmaps over both text
-encoders' tokens, LoRA patches made elsewhere (both text encoders) in, exports out, the app; erasing is refused
-with a message until its methods learn SDXL's added conditioning."""
+encoders' tokens, every erasure method (SDXL's added conditioning passed in every UNet call), patches saved,
+exported and reloaded, LoRA files made elsewhere (both text encoders) in, the attack, the app."""
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from fmn.attack import AttackConfig, concept_inversion
 from fmn.generate import GenerationSettings
 from fmn.models import is_sdxl, load_pipeline
 from fmn.patch import PatchError
@@ -55,10 +56,38 @@ def test_heatmaps_per_word(studio):
     assert result.grid.width > result.image.width * 5
 
 
-def test_erasing_on_sdxl_is_refused_with_a_message(studio):
-    with pytest.raises(ValueError, match="Erasing on SDXL is not supported yet"):
-        studio.erase("circle", "uce")
-    assert studio.patches == {}
+SMALL = {"fmn": {"references": 1, "reference_steps": 2}, "esd-x": {"sample_steps": 4, "trajectories": 2},
+         "esd-u": {"sample_steps": 4, "trajectories": 2}, "text-encoder": {"references": 1, "reference_steps": 2},
+         "uce": {}, "rece": {}}
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_every_method_erases_on_sdxl_and_its_patch_saves_exports_and_reloads(studio, tiny_dirs, tmp_path, method):
+    """Each method's patch on SDXL's layers (the text-encoder method: both encoders) changes what is drawn,
+    round-trips through its file and a kohya export, and leaves nothing behind when removed."""
+    from fmn.erase import METHODS
+
+    overrides = SMALL[method] | ({"steps": 2} if METHODS[method].trains else {})
+    patch_id = studio.erase("circle", method, **overrides)
+    patch = studio.patches[patch_id]
+    if method == "text-encoder":
+        assert sorted(patch.lora) == ["text_encoder", "text_encoder_2"]
+    plain, erased = studio.generate(SETTINGS, [0]), studio.generate(SETTINGS, [0], patches=[patch_id])
+    assert not np.array_equal(pixels(plain), pixels(erased))
+    other = Studio(tiny_dirs["sdxl"], device="cpu")
+    saved = studio.save_patch(patch_id, tmp_path)
+    assert np.abs(pixels(other.generate(SETTINGS, [0], patches=[other.load_patch(saved)])) - pixels(erased)).max() <= 3
+    kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")
+    assert np.abs(pixels(other.generate(SETTINGS, [0], patches=[other.load_patch(kohya)])) - pixels(erased)).mean() <= 2
+    studio.remove_patch(patch_id)
+    assert studio.patches == {} and not hasattr(studio.pipe.unet, "peft_config")
+
+
+def test_an_attack_learns_both_encoders_words(studio):
+    patch_id = studio.erase("circle", "uce")
+    learned = concept_inversion(studio.pipe, "circle", [patch_id], AttackConfig(steps=2, images=1, image_steps=2))
+    assert [v.shape[1] for v in learned.vectors] == [32, 32] and len(learned.vectors) == 2
+    studio.remove_patch(patch_id)
 
 
 def test_a_lora_for_both_text_encoders_loads_exports_and_comes_back(studio, lora, tiny_dirs, tmp_path):
@@ -93,3 +122,18 @@ def test_the_app_runs_on_an_sdxl_folder(studio):
     fns = {f.api_name: f.fn for f in create_demo(studio).fns.values() if f.api_name}
     image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"] and compared is None
+    *_, (status, _, grid, _, path, session, *_) = list(fns["erase"]("circle", "uce", None, "", 0, []))
+    assert "Erased **circle** with uce" in status and path.endswith(".safetensors") and grid.width > grid.height // 2
+    fns["export"]("diffusers-lora", session)
+    for patch_id in session:
+        studio.remove_patch(patch_id)
+
+
+def test_the_speed_benchmark_builds_sdxl_from_its_config(tmp_path, capsys):
+    from fmn.__main__ import main
+
+    assert main(["bench", "speed", "--arch", "sdxl-tiny", "--random-weights", "--recipe", "ours", "--methods", "uce",
+                 "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert "| uce | ours | float32 |" in (tmp_path / "speed-cpu.md").read_text()
+    assert main(["bench", "speed", "--arch", "sdxl-tiny", "--random-weights", "--out", str(tmp_path)]) == 2
+    assert "the published recipes are SD 1.x code; use --recipe ours" in capsys.readouterr().err

@@ -5,7 +5,8 @@
         [--concept circle | --concept a,b,c,...] [--json out.json] [--out benchmarks/results]
 
 Speed does not depend on weight values, so the model is SD 1.5's architecture with random
-weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds).
+weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds), or
+SDXL base's (`--arch sdxl`, for a GPU; `--arch sdxl-tiny` on a CPU), our recipe only.
 Each method erases one concept under both recipes in the same run, with the same number of
 training steps, so the speed-up is a ratio of per-step cost plus the cost of the references:
 
@@ -52,7 +53,7 @@ from ..evaluate import probe_prompts
 from ..generate import MAX_STEPS, GenerationSettings, generate
 from ..models import pick_device
 from ..patch import activate, detach, frozen
-from ..tiny import sd15_pipeline
+from ..tiny import sd15_pipeline, sdxl_pipeline
 from .measure import Peak, device_name
 
 __all__ = ["add_arguments", "run", "TARGETS", "reference_recipe", "recipe_method", "bench_pipeline", "PaperESD"]
@@ -82,6 +83,10 @@ class Target:
 
 
 # The click target is the app's: its default method (fmn) and the closed form
+ARCHS = {  # random-weight models built from configs, by --arch
+    "sd15": lambda: sd15_pipeline("full"), "tiny": lambda: sd15_pipeline("tiny"),
+    "sdxl": lambda: sdxl_pipeline("full"), "sdxl-tiny": lambda: sdxl_pipeline("tiny"),
+}
 TARGETS = {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)}
 
 
@@ -99,7 +104,7 @@ class PaperESD:
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
         with frozen(unedited):
             z = self.noise(unedited.unet, self.config.batch, generator, scheduler)
-            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited.unet, scheduler, z, guide, concepts[which])):
+            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited, scheduler, z, guide, concepts[which:which + 1])):
                 if i == stop:
                     break
         return z, t.repeat(len(z)), eps_g, eps_c, torch.full((len(z),), which)
@@ -138,7 +143,8 @@ def reference_recipe(method: ErasureMethod) -> ErasureMethod:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--arch", choices=["sd15", "tiny"], help="model size (default: sd15 on CUDA, else tiny)")
+    parser.add_argument("--arch", choices=list(ARCHS), help="model size (default: sd15 on CUDA, else tiny); "
+                        "sdxl and sdxl-tiny run our recipe only (the published recipes are SD 1.x code)")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model from its config with random weights (required: the only mode so far)")
     parser.add_argument("--recipe", choices=["both", "reference", "ours"], default="both")
@@ -213,7 +219,7 @@ def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps
 
 def bench_pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPipeline:
     dtype = torch.float32 if recipe == "reference" else pick_device(str(device))[1]
-    pipe = sd15_pipeline("full" if arch == "sd15" else "tiny").to(device)
+    pipe = ARCHS[arch]().to(device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     if recipe == "reference":  # the explicit softmax of the original code, not fused SDPA
@@ -335,6 +341,8 @@ def run(args) -> list[dict]:
     arch = args.arch or ("sd15" if device.type == "cuda" else "tiny")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     recipes = ["ours", "reference"] if args.recipe == "both" else [args.recipe]
+    if arch.startswith("sdxl") and "reference" in recipes:
+        raise ValueError(f"--arch {arch}: the published recipes are SD 1.x code; use --recipe ours.")
     steps = {"ours": args.steps, "reference": args.reference_steps or args.steps}
     if not 1 <= args.probe_steps <= MAX_STEPS:
         raise ValueError(f"--probe-steps {args.probe_steps}: use 1 to {MAX_STEPS}.")

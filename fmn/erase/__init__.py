@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from diffusers import StableDiffusionPipeline
 
-from ..models import is_sdxl, world_of
+from ..models import world_of
 from ..patch import Patch, attach, fingerprint
 from ..world.known import World
 from . import forget_me_not, esd, text_encoder, uce  # noqa: F401, I001  (each registers its methods, in this order)
@@ -111,8 +111,6 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str 
           **overrides) -> Patch:
     """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
     (default: the patch's name)."""
-    if is_sdxl(pipe):
-        raise ValueError("Erasing on SDXL is not supported yet: generation, heatmaps and LoRA patches made elsewhere are.")
     world = world_of(pipe)
     instance = make_method(method, concepts, images, replace_with, world, **overrides)
     if not instance.learns_new_words:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from ..diffusion import encode
+from ..diffusion import Text, denoise, encode
 from .layers import attn2_modules, unet_modules_except_attn2
 from .method import ErasureMethod, TrainingConfig, register
 
@@ -73,23 +73,23 @@ class ESD(ErasureMethod):
         z = torch.randn((n, unet.config.in_channels, side, side), generator=generator)
         return z.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
 
-    def trajectory(self, unet, scheduler: DDIMScheduler, z: torch.Tensor, guide: torch.Tensor, cond: torch.Tensor):
-        """Yields (t, z, eps_guide, eps_concept) at every step of the DDIM sampling from z, guided
-        toward the concept and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
-        text = torch.cat([guide.expand(len(z), -1, -1), cond[None].expand(len(z), -1, -1)])
+    def trajectory(self, pipe: StableDiffusionPipeline, scheduler: DDIMScheduler, z: torch.Tensor, guide: Text, cond: Text):
+        """Yields (t, z, eps_guide, eps_concept) at every step of the DDIM sampling from z, guided toward the
+        concept (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
+        text = Text.cat([guide.expand(len(z)), cond.expand(len(z))])
         for t in scheduler.timesteps:
-            eps_g, eps_c = unet(torch.cat([z, z]), t, text).sample.chunk(2)
+            eps_g, eps_c = denoise(pipe, torch.cat([z, z]), t, text).chunk(2)
             yield t, z, eps_g, eps_c
             z = scheduler.step(eps_g + self.config.guidance * (eps_c - eps_g), t, z).prev_sample
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories:
         cfg, scheduler = self.config, self.scheduler(pipe)
-        concepts = encode(pipe, self.concepts)  # (C, 77, D)
-        guide = encode(pipe, [cfg.guide])  # (1, 77, D)
+        concepts = encode(pipe, self.concepts)  # C prompts
+        guide = encode(pipe, [cfg.guide])
         rows = {k: [] for k in ("latents", "timesteps", "eps_guide", "eps_concept", "concept")}
-        for i, cond in enumerate(concepts):
+        for i in range(len(concepts)):
             z = self.noise(pipe.unet, cfg.trajectories, generator, scheduler)
-            for t, z, eps_g, eps_c in self.trajectory(pipe.unet, scheduler, z, guide, cond):
+            for t, z, eps_g, eps_c in self.trajectory(pipe, scheduler, z, guide, concepts[i:i + 1]):
                 for key, value in (("latents", z), ("eps_guide", eps_g), ("eps_concept", eps_c)):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
@@ -105,7 +105,7 @@ class ESD(ErasureMethod):
         latents, timesteps, eps_g, eps_c, concept = self.draw(refs, generator)
         target = eps_g - self.config.eta * (eps_c - eps_g)
         text = encode(pipe, [self.concepts[i] for i in concept])  # read every step, so that adversarial words reach it
-        pred = pipe.unet(latents, timesteps.to(pipe.device), text).sample
+        pred = denoise(pipe, latents, timesteps.to(pipe.device), text)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 

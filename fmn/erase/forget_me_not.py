@@ -29,7 +29,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..attention import install
-from ..diffusion import concept_positions, encode, noisy, reference_latents
+from ..diffusion import Text, concept_positions, denoise, encode, noisy, reference_latents
 from ..inversion import InversionConfig, inverted, invert
 from ..patch import frozen
 from .layers import attn2_modules, unet_modules_except_attn2
@@ -57,10 +57,10 @@ class FMNConfig(TrainingConfig):
 class References:
     latents: torch.Tensor  # (N, 4, h, w), scaled VAE latents of the concept's images
     prompts: list[str]  # one training prompt per concept, read through the text encoder at every step
-    learned: torch.Tensor | None  # (C, 77, D): the prompts with the words stage 1 learned from the images, if it ran
+    learned: Text | None  # C prompts with the words stage 1 learned from the images, if it ran
     positions: list[list[int]]  # the concept's token positions in each prompt
     concept: torch.Tensor  # (N,) which concept each latent shows
-    guide: torch.Tensor | None = None  # (1, 77, D): the prompt naming the guide, if any
+    guide: Text | None = None  # the prompt naming the guide, if any
     guide_positions: list[int] | None = None  # the guide's token positions in it
 
 
@@ -96,7 +96,7 @@ class ForgetMeNot(ErasureMethod):
                     learned = invert(pipe, c, latents[concept == i], InversionConfig(cfg.inversion_steps, cfg.inversion_lr, 1, cfg.seed))
                 with inverted(pipe, learned):
                     rows.append(encode(pipe, prompts[i:i + 1]))
-            learned_rows = torch.cat(rows)
+            learned_rows = Text.cat(rows)
         refs = References(latents, prompts, learned_rows, positions, concept)
         if cfg.guide:
             prompt = cfg.template.format(cfg.guide)
@@ -109,7 +109,7 @@ class ForgetMeNot(ErasureMethod):
         maps = []
         with frozen(pipe), install(pipe.unet, lambda name, probs, attn: maps.append(
                 probs[..., refs.guide_positions].float().mean(-1, keepdim=True))):
-            pipe.unet(zt, t, refs.guide)
+            denoise(pipe, zt, t, refs.guide)
         return maps
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
@@ -127,5 +127,5 @@ class ForgetMeNot(ErasureMethod):
 
         text = refs.learned[which:which + 1] if variant else encode(pipe, refs.prompts[which:which + 1])
         with install(pipe.unet, sink):
-            pipe.unet(zt, t, text)
+            denoise(pipe, zt, t, text)
         return torch.stack(squares).sum().sqrt()

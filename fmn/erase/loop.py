@@ -24,8 +24,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..attention import install
-from ..diffusion import concept_positions, encode, noisy, reference_latents
-from ..patch import Patch, activate, adapter_tensors, detach, fingerprint, new_adapter
+from ..diffusion import concept_positions, denoise, encode, noisy, reference_latents
+from ..patch import Patch, activate, adapter_tensors, components, detach, fingerprint, new_adapter
 from .adversarial import Adversary
 from .method import ErasureMethod
 
@@ -85,12 +85,12 @@ class Anchors:
         """The model's predictions on anchors `idx` and, if kept, its maps of their words."""
         text = encode(pipe, [self.prompts[i] for i in idx])
         if not self.attention_weight:
-            return pipe.unet(self.latents[idx], self.timesteps[idx], text).sample, None
+            return denoise(pipe, self.latents[idx], self.timesteps[idx], text), None
         maps, words = [], self.words[idx]  # (B, 77)
         sink = lambda name, probs, attn: maps.append(  # noqa: E731 (B * heads, pixels, 77) -> (B, heads, pixels)
             (probs.unflatten(0, (len(idx), attn.heads)).float() * words[:, None, None]).sum(-1))
         with install(pipe.unet, sink):
-            eps = pipe.unet(self.latents[idx], self.timesteps[idx], text).sample
+            eps = denoise(pipe, self.latents[idx], self.timesteps[idx], text)
         return eps, maps
 
     def loss(self, pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -107,7 +107,7 @@ class Anchors:
 
 def _trainable(pipe: StableDiffusionPipeline, name: str) -> list[torch.nn.Parameter]:
     params = []
-    for module in (pipe.unet, pipe.text_encoder):
+    for module in (getattr(pipe, c) for c in components(pipe)):
         for key, param in module.named_parameters():
             param.requires_grad_(f".{name}." in key)
             if param.requires_grad:

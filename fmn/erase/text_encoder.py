@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..diffusion import encode, noisy, reference_latents
+from ..diffusion import denoise, encode, noisy, reference_latents
+from ..inversion import text_encoders
 from .layers import layer_names
 from .method import ErasureMethod, TrainingConfig, register
 
@@ -55,10 +56,13 @@ class TextEncoderUnlearning(ErasureMethod):
         super().__init__(concepts, config, images)
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        names = layer_names(pipe.text_encoder, (torch.nn.Linear,))
-        last = max(int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n)
-        return {"text_encoder": [n for n in names if n.endswith(("mlp.fc1", "mlp.fc2"))
-                                 or (f"layers.{last}.self_attn." in n)]}
+        """Every MLP and the last layer's self-attention, of each text encoder (SDXL: both)."""
+        targets = {}
+        for component in ("text_encoder", "text_encoder_2")[:len(text_encoders(pipe))]:
+            names = layer_names(getattr(pipe, component), (torch.nn.Linear,))
+            last = max(int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n)
+            targets[component] = [n for n in names if n.endswith(("mlp.fc1", "mlp.fc2")) or f"layers.{last}.self_attn." in n]
+        return targets
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         cfg = self.config
@@ -73,6 +77,6 @@ class TextEncoderUnlearning(ErasureMethod):
         templates = torch.randint(0, len(TEMPLATES), (len(idx),), generator=generator)
         prompts = [TEMPLATES[k].format(self.concepts[int(refs.concept[i])]) for k, i in zip(templates, idx)]
         zt, noise, t = noisy(pipe, refs.latents[idx], generator)
-        pred = pipe.unet(zt, t, encode(pipe, prompts)).sample
+        pred = denoise(pipe, zt, t, encode(pipe, prompts))
         sign = 1.0 if self.config.guide else -1.0  # descend toward the guide's images, or ascend away from the concept's
         return sign * torch.nn.functional.mse_loss(pred.float(), noise.float())

@@ -110,7 +110,7 @@ class UCE(ErasureMethod):
         last = {text: len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (word, guide)}
         length = pipe.tokenizer.model_max_length - max(last.values())
         text = guide if of_guide else word
-        return encode(pipe, [text])[0, last[text]:last[text] + length].float()
+        return encode(pipe, [text]).states[0, last[text]:last[text] + length].float()
 
     def rows(self, pipe: StableDiffusionPipeline, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D);
