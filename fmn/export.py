@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .patch import MAX_PATCH_BYTES, Patch, PatchError, activate, adapter_tensors, components, fingerprint
-from .models import is_sdxl, load_pipeline
+from .models import load_pipeline
 from .single_file import save_single_file
 
 __all__ = ["FORMATS", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
@@ -115,8 +115,6 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
             raise ValueError(f"{out} exists and is not an empty folder: a merged model is written to a new folder.")
     elif out.suffix != ".safetensors":
         raise ValueError(f"{out.name}: a {to} export is one .safetensors file.")
-    if to == "single-file" and is_sdxl(pipe):
-        raise ValueError("single-file export writes SD 1.x's original layout; for SDXL export --to merged (a diffusers folder).")
 
 
 def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str, config: str | None) -> StableDiffusionPipeline:

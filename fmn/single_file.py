@@ -1,9 +1,12 @@
-"""Writes a pipeline as one original-layout (CompVis/A1111) ``.safetensors`` checkpoint.
+"""Writes a pipeline as one original-layout (CompVis/A1111, or Stability's for SDXL) ``.safetensors`` checkpoint.
 
 diffusers reads such files with `from_single_file`; this is the way back, so that an
 edited model can be used in tools that take single files, and so that the single-file
 loading path is tested offline. SD 1.x layout: UNet under ``model.diffusion_model``,
-VAE under ``first_stage_model``, CLIP under ``cond_stage_model.transformer``.
+VAE under ``first_stage_model``, CLIP under ``cond_stage_model.transformer``. SDXL: the same
+UNet and VAE names (its added-embedding MLP as ``label_emb``), the first text encoder under
+``conditioner.embedders.0.transformer``, the second in OpenCLIP's layout under
+``conditioner.embedders.1.model`` (q, k, v fused into ``in_proj``, the projection transposed).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import save_file
 
 __all__ = ["original_state_dict", "save_single_file"]
@@ -35,7 +38,8 @@ def _unet_prefixes(config) -> dict[str, str]:
     table = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
              "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
-             "mid_block.resnets.1": "middle_block.2"}
+             "mid_block.resnets.1": "middle_block.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     for i in range(len(config.block_out_channels)):
         for j in range(n_layers):
             table[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{1 + i * step + j}.0"
@@ -78,15 +82,40 @@ def _move(state: dict[str, torch.Tensor], prefixes: dict[str, str], resnet: dict
     return out
 
 
-def original_state_dict(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
-    """The pipeline's weights under SD 1.x original key names."""
+def _clip(encoder) -> dict[str, torch.Tensor]:
+    """A CLIP text model's weights under ``text_model.`` (recent transformers drop that level)."""
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in encoder.state_dict().items()}
+
+
+def _open_clip(encoder) -> dict[str, torch.Tensor]:
+    """A CLIP text model with projection in OpenCLIP's layout, as SDXL's checkpoints hold its second encoder."""
+    sd = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {"token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           "positional_embedding": sd["embeddings.position_embedding.weight"],
+           "ln_final.weight": sd["final_layer_norm.weight"], "ln_final.bias": sd["final_layer_norm.bias"],
+           "text_projection": sd["text_projection.weight"].T}
+    for i in range(encoder.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat([sd[f"{src}self_attn.{x}_proj.{kind}"] for x in "qkv"])
+            for new, old in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+                             ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+                out[f"{dst}{new}.{kind}"] = sd[f"{src}{old}.{kind}"]
+    return out
+
+
+def original_state_dict(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    """The pipeline's weights under the original key names (SD 1.x, or SDXL's)."""
     unet = _move(pipe.unet.state_dict(), _unet_prefixes(pipe.unet.config), UNET_RESNET)
     vae = _move(pipe.vae.state_dict(), _vae_prefixes(pipe.vae.config), VAE_RESNET, VAE_ATTENTION)
     vae = {k: v[..., None, None] if ".attn_1." in k and k.endswith("weight") and v.ndim == 2 else v for k, v in vae.items()}
     state = {f"model.diffusion_model.{k}": v for k, v in unet.items()}
     state |= {f"first_stage_model.{k}": v for k, v in vae.items()}
-    clip = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in pipe.text_encoder.state_dict().items()}
-    state |= {f"cond_stage_model.transformer.{k}": v for k, v in clip.items()}
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        state |= {f"conditioner.embedders.0.transformer.{k}": v for k, v in _clip(pipe.text_encoder).items()}
+        state |= {f"conditioner.embedders.1.model.{k}": v for k, v in _open_clip(pipe.text_encoder_2).items()}
+    else:
+        state |= {f"cond_stage_model.transformer.{k}": v for k, v in _clip(pipe.text_encoder).items()}
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 

@@ -62,15 +62,16 @@ def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline 
 
 def _tiny_sdxl(tokenizer: CLIPTokenizer) -> StableDiffusionXLPipeline:
     """SDXL's layout in small: the UNet's cross-attention reads both encoders' hidden states side by side
-    (32 + 32), its added embedding the second encoder's pooled projection (32) and six size numbers."""
+    (32 + 48: of different widths, as SDXL's, which is how single-file loading tells them apart), its added
+    embedding the second encoder's pooled projection (32) and six size numbers."""
     text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, 32, "quick_gelu"))
-    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, 32, "gelu", projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, 48, "gelu", projection_dim=32))
     time_width = 8
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
-        cross_attention_dim=64, norm_num_groups=8, addition_embed_type="text_time",
+        cross_attention_dim=80, norm_num_groups=8, addition_embed_type="text_time",
         addition_time_embed_dim=time_width, projection_class_embeddings_input_dim=6 * time_width + 32,
     )
     return StableDiffusionXLPipeline(

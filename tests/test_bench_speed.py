@@ -62,7 +62,7 @@ def test_the_papers_esd_predicts_with_the_unedited_model():
     activate(pipe, ["trained"])
     losses = [method.loss(pipe, refs, torch.Generator().manual_seed(1)) for refs in (own, copied)]
     assert torch.equal(*losses)
-    z, text = torch.randn(1, 4, 8, 8), own[2]
+    z, text = torch.randn(1, 4, 8, 8), own[2].states
     with torch.no_grad():  # the adapter is on again after the frozen predictions
         assert not torch.allclose(pipe.unet(z, 500, text).sample, twin.unet(z, 500, text).sample)
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from fmn.attack import AttackConfig, concept_inversion
-from fmn.generate import GenerationSettings
+from fmn.generate import GenerationSettings, generate
 from fmn.models import is_sdxl, load_pipeline
 from fmn.patch import PatchError
 from fmn.studio import Studio
@@ -31,12 +31,12 @@ def studio(tiny_dirs):
 def lora(tmp_path_factory):
     """A LoRA as another tool writes one for SDXL: the UNet's cross-attention and both text encoders."""
     gen = torch.Generator().manual_seed(0)
-    state = {f"unet.{ATTN}.to_k.lora_A.weight": torch.randn(2, 64, generator=gen),
+    state = {f"unet.{ATTN}.to_k.lora_A.weight": torch.randn(2, 80, generator=gen),
              f"unet.{ATTN}.to_k.lora_B.weight": torch.randn(32, 2, generator=gen)}
-    for te in ("text_encoder", "text_encoder_2"):
+    for te, width in (("text_encoder", 32), ("text_encoder_2", 48)):
         for layer in TE_LAYERS:
-            state[f"{te}.{layer}.lora_A.weight"] = torch.randn(2, 32, generator=gen)
-            state[f"{te}.{layer}.lora_B.weight"] = torch.randn(32, 2, generator=gen)
+            state[f"{te}.{layer}.lora_A.weight"] = torch.randn(2, width, generator=gen)
+            state[f"{te}.{layer}.lora_B.weight"] = torch.randn(width, 2, generator=gen)
     path = tmp_path_factory.mktemp("lora") / "sdxl-lora.safetensors"
     save_file(state, path)
     return path
@@ -86,7 +86,7 @@ def test_every_method_erases_on_sdxl_and_its_patch_saves_exports_and_reloads(stu
 def test_an_attack_learns_both_encoders_words(studio):
     patch_id = studio.erase("circle", "uce")
     learned = concept_inversion(studio.pipe, "circle", [patch_id], AttackConfig(steps=2, images=1, image_steps=2))
-    assert [v.shape[1] for v in learned.vectors] == [32, 32] and len(learned.vectors) == 2
+    assert [v.shape[1] for v in learned.vectors] == [32, 48]  # each table's width
     studio.remove_patch(patch_id)
 
 
@@ -97,22 +97,25 @@ def test_a_lora_for_both_text_encoders_loads_exports_and_comes_back(studio, lora
     assert np.abs(pixels(patched) - pixels(plain)).mean() > 0.5  # all three parts changed what is drawn
     kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")
     merged = studio.export([patch_id], "merged", tmp_path / "merged")
-    with pytest.raises(ValueError, match="for SDXL export --to merged"):
-        studio.export([patch_id], "single-file", tmp_path / "single.safetensors")
+    single = studio.export([patch_id], "single-file", tmp_path / "single.safetensors")
     again = Studio(tiny_dirs["sdxl"], device="cpu")
     back = again.generate(SETTINGS, [0], patches=[again.load_patch(kohya)])
     assert np.abs(pixels(back) - pixels(patched)).mean() <= 2  # of 255
-    from fmn.generate import generate
-
-    assert np.abs(pixels(generate(load_pipeline(merged, device="cpu"), SETTINGS, [0])) - pixels(patched)).mean() <= 2
+    for model in (load_pipeline(merged, device="cpu"), load_pipeline(single, device="cpu", config=str(tiny_dirs["sdxl"]))):
+        assert is_sdxl(model) and np.abs(pixels(generate(model, SETTINGS, [0])) - pixels(patched)).mean() <= 2
     studio.remove_patch(patch_id)
     assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))  # removed: the model as loaded
 
 
-def test_an_sdxl_lora_onto_an_sd15_model_is_refused(lora, tiny_dirs):
+def test_an_sdxl_patch_or_lora_onto_an_sd15_model_is_refused(studio, lora, tiny_dirs, tmp_path):
     sd15 = Studio(tiny_dirs["sd15"], device="cpu")
     with pytest.raises(PatchError, match="text_encoder_2: this kind of model has none"):
         sd15.load_patch(lora)
+    patch_id = studio.erase("circle", "uce")
+    saved = studio.save_patch(patch_id, tmp_path)
+    studio.remove_patch(patch_id)
+    with pytest.raises(PatchError, match="was made for another model"):
+        sd15.load_patch(saved)
     assert sd15.patches == {} and not hasattr(sd15.pipe.unet, "peft_config")
 
 
