@@ -1,9 +1,10 @@
 """What a user does in plain diffusers, importing nothing from fmn: load the model with no arguments,
 generate, and load an exported erasure (LoRA, kohya LoRA, merged folder, single file).
 
-    python tests/plain_diffusers.py MODEL_FOLDER --out DIR [--lora F] [--kohya F] [--merged DIR] [--single-file F]
+    python tests/plain_diffusers.py MODEL_FOLDER --out DIR [--half] [--lora F] [--kohya F] [--merged DIR] [--single-file F]
 
-Writes DIR/<variant>-<seed>.png for the base model and each variant given, with the settings
+Writes DIR/<variant>-<seed>.png for the base model (``half``: loaded with torch_dtype=torch.float16,
+as on a GPU) and each variant given, with the settings
 `python -m fmn generate` uses by default (25 steps, guidance 5, one CPU generator per seed).
 """
 
@@ -27,6 +28,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--prompt", default="a red circle")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--half", action="store_true")
     parser.add_argument("--lora")
     parser.add_argument("--kohya")
     parser.add_argument("--merged")
@@ -37,6 +39,8 @@ def main():
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model)  # no other argument
     draw(pipe, args.prompt, args.seeds, out, "base")
+    if args.half:
+        draw(StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float16), args.prompt, args.seeds, out, "half")
     for name, lora in (("lora", args.lora), ("kohya", args.kohya)):
         if lora:
             pipe.load_lora_weights(lora)

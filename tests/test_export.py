@@ -145,14 +145,18 @@ def test_export_formats_are_listed_in_the_cli_help():
 
 
 def test_plain_diffusers_loads_the_embedded_model_with_no_arguments(tmp_path):
-    """`StableDiffusionPipeline.from_pretrained(folder)`, nothing else, in a script that imports nothing from fmn."""
+    """`StableDiffusionPipeline.from_pretrained(folder)`, nothing else, in a script that imports nothing from fmn;
+    and in fp16 (`torch_dtype=torch.float16`, as on a GPU; here on the CPU), drawing nearly the same images."""
+    from PIL import Image
+
     script = ROOT / "tests" / "plain_diffusers.py"
     assert "fmn" not in {line.split()[1].split(".")[0] for line in script.read_text().splitlines()
                          if line.startswith(("import ", "from "))}
     done = subprocess.run([sys.executable, str(script), str(ROOT / "assets" / "fmn-shapes"), "--out", str(tmp_path),
-                           "--seeds", "0"], capture_output=True, text=True, timeout=300)
+                           "--seeds", "0", "1", "--half"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "base-0.png").exists()
+    full, half = ([Image.open(tmp_path / f"{name}-{s}.png") for s in (0, 1)] for name in ("base", "half"))
+    assert pixels(full).std() > 0.1 and difference(full, half) <= TOLERANCE, difference(full, half)
 
 
 @pytest.mark.slow

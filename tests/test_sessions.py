@@ -84,8 +84,10 @@ def test_load_with_the_flag_never_drops_another_visitors_patches(studio, tiny_di
     with pytest.raises(gr.Error, match="Other visitors' 1 patch"):
         fns["load_model"](str(tiny_dirs["sd2"]), request=bob)
     assert studio.source == str(tiny_dirs["sd15"]) and len(studio.patches) == 1
-    assert "Loaded" in fns["load_model"](str(tiny_dirs["sd2"]), request=alice)  # only her own: they go with the model
-    assert studio.source == str(tiny_dirs["sd2"]) and studio.patches == {} and demo.sessions.owned == {}
+    assert "Loaded" in fns["load_model"](str(tiny_dirs["sdxl"]), request=alice)  # only her own: they go with the model
+    assert studio.source == str(tiny_dirs["sdxl"]) and studio.patches == {} and demo.sessions.owned == {}
+    image, maps, _ = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [], request=alice)  # an SDXL folder
+    assert image.size == (32, 32) and len(maps) == 3
 
 
 def test_a_session_may_hold_only_so_many_patches(studio):
