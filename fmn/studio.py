@@ -26,7 +26,7 @@ from PIL import Image
 from .attack import AttackConfig, concept_inversion
 from .attention import Trace, trace
 from .collateral import Collateral, collateral
-from .erase import DEFAULT_METHOD, Progress, erase, split_concepts
+from .erase import DEFAULT_METHOD, METHODS, Progress, erase, split_concepts
 from .evaluate import Comparison, Probe, compare, compare_prompts, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
@@ -68,7 +68,9 @@ class Studio:
         self.pipe = load_pipeline(self.source, device=device, config=config)
         self.patches: dict[str, Patch] = {}  # id -> patch, attached to self.pipe
         self.originals: OrderedDict = OrderedDict()  # the unedited model's traced calls, oldest first
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the device: one call at a time
+        self.turns = threading.Condition()  # guards `waiting`, the generations queued for the lock
+        self.waiting = 0
 
     def use(self, source: str | Path | None) -> str:
         """Switches to another model (None or "" for the embedded one); returns its name."""
@@ -99,11 +101,37 @@ class Studio:
         finally:
             activate(self.pipe, [])
 
+    @contextmanager
+    def _turn(self):
+        """The lock for a generation: an erasure running hands it over between two of its steps."""
+        with self.turns:
+            self.waiting += 1
+        self.lock.acquire()
+        with self.turns:
+            self.waiting -= 1
+            self.turns.notify_all()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def _let_generations_run(self, training: str) -> None:
+        """Called by an erasure, holding the lock, between two steps: lets every queued generation run,
+        then takes the device back and switches its training adapter on again."""
+        with self.turns:
+            if not self.waiting:
+                return
+        self.lock.release()
+        with self.turns:
+            self.turns.wait_for(lambda: self.waiting == 0)
+        self.lock.acquire()
+        activate(self.pipe, [training])  # a generation switched it off (and its factors' gradients with it)
+
     def generate(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
                  patches: list[str] | tuple = (), learned: Inverted | None = None) -> list[Image.Image]:
         """Images for the seeds with these patches active; `learned`: words replaced by an attack's embeddings."""
         check_settings(self.pipe, settings)
-        with self.lock, self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
+        with self._turn(), self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
             return generate(self.pipe, settings, seeds, on_step)
 
     def generate_traced(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
@@ -115,7 +143,7 @@ class Studio:
         settings = check_settings(self.pipe, settings)
         original = not patches and learned is None
         key = (repr(settings), tuple(seeds or [settings.seed]), step_range, tuple(sorted(resolutions or ())))
-        with self.lock:
+        with self._turn():
             if original and key in self.originals:
                 self.originals.move_to_end(key)
                 return self.originals[key]
@@ -144,12 +172,20 @@ class Studio:
     def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
               on_progress=None, cancelled=None, **overrides) -> str:
         """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call).
-        `concepts`: a list, or one text with commas between concepts."""
+        `concepts`: a list, or one text with commas between concepts. Generations asked for meanwhile run
+        between two of its steps (an erasure takes seconds to minutes; a visitor's image, a second)."""
         concepts = split_concepts(concepts)
         patch_id = f"{method}:{'+'.join(concepts)}#{uuid.uuid4().hex[:6]}"
+
+        def between_steps(progress: Progress) -> None:
+            if on_progress:
+                on_progress(progress)
+            if METHODS[method].trains:  # a closed form's one step is its end
+                self._let_generations_run(patch_id)
+
         with self.lock:
             self.patches[patch_id] = erase(self.pipe, concepts, method, images, replace_with,
-                                           on_progress, cancelled, name=patch_id, **overrides)
+                                           between_steps, cancelled, name=patch_id, **overrides)
         return patch_id
 
     def erase_live(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,

@@ -1,12 +1,16 @@
 """Many visitors on one shared model: each session's patches are freed when it ends or idles, a session holds
 at most so many, and the model is switched only where the operator allows it and no one else loses work."""
 
+import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from test_patch import make_patch
 
+from fmn.generate import GenerationSettings
 from fmn.sessions import Limits, Sessions
 from fmn.studio import Studio
 
@@ -102,6 +106,28 @@ def test_a_session_may_hold_only_so_many_patches(studio):
         list(erase("square", "uce", None, "", 0, [], request=Request("alice")))
     list(erase("square", "uce", None, "", 0, [], request=Request("bob")))  # another visitor has room
     assert len(studio.patches) == 2
+
+
+def test_a_generation_runs_between_an_erasures_steps_and_changes_neither(tiny_dirs):
+    """A visitor's image does not wait for another's erasure to end: the erasure hands the device over between
+    two steps. The image and the patch are bit for bit what each gives alone."""
+    settings, erasing = GenerationSettings("a red circle", steps=3), {"steps": 40, "references": 1, "reference_steps": 2}
+    alone = Studio(tiny_dirs["sd15"], device="cpu")
+    image_alone = alone.generate(settings, [4])
+    patch_alone = alone.patches[alone.erase("circle", "fmn", **erasing)]
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    started, finished = threading.Event(), []
+    worker = threading.Thread(target=lambda: finished.append(
+        studio.erase("circle", "fmn", on_progress=lambda p: started.set(), **erasing)))
+    worker.start()
+    assert started.wait(120)
+    image = studio.generate(settings, [4])
+    assert not finished  # drawn while the erasure was still running
+    worker.join()
+    patch = studio.patches[finished[0]]
+    assert np.array_equal(np.asarray(image[0]), np.asarray(image_alone[0]))
+    assert patch.tensors.keys() == patch_alone.tensors.keys()
+    assert all(torch.equal(patch.tensors[k], patch_alone.tensors[k]) for k in patch.tensors)
 
 
 class Request:
