@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .patch import MAX_PATCH_BYTES, Patch, PatchError, activate, adapter_tensors, components, fingerprint
+from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .models import load_pipeline
 from .single_file import save_single_file
 
@@ -191,23 +190,17 @@ def import_lora(pipe: StableDiffusionPipeline, path: str | Path, name: str) -> P
     """Reads a LoRA file in any layout diffusers reads and attaches it to the pipeline as patch `name`
     (inactive); raises PatchError, the pipeline untouched, where the file is not a LoRA or does not fit."""
     path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise PatchError(f"{path.name}: a LoRA is read from a .safetensors file (other formats are pickles, which can run code).")
-    if path.stat().st_size > MAX_PATCH_BYTES:
-        raise PatchError(f"{path.name} is {path.stat().st_size >> 20} MiB: too large for a LoRA patch.")
+    header, tensors = read_safetensors(path)
     try:
-        with safe_open(path, "pt") as f:
-            header = f.metadata() or {}
-        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
-        state = _peft_keys(state)
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        state = _peft_keys(StableDiffusionPipeline.lora_state_dict(dict(tensors))[0])  # it pops what it converts
+    except (ValueError, KeyError) as err:
         raise PatchError(f"{path.name} is not a LoRA that diffusers can read ({err}).") from err
     problems = _misfits(pipe, state)
     if problems:
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise PatchError(f"{path.name} does not fit this model: {'; '.join(problems[:5])}{more}.")
     try:
-        pipe.load_lora_weights(str(path), adapter_name=name)  # diffusers reads the layout and the alphas
+        pipe.load_lora_weights(str(path), adapter_name=name)  # diffusers reads the layout, the alphas, its header
     except (ValueError, RuntimeError, KeyError) as err:
         raise PatchError(f"{path.name} could not be loaded as a LoRA ({err}).") from err
     changed = [c for c in components(pipe) if name in getattr(getattr(pipe, c), "peft_config", {})]

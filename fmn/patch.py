@@ -30,7 +30,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["Patch", "PatchError", "NotAPatch", "components", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
+__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
            "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
@@ -80,20 +80,10 @@ class Patch:
 
     @classmethod
     def load(cls, path: str | Path) -> "Patch":
-        """Reads and validates a patch file; raises PatchError with the reason."""
+        """Reads and validates a patch file; raises PatchError with the reason (NotAPatch: a safetensors file
+        without the patch format tag)."""
         path = Path(path)
-        if path.suffix != ".safetensors":
-            raise PatchError(f"{path.name}: a patch is a .safetensors file.")
-        if not path.is_file():
-            raise PatchError(f"{path}: no such patch file.")
-        if path.stat().st_size > MAX_PATCH_BYTES:
-            raise PatchError(f"{path.name} is {path.stat().st_size >> 20} MiB: too large for a patch.")
-        try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as err:
-            raise PatchError(f"{path.name} is not a readable safetensors file ({err}).") from err
+        meta, tensors = read_safetensors(path)
         if meta.get("format") != FORMAT:
             raise NotAPatch(f"{path.name} is not a Forget-Me-Not Studio patch (no '{FORMAT}' format tag).")
         if meta.get("version") != str(VERSION):
@@ -103,6 +93,21 @@ class Patch:
                        json.loads(meta["lora"]), json.loads(meta.get("settings", "{}")))
         except (KeyError, json.JSONDecodeError) as err:
             raise PatchError(f"{path.name} has damaged metadata ({err}).") from err
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A patch-sized .safetensors file's header and tensors; PatchError if it is not one."""
+    if path.suffix != ".safetensors":
+        raise PatchError(f"{path.name}: a patch is a .safetensors file (other formats are pickles, which can run code).")
+    if not path.is_file():
+        raise PatchError(f"{path}: no such patch file.")
+    if path.stat().st_size > MAX_PATCH_BYTES:
+        raise PatchError(f"{path.name} is {path.stat().st_size >> 20} MiB: too large for a patch.")
+    try:
+        with safe_open(path, "pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise PatchError(f"{path.name} is not a readable safetensors file ({err}).") from err
 
 
 def _component(pipe: StableDiffusionPipeline, name: str) -> torch.nn.Module:
