@@ -309,7 +309,7 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         collateral_button.click(see_collateral, [collateral_concepts, session],
                                 [collateral_chart, collateral_table, collateral_file, last_collateral], api_name="collateral")
         export_button.click(export_session, [export_to, session], export_file, api_name="export")
-        reset_button.click(reset, session, [erase_status, session, comparison, last_collateral], api_visibility="private")
+        reset_button.click(reset, session, [erase_status, session, comparison, last_collateral], api_name="reset")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
         inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session, with_original]
         run.click(inspect_prompt, inputs, [image, maps, compared], api_name="generate")
@@ -329,11 +329,13 @@ def main() -> None:
     parser.add_argument("--allow-model-switch", action="store_true",
                         help="let visitors load another model (refused while other visitors hold patches)")
     parser.add_argument("--max-patches", type=int, default=Limits.patches, help="patches one session may hold")
+    parser.add_argument("--queue-size", type=int, default=64,
+                        help="requests that may wait at once; more are refused with 'the queue is full'")
     parser.add_argument("--idle-minutes", type=float, default=Limits.idle_s / 60,
                         help="a session idle this long is ended and its patches freed")
     args = parser.parse_args()
     demo = create_demo(Studio(args.model), args.allow_model_switch, Limits(args.max_patches, args.idle_minutes * 60))
-    demo.queue(default_concurrency_limit=1, max_size=64).launch(
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=CSS)
 
 

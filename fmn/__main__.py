@@ -5,12 +5,14 @@
     python -m fmn heatmap --prompt "a red circle" --words circle --patch p.safetensors --compare --out maps.png --json maps.json
     python -m fmn collateral --patch p.safetensors [--concepts a,b,c] --out chart.png --json collateral.json
     python -m fmn erase --concept circle --method fmn [--images DIR] [--adversarial] --out circle.safetensors [--figure story.png]
+    python -m fmn erase --concept circle --concept Mimo --separate --out patches/ [--workers 2] [--address ray://head:10001]
     python -m fmn export circle.safetensors [more.safetensors] --to diffusers-lora|kohya|merged|single-file --out PATH
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] --num-images 8 --out grid.png
-    python -m fmn bench quality [--quick] [--json quality.json]
+    python -m fmn bench quality [--quick] [--json quality.json] [--workers 2] [--address ray://head:10001]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
     python -m fmn bench profile --arch sd15 --random-weights [--method fmn] [--steps 8]
     python -m fmn bench erase-speed | generate-speed | heatmap-overhead
+    python -m fmn bench load [--sessions 20] [--seconds 300]
 
 Every command takes --model (default: the embedded shapes-world model). Bad input exits
 with status 2 and a one-line message, never a traceback.
@@ -37,6 +39,7 @@ BENCHMARKS = {  # python -m fmn bench <name> runs fmn.bench.<name>.run(args)
     "erase-speed": "one erasure as the app's Erase button runs it, before/after included (target <= 60 s on 2 cores)",
     "generate-speed": "seconds per image of the embedded model (target <= 3 s on 2 cores)",
     "heatmap-overhead": "generation with and without the heatmap trace (target <= 30 % slower)",
+    "load": "many gradio_client sessions on one app.py server: requests served, errors, isolation, memory",
 }
 
 
@@ -72,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
     e.add_argument("--config", default=None, help="for a .safetensors model: its diffusers folder or hub id")
     e.add_argument("--device", default=None)
-    e.add_argument("--out", required=True, help="the patch file to write (.safetensors)")
+    e.add_argument("--out", required=True, help="the patch file to write (.safetensors); with --separate, a folder")
+    e.add_argument("--separate", action="store_true", help="one patch per concept, <out>/<concept>.safetensors "
+                   "(patches already there for the same method and settings are kept)")
+    e.add_argument("--workers", type=int, default=1, help="--separate: erase the concepts as Ray tasks on this many workers")
+    e.add_argument("--address", help="--separate: a running Ray cluster's address to erase on (default: a local Ray)")
     e.add_argument("--figure", help="also write a figure for talks (PNG: before/after, heatmaps, what else changed) "
                                     "and the heatmap building up (the same name, .gif)")
     e.add_argument("--check", help="--figure on a model without a world.json: the concepts whose change to chart, comma separated")
@@ -145,6 +152,19 @@ def _erase(args, studio) -> None:
         _, gif = write_figure(comparison, collateral, comparison.word_for(args.concept), args.figure)
         print(args.figure)
         print(gif)
+
+
+def _erase_separately(args) -> None:
+    from .erase.separate import erase_separately
+
+    if args.images or args.figure:
+        raise ValueError("--separate erases each concept on its own: --images and --figure are for one concept.")
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("seed", args.seed)) if v is not None}
+    if args.adversarial:
+        overrides["adversarial"] = True
+    for path in erase_separately(args.concept, args.method, args.out, args.model, args.config, args.device, args.replace_with,
+                                 args.workers, args.address, lambda line: print(line, file=sys.stderr, flush=True), **overrides):
+        print(path)
 
 
 def _attack(args, studio) -> None:
@@ -260,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--out {out}: the chart is written as a PNG file (name.png).")
             _collateral(args, Studio(args.model, device=args.device, config=args.config))
             return 0
+        if args.command == "erase" and args.separate:
+            _erase_separately(args)
+            return 0
         if args.command == "erase":
+            if args.workers != 1 or args.address:
+                raise ValueError("--workers and --address spread concepts over workers: add --separate (one patch each).")
             if out.suffix != ".safetensors":
                 raise ValueError(f"--out {out}: a patch is written as a .safetensors file.")
             if args.figure and Path(args.figure).suffix.lower() != ".png":

@@ -12,8 +12,9 @@ erasure never changes another user's images.
 from __future__ import annotations
 
 import queue
-from collections import OrderedDict
+import re
 import threading
+from collections import OrderedDict
 import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -35,7 +36,16 @@ from .models import EMBEDDED, load_pipeline
 from .export import export, import_lora
 from .patch import NotAPatch, Patch, activate, attach, detach
 
-__all__ = ["Studio", "Inspection", "Erased"]
+__all__ = ["Studio", "Inspection", "Erased", "new_id"]
+
+
+def new_id(label: str) -> str:
+    """A patch's id on the shared model: its label (method and concepts, or a LoRA file's name) with anything
+    but letters, digits and ':+-' made '_' (peft's adapter names cannot hold a '.': "style.v2.safetensors"),
+    and a random suffix that keeps two erasures of the same concept apart."""
+    safe = re.sub(r"[^\w:+-]+", "_", label)
+    return f"{safe}#{uuid.uuid4().hex[:6]}"
+
 
 ORIGINALS_KEPT = 32  # the unedited model's calls remembered: a collateral map's and a few comparisons' "before" sides
 
@@ -175,7 +185,7 @@ class Studio:
         `concepts`: a list, or one text with commas between concepts. Generations asked for meanwhile run
         between two of its steps (an erasure takes seconds to minutes; a visitor's image, a second)."""
         concepts = split_concepts(concepts)
-        patch_id = f"{method}:{'+'.join(concepts)}#{uuid.uuid4().hex[:6]}"
+        patch_id = new_id(f"{method}:{'+'.join(concepts)}")
 
         def between_steps(progress: Progress) -> None:
             if on_progress:
@@ -278,11 +288,11 @@ class Studio:
         try:
             patch = Patch.load(path)
         except NotAPatch:
-            patch_id = f"lora:{Path(path).stem}#{uuid.uuid4().hex[:6]}"
+            patch_id = new_id(f"lora:{Path(path).stem}")
             with self.lock:
                 self.patches[patch_id] = import_lora(self.pipe, path, patch_id)
             return patch_id
-        patch_id = f"{patch.name}#{uuid.uuid4().hex[:6]}"
+        patch_id = new_id(patch.name)
         with self.lock:
             attach(self.pipe, patch, patch_id)
             self.patches[patch_id] = patch

@@ -116,6 +116,8 @@ def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
     ("sd15", ["--concept", "x" * 500], "500 characters"),
     ("sd15", ["--concept", "circle", "--method", "fmn", "--steps", "1000000"], "Steps 1000000"),
     ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "nan"], "Learning rate nan"),
+    ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "inf"], "Learning rate inf"),
+    ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "-0.01"], "Learning rate -0.01"),
     ("sd15", ["--concept", "circle", "--method", "uce", "--steps", "10"], "uce has no setting steps"),
     (None, ["--concept", "dragon"], "never saw dragon"),  # the embedded model knows the words of its world
 ])

@@ -42,3 +42,19 @@ def test_a_patch_for_another_model_is_refused(studio, tiny_dirs, tmp_path):
     other.patches[pid].save(tmp_path / "other.safetensors")
     with pytest.raises(PatchError, match="made for another model"):
         studio.load_patch(tmp_path / "other.safetensors")
+
+
+def test_dots_and_path_parts_in_a_concept_or_a_file_name_make_a_plain_adapter_name(studio, tmp_path):
+    """peft refuses an adapter name with a '.'; LoRA files are often named "style.v2.safetensors"."""
+    s = GenerationSettings("a circle", steps=3)
+    pid = studio.erase(["Mr. Circle v1.5"], "uce")
+    assert pid.startswith("uce:Mr_Circle_v1_5#") and "." not in pid
+    folder = tmp_path / "my loras" / ".."
+    (tmp_path / "my loras").mkdir()
+    lora = studio.export([pid], "diffusers-lora", folder / "style.v2 (final).safetensors")
+    loaded = studio.load_patch(lora)
+    assert loaded.startswith("lora:style_v2_final_#")
+    images = [pixels(studio.generate(s, seeds=[0], patches=p)) for p in ([pid], [loaded])]
+    assert np.abs(images[0][0] - images[1][0]).max() <= 2
+    for p in (pid, loaded):
+        studio.remove_patch(p)

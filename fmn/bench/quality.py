@@ -26,6 +26,11 @@ quality-samples.png (before and after) into --out.
 method and reports each erased concept's UA and every kept concept's presence (the other
 shapes, characters, artists, the colours and backgrounds) against the unedited model:
 quality-mass.md and .json.
+
+Every row (and every mass run) is a cell: its own erasure, measured on its own seeds, so that the cells
+run in any order, here or as Ray tasks (`--workers N`, `--address`; `fmn.sweep`), and give the same table.
+Each finished cell is kept in <out>/<stem>-cells: run the same command again after an interruption and
+only the missing cells run (--fresh: all of them).
 """
 
 from __future__ import annotations
@@ -33,21 +38,23 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from ..attack import AttackConfig, concept_inversion
 from ..erase import METHODS, erase
 from ..generate import generate_many
 from ..inversion import inverted
-from ..models import EMBEDDED, load_pipeline
+from ..models import EMBEDDED, load_pipeline, pick_device
 from ..patch import activate, detach
+from ..sweep import Job, Store, sweep
 from ..world.judge import Judge
 from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES,
                            TRAIN_TEMPLATES, Scene, caption, sample_scene)
@@ -246,32 +253,52 @@ def _patch_kb(patch) -> float:
         return path.stat().st_size / 1024
 
 
-def evaluate_concept(pipe, judge, kind: str, name: str, runs: list[tuple[str, str, dict]], n: int, steps: int,
-                     attack: AttackConfig, log=print) -> list[Row]:
-    """The unedited row, then one row per run (its label, the method, its settings), for one concept."""
+def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: dict):
+    """Erases `concepts` into an adapter of its own; returns the adapter's name, the patch, seconds and peak memory."""
+    adapter = f"bench-{label}"
+    peak, start = Peak(pipe.device), time.perf_counter()
+    with peak():
+        patch = erase(pipe, concepts, method, name=adapter, **settings)
+    return adapter, patch, time.perf_counter() - start, (peak.bytes / 2**20 if peak.bytes is not None else None)
+
+
+def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
+    """One cell of the table: the unedited model's row of a concept (label "unedited"), or one erasure's row
+    (points lost are left to `assemble`, which has the unedited row). Returns the row's record and its first images."""
+    kind, name, n, steps = spec["kind"], spec["name"], spec["prompts"], spec["steps"]
     probe = probes(kind, name, n)
-    base = found_rates(pipe, judge, probe, steps)
-    rows = [Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
-                None, None, None, None, None, None, base["images"][:4])]
-    log(_line(rows[-1]))
-    for label, method, settings in runs:
-        adapter = f"bench-{label}"
-        peak, start = Peak(pipe.device), time.perf_counter()
-        with peak():
-            patch = erase(pipe, [name], method, name=adapter, **settings)
-        seconds = time.perf_counter() - start
+    if spec["label"] == "unedited":
+        base = found_rates(pipe, judge, probe, steps)
+        row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
+                  None, None, None, None, None, None)
+        return _record(row), base["images"][:4]
+    adapter, patch, seconds, peak_mb = _erased_with(pipe, [name], spec["label"], spec["method"], spec["settings"])
+    try:
         activate(pipe, [adapter])
         try:
             after = found_rates(pipe, judge, probe, steps)
         finally:
             activate(pipe, [])
-        recovered = attack_recovery(pipe, judge, probe, adapter, attack, steps)
-        rows.append(Row(label, kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
-                        recovered, base["in_kind"] - after["in_kind"], base["cross_kind"] - after["cross_kind"],
-                        seconds, peak.bytes / 2**20 if peak.bytes is not None else None, _patch_kb(patch), after["images"][:4]))
+        recovered = attack_recovery(pipe, judge, probe, adapter, AttackConfig(**spec["attack"]), steps)
+    finally:
         detach(pipe, adapter)
-        log(_line(rows[-1]))
+    row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
+              recovered, None, None, seconds, peak_mb, _patch_kb(patch))
+    return _record(row), after["images"][:4]
+
+
+def assemble(cells: list[tuple[dict, list[Image.Image]]]) -> list[Row]:
+    """The table's rows from its cells, in order: each erasure's points lost read against its concept's unedited row."""
+    rows = [Row(**record, samples=images) for record, images in cells]
+    base = {r.concept: r for r in rows if r.method == "unedited"}
+    for r in rows:
+        if r.method != "unedited":
+            r.IRA_lost, r.CRA_lost = base[r.concept].IRA - r.IRA, base[r.concept].CRA - r.CRA
     return rows
+
+
+def _record(row: Row) -> dict:
+    return {f.name: getattr(row, f.name) for f in fields(Row) if f.name != "samples"}
 
 
 def _presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[str, float]:
@@ -282,33 +309,55 @@ def _presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[st
     return {name: float(np.mean([found(next(verdicts), p) for p in ps])) for name, ps in sets.items()}
 
 
-def evaluate_mass(pipe, judge, concepts: list[str], runs: list[tuple[str, str, dict]], n: int, steps: int,
-                  log=print) -> dict:
-    """The unedited model, then each run erasing every concept in one patch: each erased concept's presence (UA is
-    one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
-    erased, kept = mass_probes(concepts, n)
-    results = {"concepts": concepts, "kept": list(kept), "unedited": {"erased": _presence(pipe, judge, erased, steps),
-                                                                      "kept": _presence(pipe, judge, kept, steps)}}
-    log(f"unedited: shown {_fmt(min(results['unedited']['erased'].values()))} at least")
-    results["runs"] = []
-    for label, method, settings in runs:
-        adapter = f"bench-mass-{label}"
-        start = time.perf_counter()
-        patch = erase(pipe, concepts, method, name=adapter, **settings)
-        seconds = time.perf_counter() - start
+def mass_cell(pipe, judge, spec: dict) -> tuple[dict, list]:
+    """The unedited model (label "unedited"), or one run erasing every concept in one patch: each erased concept's
+    presence (UA is one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
+    erased, kept = mass_probes(spec["concepts"], spec["prompts"])
+    if spec["label"] == "unedited":
+        return {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}, []
+    adapter, patch, seconds, _ = _erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"], spec["settings"])
+    try:
         activate(pipe, [adapter])
         try:
-            after = {"erased": _presence(pipe, judge, erased, steps), "kept": _presence(pipe, judge, kept, steps)}
+            after = {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}
         finally:
             activate(pipe, [])
+    finally:
         detach(pipe, adapter)
-        lost = {c: results["unedited"]["kept"][c] - after["kept"][c] for c in kept}
-        run = {"method": label, "seconds": seconds, "patch_kb": _patch_kb(patch), **after, "kept_lost": lost,
-               "UA": {c: 1 - v for c, v in after["erased"].items()}}
+    return {"method": spec["label"], "seconds": seconds, "patch_kb": _patch_kb(patch), **after}, []
+
+
+def assemble_mass(concepts: list[str], base: dict, runs: list[dict]) -> dict:
+    """The mass section: the unedited presence, then each run's UA, points lost per kept concept and targets met."""
+    results = {"concepts": concepts, "kept": list(base["kept"]), "unedited": base, "runs": []}
+    for run in runs:
+        lost = {c: base["kept"][c] - run["kept"][c] for c in base["kept"]}
+        run = {**run, "kept_lost": lost, "UA": {c: 1 - v for c, v in run["erased"].items()}}
         run["met"] = (min(run["UA"].values()) >= MASS_TARGETS["UA"] and max(lost.values()) <= MASS_TARGETS["kept_lost"] + 1e-9)
         results["runs"].append(run)
-        log(f"{label}: lowest UA {_fmt(min(run['UA'].values()))}, worst kept {_points(max(lost.values()))} pts, {seconds:.1f} s")
     return results
+
+
+def _describe(cell: tuple[dict, list]) -> str:
+    """A finished cell, as the progress line shows it."""
+    record = cell[0]
+    if "kept" in record and "method" not in record:
+        return "unedited"
+    if "kept" in record:
+        return f"lowest UA {_fmt(1 - max(record['erased'].values()))}, {record['seconds']:.1f} s"
+    return _line(Row(**record))
+
+
+def open_model(device: str | None = None):
+    """A worker's state: the embedded model and its judge."""
+    pipe = load_pipeline(EMBEDDED, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, pipe.world.judge
+
+
+def run_cell(state, spec: dict) -> tuple[dict, list[Image.Image]]:
+    """A sweep's job (`fmn.sweep`): a cell of the table or of the mass section."""
+    return (mass_cell if spec["section"] == "mass" else concept_cell)(*state, spec)
 
 
 def mass_markdown(results: dict, device: str, settings: dict) -> str:
@@ -458,6 +507,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
+    parser.add_argument("--workers", type=int, default=1, help="run the cells as Ray tasks on this many workers (a local Ray "
+                        "unless --address; one GPU each where the cluster has GPUs); the table is the same as with 1")
+    parser.add_argument("--address", help="a running Ray cluster's address (e.g. ray://head:10001 or auto) to run the cells on")
+    parser.add_argument("--fresh", action="store_true", help="run every cell again (default: cells finished before, "
+                        "with the same settings, are read from <out>/<stem>-cells)")
     parser.add_argument("--render", metavar="JSON", help="write the tables and the plot of an earlier run's JSON again (runs nothing)")
 
 
@@ -507,34 +561,52 @@ def run(args) -> list[Row] | dict:
         if not wanted <= known:
             raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: choose from {', '.join(sorted(known))}.")
         concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
-    pipe = load_pipeline(EMBEDDED, device=args.device)
-    pipe.set_progress_bar_config(disable=True)
-    judge = pipe.world.judge
-    device = device_name(pipe.device)
     settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
                 "training": QUICK_SETTINGS if args.quick else "defaults"}
-    out, log = Path(args.out), lambda line: print(line, flush=True)
-    print(f"Device: {device}", flush=True)
+    common = {"prompts": n, "steps": steps, "model": "embedded"}
     if args.mass:
-        results = evaluate_mass(pipe, judge, MASS, _runs(args, methods, None), n, steps, log)
+        jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label, "method": method,
+                                                          "settings": tuned, **common})
+                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None)]]
+        stem = "quality-mass-quick" if args.quick else "quality-mass"
+    else:
+        settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
+        jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
+                                                         "settings": tuned, "attack": asdict(attack), **common})
+                for kind, names in concepts.items() for name in names
+                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind)]]
+        run_names = sorted(name for names in concepts.values() for name in names)
+        subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
+        stem = "quality-quick" if args.quick else "quality" + subset
+    out, log = Path(args.out), lambda line: print(line, flush=True)
+    store = Store(out / f"{stem}-cells")
+    if args.fresh:
+        shutil.rmtree(store.folder)
+        store = Store(store.folder)
+    where = f"Ray, {args.workers} workers" + (f" at {args.address}" if args.address else " (local)") if args.workers > 1 or args.address else "this process"
+    log(f"{len(jobs)} cells on {where}; finished cells kept in {store.folder} (--fresh runs them all again)")
+    results = sweep(jobs, partial(open_model, args.device), run_cell, store, args.workers, args.address, log, _describe)
+    cells = [results[job.key] for job in jobs]
+    device = _device_of(args)
+    if args.mass:
+        results = assemble_mass(MASS, cells[0][0], [record for record, _ in cells[1:]])
         table = mass_markdown(results, device, settings)
-        _write(out, "quality-mass-quick" if args.quick else "quality-mass", table, {"device": device, "settings": settings, **results}, args.json)
+        _write(out, stem, table, {"device": device, "settings": settings, **results}, args.json)
         print(table, flush=True)
         return results
-    settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
-    print(HEADER, flush=True)
-    rows = []
-    for kind, names in concepts.items():
-        for name in names:
-            rows += evaluate_concept(pipe, judge, kind, name, _runs(args, methods, kind), n, steps, attack, log)
-    run_names = sorted(name for names in concepts.values() for name in names)
-    subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
-    stem = "quality-quick" if args.quick else "quality" + subset
+    rows = assemble(cells)
     table = markdown(rows, device, settings)
-    records = {"device": device, "settings": settings, "rows": [{f.name: getattr(r, f.name) for f in fields(Row) if f.name != "samples"} for r in rows],
-               "best": best_per_kind(rows)}
+    records = {"device": device, "settings": settings, "rows": [_record(r) for r in rows], "best": best_per_kind(rows)}
     _write(out, stem, table, records, args.json)
     plot(rows, out / f"{stem}.png")
     sample_grid(rows, out / f"{stem}-samples.png")
-    print(table.split(HEADER)[1].split("\n\n", 1)[1], flush=True)
+    print(table, flush=True)
     return rows
+
+
+def _device_of(args) -> str:
+    """Where the cells ran: this machine's device, or the cluster's."""
+    if args.address:
+        return f"Ray cluster at {args.address}, {args.workers} workers"
+    device = device_name(pick_device(args.device)[0])
+    return device if args.workers == 1 else f"{device}; Ray, {args.workers} workers"
