@@ -2,8 +2,8 @@
 
 Starts app.py on a free loopback port (the embedded model, the app's own queue) and runs N gradio_client
 sessions at once for a while, each cycling through what a visitor does (`SCRIPT`): generate, erase (UCE, a
-closed form), generate, attack the erasure (every fifth session; the others generate), upload a patch,
-generate, Reset, erase with the text-encoder method (trained), generate, Reset. Then it reports requests served per endpoint, errors,
+closed form), generate, upload a patch, attack (every tenth session; the others generate), generate,
+Reset, erase with the text-encoder method (trained), generate, Reset. Then it reports requests served per endpoint, errors,
 isolation failures and the server's resident memory before and after.
 
 Isolation: each image under load must equal, pixel for pixel, the same prompt and seed in the same state
@@ -138,17 +138,18 @@ class Visitor:
         self.state = ()
 
 
-SCRIPT = [("generate",), ("erase", "uce", "circle", 0), ("generate",), ("attack", "circle"), ("upload",), ("generate",),
+SCRIPT = [("generate",), ("erase", "uce", "circle", 0), ("generate",), ("upload",), ("attack", "circle"), ("generate",),
           ("reset",), ("erase", "text-encoder", "star", TRAINED_STEPS), ("generate",), ("reset",)]
 ATTACK = SCRIPT.index(("attack", "circle"))
 
 
 def script(index: int) -> tuple[list[tuple], int]:
-    """Session `index`'s cycle of steps, (what, arguments), and the step it starts at. Every fifth session
-    attacks its erasure and starts at that erasure, so that even a short run attacks; the others draw
-    instead of attacking and start spread over the cycle (never on a step that needs the one before it)."""
-    if index % 5 == 0:
-        return SCRIPT, ATTACK - 2
+    """Session `index`'s cycle of steps, (what, arguments), and the step it starts at. Every tenth session
+    attacks its patches and starts with the upload just before (a second's call, where an erasure takes
+    half a minute), so that even a short run attacks; the others draw instead of attacking and start
+    spread over the cycle."""
+    if index % 10 == 0:
+        return SCRIPT, ATTACK - 1
     steps = [step if step[0] != "attack" else ("generate",) for step in SCRIPT]
     return steps, (3 * index) % len(steps)
 
