@@ -23,7 +23,7 @@ from PIL import Image
 from .diffusion import reference_latents
 from .generate import generate_many
 from .inversion import TEMPLATES, InversionConfig, Inverted, invert, inverted
-from .patch import activate
+from .patch import activate, active
 
 __all__ = ["AttackConfig", "concept_inversion"]
 
@@ -65,8 +65,5 @@ def concept_inversion(pipe: StableDiffusionPipeline, concept: str, patches: list
             return looks_like(generate_many(pipe, looks, seeds, config.image_steps))
 
     inversion = InversionConfig(config.steps, config.lr, config.batch, config.seed, config.look_every)
-    activate(pipe, list(patches))
-    try:
+    with active(pipe, list(patches)):
         return invert(pipe, concept, latents, inversion, on_step, score if looks_like else None, prompts)
-    finally:
-        activate(pipe, [])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, co
 from safetensors.torch import save_file
 
 from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
+from .files import written
 from .models import load_pipeline
 from .single_file import save_single_file
 
@@ -133,27 +133,18 @@ def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: st
     out = Path(out)
     _check(pipe, patches, to, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
-    try:
+    with written(out) as staged:
         if to == "merged":
-            _merged(pipe, patches, source, config).save_pretrained(staging / "model", safe_serialization=True)
+            _merged(pipe, patches, source, config).save_pretrained(staged, safe_serialization=True)
             world = Path(source) / "world.json"
             if world.is_file():  # the shapes world's vocabulary and judge still apply to the edited model
-                shutil.copy(world, staging / "model" / "world.json")
-            (staging / "model" / "erasure.json").write_text(json.dumps(json.loads(metadata(patches)["fmn_erasures"]), indent=1))
-            if out.exists():
-                out.rmdir()
-            (staging / "model").rename(out)
+                shutil.copy(world, staged / "world.json")
+            (staged / "erasure.json").write_text(json.dumps(json.loads(metadata(patches)["fmn_erasures"]), indent=1))
+        elif to == "single-file":
+            save_single_file(_merged(pipe, patches, source, config), staged, metadata(patches))
         else:
-            tmp = staging / out.name
-            if to == "single-file":
-                save_single_file(_merged(pipe, patches, source, config), tmp, metadata(patches))
-            else:
-                state = diffusers_lora(patches) if to == "diffusers-lora" else kohya_lora(patches)
-                save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, tmp, metadata=metadata(patches))
-            tmp.replace(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            state = diffusers_lora(patches) if to == "diffusers-lora" else kohya_lora(patches)
+            save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, staged, metadata=metadata(patches))
     return out
 
 

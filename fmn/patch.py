@@ -30,7 +30,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "attach", "activate", "frozen", "detach", "new_adapter", "adapter_tensors",
+from .files import written
+
+__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
            "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
@@ -75,7 +77,8 @@ class Patch:
         path = Path(path)
         meta = {"format": FORMAT, "version": str(VERSION), "method": self.method, "base": self.base,
                 "concepts": json.dumps(self.concepts), "lora": json.dumps(self.lora), "settings": json.dumps(self.settings)}
-        save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.tensors.items()}, path, metadata=meta)
+        with written(path) as staged:
+            save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.tensors.items()}, staged, metadata=meta)
         return path
 
     @classmethod
@@ -169,6 +172,16 @@ def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
             set_weights_and_activate_adapters(module, wanted, [1.0] * len(wanted))
         else:
             set_adapter_layers(module, enabled=False)
+
+
+@contextmanager
+def active(pipe: StableDiffusionPipeline, names: list[str]):
+    """Inside the block exactly these patches are active; after it (even on an error), none."""
+    activate(pipe, list(names))
+    try:
+        yield pipe
+    finally:
+        activate(pipe, [])
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
 from .export import export, import_lora
-from .patch import NotAPatch, Patch, activate, attach, detach
+from .patch import NotAPatch, Patch, activate, active, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased", "new_id"]
 
@@ -105,11 +105,8 @@ class Studio:
     def _patched(self, patches: list[str] | tuple = ()):
         """Device work with exactly these patches active; call with the lock held."""
         self._check_patches(patches)
-        activate(self.pipe, list(patches))
-        try:
+        with active(self.pipe, list(patches)):
             yield
-        finally:
-            activate(self.pipe, [])
 
     @contextmanager
     def _turn(self):

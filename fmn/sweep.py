@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from .files import written
+
 __all__ = ["Job", "Record", "sweep", "Store"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +40,8 @@ class Job:
 
 
 class Store:
-    """One JSON file per finished job (its spec and record) and one PNG strip of its images, in a folder.
-    Written under a staging name and renamed, so that an interruption never leaves half a result."""
+    """One JSON file per finished job (its spec and record) and one PNG strip of its images, in a folder,
+    each written whole or not at all (`fmn.files.written`)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -66,12 +68,10 @@ class Store:
             strip = Image.new("RGB", (sum(i.width for i in images), images[0].height))
             for i, image in enumerate(images):
                 strip.paste(image, (i * images[0].width, 0))
-            staged = self.folder / f".{job.key}.png"
-            strip.save(staged, format="PNG")
-            staged.replace(self.folder / f"{job.key}.png")
-        staged = self.folder / f".{job.key}.json"
-        staged.write_text(json.dumps({"spec": job.spec, "record": record, "images": len(images)}, indent=1))
-        staged.replace(self.folder / f"{job.key}.json")
+            with written(self.folder / f"{job.key}.png") as staged:
+                strip.save(staged, format="PNG")
+        with written(self.folder / f"{job.key}.json") as staged:  # last: it marks the result done
+            staged.write_text(json.dumps({"spec": job.spec, "record": record, "images": len(images)}, indent=1))
 
 
 def sweep(jobs: list[Job], setup: Callable[[], Any], work: Callable[[Any, dict], Any], store=None,

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -84,35 +80,13 @@ def judge(embedded):
     return embedded.world.judge
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url():
     """app.py started as a real server on a free loopback port, on the embedded model; stopped after
     the module that uses it, so that an idle server does not share the cores with later tests."""
-    port = free_port()
+    from fmn.bench.load import Server
+
     OUTPUT.mkdir(exist_ok=True)
-    log = open(OUTPUT / "app-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}; see {OUTPUT / 'app-server.log'}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("app.py did not start listening within 240 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    server = Server(OUTPUT / "app-server.log")
+    yield server.url
+    server.stop()

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
 # Lowest first: a module may import from its own floor and the floors below it, never above.
 FLOORS = [
     ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.recipe.tokenizer", "fmn.world.recipe.render"),
-    ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep"),  # load; run independent jobs here or on Ray
+    ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),  # load; run independent jobs here or on Ray; write files whole
     ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
     ("fmn.patch", "fmn.export"),  # patches as adapters, the frozen reference; out to other tools and back in
     ("fmn.inversion",),

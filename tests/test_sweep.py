@@ -9,14 +9,20 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
 from fmn.__main__ import main
-from fmn.erase.separate import file_name
+from fmn.bench.load import free_port
+from fmn.erase.separate import PatchFolder, _config, file_name
+from fmn.files import written
+from fmn.models import EMBEDDED
+from fmn.patch import Patch
 from fmn.sweep import Job, Store, sweep
+from fmn.world.known import World
 
-from conftest import OUTPUT, ROOT, free_port
+from conftest import OUTPUT, ROOT
 
 
 def _fmn(*args, timeout=900, env=None):
@@ -49,6 +55,32 @@ def test_finished_jobs_are_read_back_not_run_again(tmp_path):
         record, images = again[key]
         assert record == first[key][0] and len(images) == 2
         assert [np.asarray(i).tolist() for i in images] == [np.asarray(i).tolist() for i in first[key][1]]
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_half_one(tmp_path):
+    target = tmp_path / "job-0.json"
+    target.write_text("the finished result")
+    with pytest.raises(OSError, match="disk full"):
+        with written(target) as staged:
+            staged.write_text("half a res")
+            raise OSError("disk full")
+    assert target.read_text() == "the finished result" and [p.name for p in tmp_path.iterdir()] == ["job-0.json"]
+    with written(tmp_path / "model") as staged:  # a folder (a merged export)
+        staged.mkdir()
+        (staged / "unet.safetensors").write_text("weights")
+    assert (tmp_path / "model" / "unet.safetensors").read_text() == "weights" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_kept_patch_counts_only_if_every_setting_is_the_same(tmp_path):
+    """Defaults included: a patch made before a method's default changed is made again."""
+    config = _config("uce", "circle", None, World.load(EMBEDDED), {})
+    assert config["preserve"] and config["seed"] == 0  # the world's other concepts, kept: every setting is there
+    spec = {"concept": "circle", "method": "uce", "replace_with": None, "overrides": {}, "config": config}
+    folder = PatchFolder(tmp_path)
+    folder.save(Job("circle.safetensors", spec), Patch({"unet.w": torch.zeros(2)}, "uce", ["circle"], "base", {}, config))
+    assert folder.load(Job("circle.safetensors", spec)).settings == config
+    assert folder.load(Job("circle.safetensors", {**spec, "config": {**config, "seed": 1}})) is None
+    assert folder.load(Job("circle.safetensors", {**spec, "method": "rece"})) is None
 
 
 def test_bad_sweeps_are_refused():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "Server", "Visitor", "script"]
+__all__ = ["add_arguments", "run", "Server", "Visitor", "script", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10  # denoising steps of each generate: a visitor's quick look
@@ -43,13 +43,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", help="write the figures here")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """app.py in its own process on a free loopback port; its resident memory read from /proc."""
 
     def __init__(self, log: Path, *flags: str):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.log = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port), *flags],
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)

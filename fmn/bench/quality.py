@@ -41,6 +41,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -53,7 +54,7 @@ from ..erase import METHODS, erase
 from ..generate import generate_many
 from ..inversion import inverted
 from ..models import EMBEDDED, load_pipeline, pick_device
-from ..patch import activate, detach
+from ..patch import active, detach
 from ..sweep import Job, Store, sweep
 from ..world.judge import Judge
 from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES,
@@ -237,12 +238,8 @@ def attack_recovery(pipe, judge, probe: Probes, patch: str, config: AttackConfig
     The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
     name = probe.concept.name
     learned = concept_inversion(pipe, name, [patch], config, looks_like=judge.sureness(name), prompts=[p.text for p in probe.attacker])
-    activate(pipe, [patch])
-    try:
-        with inverted(pipe, learned):
-            attacked = generate_many(pipe, [p.text for p in probe.erased], list(range(len(probe.erased))), steps)
-    finally:
-        activate(pipe, [])
+    with active(pipe, [patch]), inverted(pipe, learned):
+        attacked = generate_many(pipe, [p.text for p in probe.erased], list(range(len(probe.erased))), steps)
     return _rate(judge, attacked, probe.erased)
 
 
@@ -253,13 +250,18 @@ def _patch_kb(patch) -> float:
         return path.stat().st_size / 1024
 
 
+@contextmanager
 def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: dict):
-    """Erases `concepts` into an adapter of its own; returns the adapter's name, the patch, seconds and peak memory."""
+    """Erases `concepts` into an adapter of its own, removed after the block; yields the adapter's name, the
+    patch, seconds and peak memory."""
     adapter = f"bench-{label}"
     peak, start = Peak(pipe.device), time.perf_counter()
     with peak():
         patch = erase(pipe, concepts, method, name=adapter, **settings)
-    return adapter, patch, time.perf_counter() - start, (peak.bytes / 2**20 if peak.bytes is not None else None)
+    try:
+        yield adapter, patch, time.perf_counter() - start, (peak.bytes / 2**20 if peak.bytes is not None else None)
+    finally:
+        detach(pipe, adapter)
 
 
 def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
@@ -272,16 +274,10 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
                   None, None, None, None, None, None)
         return _record(row), base["images"][:4]
-    adapter, patch, seconds, peak_mb = _erased_with(pipe, [name], spec["label"], spec["method"], spec["settings"])
-    try:
-        activate(pipe, [adapter])
-        try:
+    with _erased_with(pipe, [name], spec["label"], spec["method"], spec["settings"]) as (adapter, patch, seconds, peak_mb):
+        with active(pipe, [adapter]):
             after = found_rates(pipe, judge, probe, steps)
-        finally:
-            activate(pipe, [])
         recovered = attack_recovery(pipe, judge, probe, adapter, AttackConfig(**spec["attack"]), steps)
-    finally:
-        detach(pipe, adapter)
     row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
               recovered, None, None, seconds, peak_mb, _patch_kb(patch))
     return _record(row), after["images"][:4]
@@ -315,15 +311,9 @@ def mass_cell(pipe, judge, spec: dict) -> tuple[dict, list]:
     erased, kept = mass_probes(spec["concepts"], spec["prompts"])
     if spec["label"] == "unedited":
         return {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}, []
-    adapter, patch, seconds, _ = _erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"], spec["settings"])
-    try:
-        activate(pipe, [adapter])
-        try:
-            after = {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}
-        finally:
-            activate(pipe, [])
-    finally:
-        detach(pipe, adapter)
+    with (_erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"], spec["settings"]) as (adapter, patch, seconds, _),
+          active(pipe, [adapter])):
+        after = {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}
     return {"method": spec["label"], "seconds": seconds, "patch_kb": _patch_kb(patch), **after}, []
 
 
@@ -526,6 +516,11 @@ def _runs(args, methods: list[str], kind: str | None) -> list[tuple[str, str, di
     return runs
 
 
+def _defaults(method: str | None) -> dict:
+    """The method's default settings, in each cell's spec: a cell stored before a default changed is run again."""
+    return asdict(METHODS[method].Config()) if method else {}
+
+
 def _write(out: Path, stem: str, table: str, records: dict, json_path: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(table)
@@ -566,13 +561,13 @@ def run(args) -> list[Row] | dict:
     common = {"prompts": n, "steps": steps, "model": "embedded"}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label, "method": method,
-                                                          "settings": tuned, **common})
+                                                          "settings": tuned, "defaults": _defaults(method), **common})
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None)]]
         stem = "quality-mass-quick" if args.quick else "quality-mass"
     else:
         settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
         jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
-                                                         "settings": tuned, "attack": asdict(attack), **common})
+                                                         "settings": tuned, "defaults": _defaults(method), "attack": asdict(attack), **common})
                 for kind, names in concepts.items() for name in names
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind)]]
         run_names = sorted(name for names in concepts.values() for name in names)

@@ -9,7 +9,9 @@ a list interrupted half way runs only the concepts still missing.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +31,7 @@ def file_name(concept: str) -> str:
 
 
 class PatchFolder:
-    """`fmn.sweep`'s store for patches: one file per concept, kept if its method and settings are the job's."""
+    """`fmn.sweep`'s store for patches: one file per concept, kept if its method and every setting are the job's."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -43,20 +45,18 @@ class PatchFolder:
             patch = Patch.load(path)
         except PatchError:
             return None  # damaged (an interrupted copy): made again
-        spec = job.spec
-        same = (patch.method == spec["method"] and patch.concepts[:1] == [spec["concept"]]
-                and (patch.settings.get("guide") or "") == (spec["replace_with"] or "")
-                and all(patch.settings.get(k) == v for k, v in spec["overrides"].items()))
+        same = (patch.method == job.spec["method"] and patch.concepts[:1] == [job.spec["concept"]]
+                and json.loads(json.dumps(patch.settings)) == job.spec["config"])
         return patch if same else None
 
     def save(self, job: Job, patch: Patch) -> None:
-        staged = self.folder / f".{job.key}"
-        patch.save(staged)
-        staged.replace(self.folder / job.key)
+        patch.save(self.folder / job.key)
 
 
-def _open(model: str | None, device: str | None, config: str | None):
-    return load_pipeline(model, device=device, config=config)
+def _config(method: str, concept: str, replace_with: str | None, world: World | None, overrides: dict) -> dict:
+    """Every setting the concept's erasure will run with (defaults included, as its patch records them): a
+    patch kept from an earlier run counts only if it was made with all the same."""
+    return json.loads(json.dumps(asdict(make_method(method, [concept], None, replace_with, world, **overrides).config)))
 
 
 def _erase_one(pipe, spec: dict) -> Patch:
@@ -86,9 +86,10 @@ def erase_separately(concepts: list[str], method: str, out: str | Path, model: s
     out = Path(out)
     if out.suffix == ".safetensors":
         raise ValueError(f"--out {out}: with --separate, --out is a folder (one patch per concept).")
-    jobs = [Job(name, {"concept": c, "method": method, "replace_with": replace_with, "overrides": overrides})
+    jobs = [Job(name, {"concept": c, "method": method, "replace_with": replace_with, "overrides": overrides,
+                       "config": _config(method, c, replace_with, world, overrides)})
             for c, name in zip(concepts, names)]
-    sweep(jobs, partial(_open, model, device, config), _erase_one, PatchFolder(out), workers, address, log,
+    sweep(jobs, partial(load_pipeline, model, device=device, config=config), _erase_one, PatchFolder(out), workers, address, log,
           describe=lambda patch: f"{patch.method} patch, {len(patch.tensors)} tensors")
     return [out / name for name in names]
 
