@@ -138,7 +138,6 @@ class Visitor:
         self.call(concept, None, api_name="/attack")
 
     def reset(self) -> None:
-        self.until = None  # a session always gets to Reset
         self.call(api_name="/reset")
         self.state = ()
 
@@ -207,6 +206,7 @@ def visit(url: str, index: int, patch_file: str, until: float, tally: dict, lock
                 with lock:
                     tally["errors"].append(f"session {index} {step[0]}: {str(err)[:200]}")
             count += 1
+        visitor.until = None  # the last Reset is never withdrawn (the script's own may be, like any step)
         visitor.reset()
     except Exception as err:
         with lock:
