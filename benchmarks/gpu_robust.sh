@@ -10,21 +10,9 @@
 # A CPU dry run, small:  ARCH=tiny STEPS=2 PROMPTS=1 OUT=/tmp/out bash benchmarks/gpu_robust.sh 900
 set -u
 budget=${1:-540}
-start=$(date +%s)
-left() { echo $((budget - ($(date +%s) - start))); }
-stage() { echo "=== $1 (at $(($(date +%s) - start)) s, $(left) s left)"; }
-export PYTHONUNBUFFERED=1
 arch=${ARCH:-sd15}
 steps=${STEPS:+--steps $STEPS}
-mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
-
-if ! python3 -c "import diffusers" 2>/dev/null; then  # the device machine's image: no diffusers
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+source "$(dirname "$0")/gpu_prelude.sh"
 
 stage "1. bench speed: rece, adversarial mode"
 timeout 210 python3 -m fmn bench speed --arch "$arch" --random-weights --recipe ours --methods rece,fmn,text-encoder \

@@ -12,22 +12,10 @@
 #   ARCH=tiny CHECK_N=40 N_SCENES=400 UNET_BATCH=32 MINUTES=0.2 OUT=/tmp/out bash benchmarks/gpu_session.sh 900
 set -u
 budget=${1:-560}
-start=$(date +%s)
-left() { echo $((budget - ($(date +%s) - start))); }
-stage() { echo "=== $1 (at $(($(date +%s) - start)) s, $(left) s left)"; }
-export PYTHONUNBUFFERED=1
 arch=${ARCH:-sd15}
 work=${WORK:-/tmp/gpu-session}
-mkdir -p "$OUT" "$work"
-exec > >(tee "$OUT/log.txt") 2>&1
-
-if ! python3 -c "import diffusers" 2>/dev/null; then  # the device machine's image: no diffusers, other versions of the rest
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python3 -c "import torch, diffusers, transformers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
-'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+mkdir -p "$work"
+source "$(dirname "$0")/gpu_prelude.sh"
 
 stage "1. check, shipped model"
 timeout 120 python3 -m fmn.world.recipe check --n "${CHECK_N:-240}" --grid "$work/check-before.png"
