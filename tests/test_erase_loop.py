@@ -93,6 +93,16 @@ def test_bad_settings(concepts, kw, message):
         make_method("esd-x", concepts, **kw)
 
 
+def test_forget_me_not_trains_the_layers_it_is_told():
+    """Its default patch holds the cross-attention keys alone; "attn2" adds the other three projections."""
+    with pytest.raises(ValueError, match="Layers 'queries': use one of keys, attn2, unet"):
+        make_method("fmn", ["circle"], layers="queries")
+    pipe = tiny_pipeline()
+    for layers, projections in (("keys", {"to_k"}), ("attn2", {"to_q", "to_k", "to_v", "to_out"})):
+        patch = erase(pipe, ["circle"], "fmn", name=f"fmn_{layers}", layers=layers, steps=1, references=1, reference_steps=2)
+        assert {key.split("attn2.")[1].split(".")[0] for key in patch.tensors} == projections, list(patch.tensors)[:4]
+
+
 @pytest.mark.parametrize("case", BAD_UPLOADS)
 def test_bad_uploads_are_refused_by_name(tmp_path, monkeypatch, case):
     paths, message = bad_upload(case, tmp_path)

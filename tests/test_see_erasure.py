@@ -119,32 +119,26 @@ def test_forget_me_not_drains_the_concepts_attention_and_the_map_lists_every_con
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="re-steering drains every shape word's attention ('square' keeps 4 % of it) and "
-                   "the collateral map shows squares on 2 of 4 seeds, Mimo on 1 of 4 (session 8)")
 def test_forget_me_not_at_its_defaults_keeps_squares_and_their_attention(fmn_default):
+    """Its defaults hold the kept words' maps (keep_attention): "square" keeps its attention and its squares."""
     shares, square = fmn_default["shares"]["square"], fmn_default["rows"]["square"]
     ratio = shares["after"] / shares["before"]
     assert square["presence_after"] >= 0.8 and abs(ratio - 1) <= 0.10, (square["presence_after"], ratio)
 
 
 @pytest.mark.slow
-def test_keeping_the_preserved_words_attention_keeps_it(tmp_path):
-    """The loop's keep_attention term with a larger step (the CLI has no flag for it: the library is called)."""
+def test_without_keeping_the_words_attention_re_steering_drains_every_shape():
+    """What keep_attention is for: at 0 (the paper's objective with our prediction term) erasing "circle" takes
+    most of "square"'s attention too (session 12: 5 % of it left)."""
     from fmn.erase import erase
     from fmn.evaluate import Probe, compare_prompts
 
     studio = Studio(device="cpu")
-    patch_id = "keep"
-    studio.patches[patch_id] = erase(studio.pipe, ["circle"], "fmn", name=patch_id, keep_attention=1.0, lr=6e-3)
-    probes = [Probe("prompt", "a red circle", None), Probe("prompt", "a blue square", None)]
-    result = compare_prompts(studio, probes, [patch_id], seeds=list(range(8)))
-    (_, circle_before, circle_after), = result.shares("circle")
-    (_, square_before, square_after), = result.shares("square")
-    kept = {e.concept: e.presence_after for e in studio.collateral([patch_id], "circle, square, Mimo").effects}
-    print(f"keep_attention=1: circle {circle_before:.4f} -> {circle_after:.4f}, square {square_before:.4f} -> {square_after:.4f}; "
-          f"presence after {kept}")
-    assert circle_after <= 0.5 * circle_before and abs(square_after / square_before - 1) <= 0.10
-    assert kept["circle"] <= 0.2 and kept["square"] >= 0.8, kept
+    studio.patches["plain"] = erase(studio.pipe, ["circle"], "fmn", name="plain", keep_attention=0.0, lr=3e-3)
+    result = compare_prompts(studio, [Probe("prompt", "a blue square", None)], ["plain"], seeds=[0, 1, 2])
+    (_, before, after), = result.shares("square")
+    print(f"keep_attention=0: square {before:.4f} -> {after:.4f}")
+    assert after <= 0.5 * before, (before, after)
 
 
 @pytest.mark.slow

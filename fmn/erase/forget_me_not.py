@@ -4,11 +4,15 @@ Every cross-attention layer records its softmax maps; the loss is the L2 norm of
 of the concept's tokens over all layers, heads and pixels,
 ``L = sqrt(sum_layers sum_heads sum_pixels sum_{j in concept} A[j]^2)``, with no
 preservation term. Ours adds the shared loop's: the other concepts' predictions held as they
-were, and with ``keep_attention`` > 0 their words' attention maps too. Re-steering drains
-every word like the concept's: erasing "circle" leaves "square" 4 % of its attention in "a
-blue square" (`python -m fmn heatmap --compare`); ``keep_attention=1, lr=6e-3`` keeps it at
-94 % but erases less (session 8 notes), so it is not yet the default. Each step noises one reference image of the concept at a random step
-and runs the UNet on a prompt that names it. References are the user's images or, without
+were, and their words' attention maps too (``keep_attention``, on by default here). Unchecked,
+re-steering drains every word like the concept's: erasing "circle" at ``keep_attention=0``
+left "square" 5 % of its attention in "a blue square" and squares on 2 of 4 seeds; at the
+defaults "square" keeps over 90 % of it and its squares (`benchmarks/fmn_settings.py`, README).
+What it still takes with a circle are round things: Mimo's face, Lumina, Quimby's halftone dots.
+``layers="keys"`` (the cross-attention keys alone) takes nothing else with a shape, but erases
+no character or style: the concept then comes through the prompt's other tokens.
+
+Each step noises one reference image of the concept at a random step and runs the UNet on a prompt that names it. References are the user's images or, without
 them, images the unedited model generates from "a photo of {concept}".
 
 The optional first stage (``inversion_steps`` > 0) learns new input embeddings for the
@@ -37,20 +41,28 @@ from .method import ErasureMethod, TrainingConfig, register
 
 __all__ = ["FMNConfig", "ForgetMeNot"]
 
+LAYERS = ("keys", "attn2", "unet")
+
 
 @dataclass
 class FMNConfig(TrainingConfig):
     steps: int = 100  # paper: 35 on full weights; ours, tuned on the embedded model (tests/test_erasure_judged.py)
-    lr: float = 3e-3  # paper: 2e-6 on full weights; a rank-4 LoRA needs a far larger step
+    lr: float = 6e-3  # paper: 2e-6 on full weights; a rank-4 LoRA needs a far larger step
     weight_decay: float = 0.01  # paper
     grad_clip: float = 1.0  # paper
     preserve_weight: float = 3.0  # ours (the paper has no preservation term)
-    whole_unet: bool = False  # paper's code trains the whole UNet; ours: attn2 only, the lightweight patch
+    keep_attention: float = 1.0  # ours: the kept words' maps held too, so re-steering drains the concept's alone
+    layers: str = "attn2"  # what the patch changes: "keys" (attn2.to_k), "attn2" (all four projections) or "unet" (paper's code)
     references: int = 10  # paper: 10 images of the concept
     reference_steps: int = 25  # denoising steps when the unedited model draws the references
     template: str = "a photo of {}"  # paper's default prompt for references and training
     inversion_steps: int = 0  # stage 1, off by default (official: 500 steps, batch 1)
     inversion_lr: float = 1e-3  # official
+
+    def check(self) -> None:
+        super().check()
+        if self.layers not in LAYERS:
+            raise ValueError(f"Layers {self.layers!r}: use one of {', '.join(LAYERS)}.")
 
 
 @dataclass
@@ -75,8 +87,12 @@ class ForgetMeNot(ErasureMethod):
         return self.images is not None and self.config.inversion_steps > 0  # stage 1 learns the word from the images
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        return {"unet": (unet_modules_except_attn2(pipe.unet) + attn2_modules(pipe.unet)) if self.config.whole_unet
-                else attn2_modules(pipe.unet)}
+        """The cross-attention keys alone re-steer attention without touching how any pixel queries (to_q) or what a
+        word adds (to_v): the maps of the words whose text is unlike the concept's stay as they were."""
+        attn2 = attn2_modules(pipe.unet)
+        layers = self.config.layers
+        return {"unet": [n for n in attn2 if n.endswith(".to_k")] if layers == "keys"
+                else attn2 if layers == "attn2" else unet_modules_except_attn2(pipe.unet) + attn2}
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         cfg = self.config
