@@ -12,8 +12,9 @@ What it still takes with a circle are round things: Mimo's face, Lumina, Quimby'
 ``layers="keys"`` (the cross-attention keys alone) takes nothing else with a shape, but erases
 no character or style: the concept then comes through the prompt's other tokens.
 
-Each step noises one reference image of the concept at a random step and runs the UNet on a prompt that names it. References are the user's images or, without
-them, images the unedited model generates from "a photo of {concept}".
+Each step noises one reference image of the concept at a random step and runs the UNet on a
+prompt that names it. References are the user's images or, without them, images the unedited
+model generates from "a photo of {concept}".
 
 The optional first stage (``inversion_steps`` > 0) learns new input embeddings for the
 concept's words from the references by textual inversion (`fmn.inversion`); training
@@ -87,8 +88,8 @@ class ForgetMeNot(ErasureMethod):
         return self.images is not None and self.config.inversion_steps > 0  # stage 1 learns the word from the images
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        """The cross-attention keys alone re-steer attention without touching how any pixel queries (to_q) or what a
-        word adds (to_v): the maps of the words whose text is unlike the concept's stay as they were."""
+        """attn2 by default; "keys" re-steers through the text side alone (not how pixels query, nor what a word
+        adds), the most specific and the weakest; "unet" is every layer, as the paper's code trains."""
         attn2 = attn2_modules(pipe.unet)
         layers = self.config.layers
         return {"unet": [n for n in attn2 if n.endswith(".to_k")] if layers == "keys"
