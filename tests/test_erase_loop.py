@@ -94,7 +94,7 @@ def test_bad_settings(concepts, kw, message):
 
 
 def test_forget_me_not_trains_the_layers_it_is_told():
-    """Its default patch holds the cross-attention keys alone; "attn2" adds the other three projections."""
+    """"keys" patches the cross-attention keys alone; "attn2", the default, all four projections."""
     with pytest.raises(ValueError, match="Layers 'queries': use one of keys, attn2, unet"):
         make_method("fmn", ["circle"], layers="queries")
     pipe = tiny_pipeline()
