@@ -94,7 +94,13 @@ class FakeWorld:
         return [w for w in ("circle", "square", "Mimo") if w not in erased]
 
     def wordings(self, concept):
-        return [concept]
+        return [concept, f"{concept} again"] if concept == "night" else [concept]
+
+    def keep_prompts(self, erased):
+        return [f"a scene without {', '.join(erased)}"]
+
+    def in_context(self, concept):
+        return [f"a red {concept} on grass"]
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -103,3 +109,14 @@ def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(nam
     assert make_method(name, ["circle"], replace_with="square", world=FakeWorld()).config.preserve == ["Mimo"]
     assert make_method(name, ["circle"], world=FakeWorld(), preserve=[]).config.preserve == []
     assert make_method(name, ["circle"]).config.preserve == []  # a model without a world keeps nothing in particular
+
+
+@pytest.mark.parametrize("name", [n for n, cls in METHODS.items() if "keep_prompts" in cls.Config.__dataclass_fields__])
+def test_closed_forms_take_their_prompts_from_the_world(name):
+    """Whole prompts to keep without the erased concepts (and the guide), and the concepts as named in context:
+    a global concept's prompts once, not once per wording."""
+    config = make_method(name, ["circle", "night"], replace_with="square", world=FakeWorld()).config
+    assert config.keep_prompts == ["a scene without circle, night, night again, square"]
+    assert config.in_context == ["a red circle on grass", "a red night on grass"]
+    assert make_method(name, ["circle"]).config.keep_prompts == make_method(name, ["circle"]).config.in_context == []
+    assert make_method(name, ["circle"], world=FakeWorld(), keep_prompts=[]).config.keep_prompts == []

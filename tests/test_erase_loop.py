@@ -161,12 +161,12 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     from fmn.erase.uce import UCE, UCEConfig
 
     pipe = tiny_pipeline()
-    rows = UCE(["circle"], UCEConfig())._embeddings  # the concept's rows: its last token, the end token, the padding
+    method = UCE(["circle"], UCEConfig())  # the concept's rows: its last token, the end token, the padding
 
     def keys(word, of_guide=False):
         layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
         with torch.no_grad():
-            return layer(rows(pipe, word, "", of_guide))
+            return layer(method._rows(pipe, word, word)[1 if of_guide else 0])
 
     circle, guide, star = keys("circle"), keys("circle", of_guide=True), keys("star")
     patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01)
@@ -178,6 +178,37 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
     assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)  # its rows, at most the width
     assert len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
+
+
+def test_uce_erases_in_context_and_keeps_whole_prompts():
+    """Ours, beside UCE's word alone: `in_context` prompts erase the concept's rows where other words
+    shaped them, `keep_prompts` hold every row of whole prompts. Each acts on prompts like its own,
+    not among them: the concept's rows in an unseen prompt move toward the guide's, and an unseen
+    prompt without the concept keeps its keys."""
+    from fmn.erase.uce import UCE, UCEConfig
+
+    pipe = tiny_pipeline()
+    concept, guide = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
+
+    def keys(rows):
+        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
+        with torch.no_grad():
+            return layer(rows)
+
+    with torch.no_grad():
+        unseen = encode(pipe, ["a blue star on grass"]).states[0]
+    before, start, target = keys(unseen), keys(concept), keys(guide)
+    runs = {"word alone": {}, "in context": {"in_context": ["a red circle on grass", "a green circle", "a circle on water"]},
+            "kept whole": {"keep_prompts": ["a blue square on grass", "a red star on sand", "a green star", "a yellow ring on grass"]}}
+    gap, moved = {}, {}
+    for label, settings in runs.items():
+        erase(pipe, ["circle"], "uce", name=label.replace(" ", "-"), preserve=["star"], **settings)
+        activate(pipe, [label.replace(" ", "-")])
+        gap[label] = ((keys(concept) - target).norm() / (start - target).norm()).item()
+        moved[label] = ((keys(unseen) - before).norm() / before.norm()).item()
+        activate(pipe, [])
+    assert gap["in context"] < 0.9 * gap["word alone"], gap  # measured 0.73 against 0.88 of the way left
+    assert moved["kept whole"] < 0.5 * moved["word alone"], moved  # measured 1.7 % against 5.7 %
 
 
 def test_text_encoder_unlearning_changes_only_the_text_encoder():

@@ -61,7 +61,7 @@ from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, 
                            TRAIN_TEMPLATES, Scene, caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "best_overall",
+__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
            "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
@@ -297,7 +297,7 @@ def _record(row: Row) -> dict:
     return {f.name: getattr(row, f.name) for f in fields(Row) if f.name != "samples"}
 
 
-def _presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[str, float]:
+def presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[str, float]:
     """Per concept, the share of its prompts whose images show it: every set generated in one batched run."""
     prompts = [p for ps in sets.values() for p in ps]
     seeds = [i for ps in sets.values() for i in range(len(ps))]
@@ -310,10 +310,10 @@ def mass_cell(pipe, judge, spec: dict) -> tuple[dict, list]:
     presence (UA is one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
     erased, kept = mass_probes(spec["concepts"], spec["prompts"])
     if spec["label"] == "unedited":
-        return {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}, []
+        return {"erased": presence(pipe, judge, erased, spec["steps"]), "kept": presence(pipe, judge, kept, spec["steps"])}, []
     with (_erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"], spec["settings"]) as (adapter, patch, seconds, _),
           active(pipe, [adapter])):
-        after = {"erased": _presence(pipe, judge, erased, spec["steps"]), "kept": _presence(pipe, judge, kept, spec["steps"])}
+        after = {"erased": presence(pipe, judge, erased, spec["steps"]), "kept": presence(pipe, judge, kept, spec["steps"])}
     return {"method": spec["label"], "seconds": seconds, "patch_kb": _patch_kb(patch), **after}, []
 
 

@@ -60,6 +60,7 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     for c in concepts:
         if len(c) > MAX_CONCEPT_CHARS:
             raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
+    named = concepts
     if world:
         concepts = list(dict.fromkeys(w for c in concepts for w in world.wordings(c)))
     known = {f.name for f in fields(cls.Config)}
@@ -75,6 +76,10 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
         overrides["guide"] = guide
     if "preserve" not in overrides:
         overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
+    if world and "keep_prompts" in known and "keep_prompts" not in overrides:
+        overrides["keep_prompts"] = world.keep_prompts([*concepts, guide])
+    if world and "in_context" in known and "in_context" not in overrides:
+        overrides["in_context"] = [p for c in named for p in world.in_context(c)]  # night: n in all its wordings
     config = cls.Config(**overrides)
     config.check()
     return cls(concepts, config, images)

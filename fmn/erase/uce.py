@@ -11,6 +11,17 @@ The change W' - W = W (C* - C)^T C M^-1 has rank len(C), so it is stored exactly
 factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods. Past D rows
 (a mass erasure) the change itself is stored instead, at rank D: B = W (C* - C)^T C M^-1, A = I.
 
+Ours, on top (both filled in from the model's world by `erase`; none on a model without one):
+`in_context` prompts show the concept among other words, and its rows from its token on are erased
+there too, mapped to the same prompt with the guide in its place: the word alone misses what the
+words before it make of it. `keep_prompts` are whole prompts without the concept whose every row is
+kept (weight `keep_weight` each): kept words alone hold only their own rows, and an edit of the
+padding rows (which carry colours, backgrounds and styles too) otherwise takes them from every prompt.
+This is the role MACE's and SPEED's prior prompts play. SPEED's projection onto the null space of the
+kept rows was tried and not kept: in the embedded model's 128 dimensions the kept rows' small
+directions are where concepts differ, and projecting them out of the way cost the kept concepts more
+than the plain edit did.
+
 RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
 the edited layers give the concept's original keys and values; an attacker who learns words
 can find it. RECE finds it in closed form, the regularised least squares over every edited layer
@@ -25,7 +36,7 @@ space, and the edit then trades away the concept's own rows (measured: night's a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -39,6 +50,13 @@ __all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 @dataclass
 class UCEConfig(MethodConfig):
     lam: float = 0.5  # paper: lambda about 0.5
+    in_context: list[str] = field(default_factory=list)  # ours: prompts that show a concept, erased from its token on too
+    keep_prompts: list[str] = field(default_factory=list)  # ours: prompts whose every row is kept
+    keep_weight: float = 1.0  # ours: the weight of each keep prompt's row in the solve (a kept word's rows weigh 1)
+
+    def check(self) -> None:
+        if not self.keep_weight >= 0:
+            raise ValueError(f"keep_weight {self.keep_weight} must be 0 or more.")
 
 
 @dataclass
@@ -48,6 +66,7 @@ class RECEConfig(UCEConfig):
     rows: int = 2  # ours: invert the concept's first rows only (its last token, the end token; 0: every row)
 
     def check(self) -> None:
+        super().check()
         if not 0 <= self.rounds <= 10:
             raise ValueError(f"Rounds {self.rounds} is out of range: use 0 to 10.")
         if not self.reg > 0:
@@ -104,22 +123,36 @@ class UCE(ErasureMethod):
     Config = UCEConfig
     trains = False
 
-    def _embeddings(self, pipe: StableDiffusionPipeline, word: str, guide: str = "", of_guide: bool = False) -> torch.Tensor:
-        """(L, D): the word's prompt embeddings from its last token on (`of_guide`: the guide prompt's,
-        from its own last token); L is the same either way, set by the longer of the two."""
-        last = {text: len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (word, guide)}
-        length = pipe.tokenizer.model_max_length - max(last.values())
-        text = guide if of_guide else word
-        return encode(pipe, [text]).states[0, last[text]:last[text] + length].float()
+    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str, guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, D) twice: the prompt's embeddings from the word's last token on, and those of the prompt with
+        the word replaced by the guide (default: the config's), from the guide's last token (or the token
+        before the word) on. L is the same for both, set by the later start; the prompt may be the word alone."""
+        guide = self.config.guide if guide is None else guide
+        at = prompt.lower().index(word.lower())
+        head, tail = prompt[:at], prompt[at + len(word):]
+        starts = [len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (head + word, head + guide)]
+        length = pipe.tokenizer.model_max_length - max(starts)
+        states = encode(pipe, [prompt, head + guide + tail]).states.float()
+        return states[0, starts[0]:starts[0] + length], states[1, starts[1]:starts[1] + length]
 
-    def rows(self, pipe: StableDiffusionPipeline, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _word_in(self, prompt: str) -> str:
+        """The (longest) concept an in-context prompt shows."""
+        named = [c for c in self.concepts if c.lower() in prompt.lower()]
+        if not named:
+            raise ValueError(f"The in-context prompt {prompt!r} names none of {', '.join(self.concepts)}.")
+        return max(named, key=len)
+
+    def rows(self, pipe: StableDiffusionPipeline, first: int = 0, in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D);
-        with `first`, each concept's first rows only."""
+        with `first`, each prompt's first rows only; `in_context=False`: the concepts' words alone."""
         cfg, take = self.config, slice(first or None)
-        erase = torch.cat([self._embeddings(pipe, word, cfg.guide)[take] for word in self.concepts])
-        targets = torch.cat([self._embeddings(pipe, word, cfg.guide, of_guide=True)[take] for word in self.concepts])
-        kept = torch.cat([self._embeddings(pipe, word) for word in cfg.preserve] or [erase[:0]])
-        return erase, targets, kept
+        prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in cfg.in_context if in_context]
+        pairs = [self._rows(pipe, prompt, word) for prompt, word in prompts]
+        erase, targets = (torch.cat([pair[i][take] for pair in pairs]) for i in (0, 1))
+        kept = [self._rows(pipe, word, word, guide="")[0] for word in cfg.preserve]  # from its last token to the end
+        if cfg.keep_prompts:
+            kept.append(cfg.keep_weight ** 0.5 * encode(pipe, cfg.keep_prompts).states.float().flatten(0, 1))
+        return erase, targets, torch.cat(kept or [erase[:0]])
 
     @staticmethod
     def weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
@@ -142,7 +175,7 @@ class RECE(UCE):
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         cfg, weights = self.config, self.weights(pipe)
         erase, targets, kept = self.rows(pipe)
-        source, aims, _ = self.rows(pipe, first=cfg.rows)  # the rows inverted, and the guide's rows they map to
+        source, aims, _ = self.rows(pipe, first=cfg.rows, in_context=False)  # the rows inverted, and the guide's rows they map to
         edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
         for _ in range(cfg.rounds):
             erase = torch.cat([erase, edit.inverse(source, cfg.reg)])
