@@ -211,6 +211,15 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
     assert moved["kept whole"] < 0.5 * moved["word alone"], moved  # measured 1.7 % against 5.7 %
 
 
+def test_in_context_prompts_name_the_concept_as_a_whole_word():
+    from fmn.erase.uce import UCE, UCEConfig
+
+    method = UCE(["night", "at midnight"], UCEConfig())
+    assert method._word_in("a ring at midnight") == "at midnight" and method._word_in("a Night sky") == "night"
+    with pytest.raises(ValueError, match="names none of night"):
+        UCE(["night"], UCEConfig())._word_in("a ring at midnight")  # "night" inside "midnight" is not the word
+
+
 def test_text_encoder_unlearning_changes_only_the_text_encoder():
     pipe = tiny_pipeline()
     with torch.no_grad():

@@ -36,6 +36,7 @@ space, and the edit then trades away the concept's own rows (measured: night's a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -117,6 +118,11 @@ class Edit:
         return tensors, {"unet": {"r": rank, "lora_alpha": rank, "target_modules": sorted(self.weights)}}
 
 
+def _find(word: str, prompt: str) -> re.Match | None:
+    """The word in the prompt as a whole word, any case ("night" is not found in "midnight")."""
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, re.IGNORECASE)
+
+
 @register
 class UCE(ErasureMethod):
     name = "uce"
@@ -128,7 +134,7 @@ class UCE(ErasureMethod):
         the word replaced by the guide (default: the config's), from the guide's last token (or the token
         before the word) on. L is the same for both, set by the later start; the prompt may be the word alone."""
         guide = self.config.guide if guide is None else guide
-        at = prompt.lower().index(word.lower())
+        at = _find(word, prompt).start()
         head, tail = prompt[:at], prompt[at + len(word):]
         starts = [len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (head + word, head + guide)]
         length = pipe.tokenizer.model_max_length - max(starts)
@@ -137,7 +143,7 @@ class UCE(ErasureMethod):
 
     def _word_in(self, prompt: str) -> str:
         """The (longest) concept an in-context prompt shows."""
-        named = [c for c in self.concepts if c.lower() in prompt.lower()]
+        named = [c for c in self.concepts if _find(c, prompt)]
         if not named:
             raise ValueError(f"The in-context prompt {prompt!r} names none of {', '.join(self.concepts)}.")
         return max(named, key=len)
