@@ -96,11 +96,11 @@ class FakeWorld:
     def wordings(self, concept):
         return [concept, f"{concept} again"] if concept == "night" else [concept]
 
-    def keep_prompts(self, erased):
-        return [f"a scene without {', '.join(erased)}"]
+    def keep_prompts(self, erased, n):
+        return [f"{n} scenes without {', '.join(erased)}"]
 
-    def in_context(self, concept):
-        return [f"a red {concept} on grass"]
+    def in_context(self, concept, without=()):
+        return [f"a red {concept} on grass, no {' or '.join(w for w in without if w != concept)}"]
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -113,10 +113,13 @@ def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(nam
 
 @pytest.mark.parametrize("name", [n for n, cls in METHODS.items() if "keep_prompts" in cls.Config.__dataclass_fields__])
 def test_closed_forms_take_their_prompts_from_the_world(name):
-    """Whole prompts to keep without the erased concepts (and the guide), and the concepts as named in context:
-    a global concept's prompts once, not once per wording."""
+    """Whole prompts to keep without the erased concepts (and the guide), as many a concept as one alone
+    gets, and the concepts as named in context, without the others: a global concept's prompts once, not
+    once per wording. A replacement lands on its guide: no push past it unless asked."""
     config = make_method(name, ["circle", "night"], replace_with="square", world=FakeWorld()).config
-    assert config.keep_prompts == ["a scene without circle, night, night again, square"]
-    assert config.in_context == ["a red circle on grass", "a red night on grass"]
+    assert config.keep_prompts == ["80 scenes without circle, night, night again, square"]
+    assert config.in_context == ["a red circle on grass, no night or night again", "a red night on grass, no circle or night again"]
+    assert config.push == 0 and make_method(name, ["circle"], world=FakeWorld()).config.push > 0
+    assert make_method(name, ["circle"], replace_with="square", push=1.5).config.push == 1.5
     assert make_method(name, ["circle"]).config.keep_prompts == make_method(name, ["circle"]).config.in_context == []
     assert make_method(name, ["circle"], world=FakeWorld(), keep_prompts=[]).config.keep_prompts == []

@@ -169,7 +169,7 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
             return layer(method._rows(pipe, word, word)[1 if of_guide else 0])
 
     circle, guide, star = keys("circle"), keys("circle", of_guide=True), keys("star")
-    patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01)
+    patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01, push=0)
     activate(pipe, [patch.name])
     # 76 rows in 32 dimensions cannot all be mapped exactly: a least-squares compromise (measured 0.14, 0.51, 0.27)
     assert (keys("circle")[0] - guide[0]).norm() < 0.2 * (circle[0] - guide[0]).norm()  # the concept's token: now the guide's
@@ -178,6 +178,12 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
     assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)  # its rows, at most the width
     assert len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
+
+    erase(pipe, ["circle"], "uce", name="pushed", preserve=["star"], lam=0.01, push=1)  # past the guide, as far again
+    activate(pipe, ["pushed"])
+    past = 2 * guide[0] - circle[0]  # measured 0.31 and 1.71 of the concept's distance to the guide (push 0: 0.14 from the guide, 0.91)
+    assert (keys("circle")[0] - past).norm() < 0.45 * (circle[0] - guide[0]).norm()
+    assert (keys("circle")[0] - circle[0]).norm() > 1.5 * (guide[0] - circle[0]).norm()  # farther from the concept than the guide is
 
 
 def test_uce_erases_in_context_and_keeps_whole_prompts():
@@ -202,7 +208,7 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
             "kept whole": {"keep_prompts": ["a blue square on grass", "a red star on sand", "a green star", "a yellow ring on grass"]}}
     gap, moved = {}, {}
     for label, settings in runs.items():
-        erase(pipe, ["circle"], "uce", name=label.replace(" ", "-"), preserve=["star"], **settings)
+        erase(pipe, ["circle"], "uce", name=label.replace(" ", "-"), preserve=["star"], push=0, **settings)
         activate(pipe, [label.replace(" ", "-")])
         gap[label] = ((keys(concept) - target).norm() / (start - target).norm()).item()
         moved[label] = ((keys(unseen) - before).norm() / before.norm()).item()
@@ -259,8 +265,8 @@ def test_rece_closes_the_embedding_that_uce_leaves_open():
     pipe = tiny_pipeline()
     weights = UCE.weights(pipe)
     uce, rece = (make_method(m, ["circle"], preserve=["star"], **extra) for m, extra in (("uce", {}), ("rece", {"rounds": 2})))
-    concept, guide, kept = uce.rows(pipe)
-    assert torch.equal(uce.rows(pipe, first=2)[0], concept[:2])
+    (concept, guide), kept = uce.erased_rows(pipe), uce.kept_rows(pipe)
+    assert torch.equal(uce.erased_rows(pipe, first=2)[0], concept[:2])
 
     def gap(edit: Edit) -> float:
         """How close an attacker's best embedding brings the edited layers to the outputs of the concept's token and end rows."""
@@ -331,7 +337,7 @@ def test_a_mass_edit_past_the_embedding_width_is_stored_at_that_rank_and_exact()
     pipe = tiny_pipeline()
     uce = make_method("uce", ["circle", "square", "star"], preserve=["ring"])
     with torch.no_grad():
-        erase_rows, targets, kept = uce.rows(pipe)
+        (erase_rows, targets), kept = uce.erased_rows(pipe), uce.kept_rows(pipe)
         tensors, lora = uce.solve(pipe)
     width = erase_rows.shape[1]
     assert len(erase_rows) > width and lora["unet"]["r"] == width

@@ -40,7 +40,7 @@ SPEC = {"after": 0.20, "in_kind": 0.10, "cross_kind": 0.10}  # presence after; p
 # seeds 0, 1, 2, the presence after erasure and the points lost in kind and across kinds.
 READINGS = {
     ("uce", "triangle"): [(0.0, 0.0, 0.1)] * 3,  # a closed form: the seed changes nothing
-    ("uce", "Tobble"): [(0.0, 0.0, 0.1)] * 3,  # in context and whole prompts kept (session 14): 0.0 across kinds before
+    ("uce", "Tobble"): [(0.0, 0.1, 0.1)] * 3,  # session 15 (its token pushed past the guide): 0.0 in kind before
     ("fmn", "triangle"): [(0.6, 0.0, 0.1), (0.7, 0.0, -0.1), (0.3, 0.0, 0.0)],  # keep_attention 1 (session 13): less erased, little lost
     ("fmn", "Tobble"): [(0.5, 0.0, 0.2), (0.2, 0.0, 0.0), (0.3, -0.1, 0.1)],
     ("text-encoder", "triangle"): [(0.0, 0.1, 0.2), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)],
@@ -137,9 +137,10 @@ def test_method_replaces_the_concept_with_another(embedded, judge, method):
 # Concept inversion (100 steps, 8 images, the judge as the attacker's eye) against "night" erased in its one-word
 # form (no other wording: the attacker's learned word finds a way around a plain edit), the world's other
 # concepts kept: the share of night's 10 held-out prompts where it came back. Closed forms and a seeded attack.
-# Session 6 read 70 % (UCE) against 10 % (RECE); since the attacker's images are drawn in one pipeline call (latents
-# equal to 6e-5) the same attack reads 60 % against 50 %: on this seed RECE's edge is one image, not seven.
-ROBUST_READINGS = {"uce": 0.6, "rece": 0.5}
+# Session 6 read 70 % (UCE) against 10 % (RECE); after the attacker's images were drawn in one pipeline call (latents
+# equal to 6e-5) the same attack read 60 % against 50 %; since session 15 (the concept's token pushed past the
+# guide, both methods) 80 % against 20 %.
+ROBUST_READINGS = {"uce": 0.8, "rece": 0.2}
 
 
 def test_the_robust_closed_form_withstands_the_attack(embedded, judge):
@@ -153,7 +154,7 @@ def test_the_robust_closed_form_withstands_the_attack(embedded, judge):
             detach(embedded, "judged")
     print(f"night (one word), attack recovery: uce {recovered['uce']:.0%}, rece {recovered['rece']:.0%}")  # README (pytest -s)
     assert recovered["rece"] <= ROBUST_READINGS["rece"] + MARGIN, recovered  # as measured, one image to spare
-    assert recovered["rece"] <= recovered["uce"], recovered  # never more than after the plain edit
+    assert recovered["uce"] - recovered["rece"] >= 0.3 - 1e-9, recovered  # three images of ten fewer than the plain edit
 
 
 # The same attack against Forget-Me-Not erasing the heart, plain and in adversarial mode (seed 0): presence of the
@@ -186,27 +187,33 @@ def test_adversarial_mode_withstands_the_attack(embedded, judge):
 
 # The benchmark's 8 concepts (MASS: night in all its wordings) in one UCE patch, on 6 prompts a set of each erased
 # and each kept concept (3 shapes, 2 characters, 2 artists, 6 colours, 3 backgrounds, in scenes without the erased):
-# the mean points lost over the kept concepts, with the world's whole prompts kept and in-context erasure (the
-# defaults since session 14) and without them (the edit of the word alone, as UCE's paper)
-MASS_READINGS = {"defaults": 0.104, "word alone": 0.302}  # session 14, 2 cores of an AMD EPYC
+# the mean points lost over the kept concepts, and the mean presence of the erased, with the world's whole prompts
+# kept, in-context erasure and the push past the guide (the defaults) and without them (the edit of the word
+# alone, as UCE's paper). Session 14's defaults lost 0.104; with in-context prompts that show no other erased
+# concept and keep prompts for each concept (session 15), 0.052.
+MASS_READINGS = {"defaults": (0.052, 0.146), "word alone": (0.302, 0.229)}  # 2 cores of an AMD EPYC
 
 
 def test_mass_erasure_keeps_what_it_does_not_name(embedded, judge):
     erased, kept = mass_probes(MASS, 6)
-    base, lost = presence(embedded, judge, kept, STEPS), {}
-    for label, settings in (("defaults", {}), ("word alone", {"keep_prompts": [], "in_context": []})):
+    base, lost, left = presence(embedded, judge, kept, STEPS), {}, {}
+    for label, settings in (("defaults", {}), ("word alone", {"keep_prompts": [], "in_context": [], "push": 0})):
         erase(embedded, MASS, "uce", name="judged", **settings)
         try:
             activate(embedded, ["judged"])
             after = presence(embedded, judge, kept, STEPS)
+            left[label] = sum(presence(embedded, judge, erased, STEPS).values()) / len(erased)
         finally:
             activate(embedded, [])
             detach(embedded, "judged")
         lost[label] = sum(base[c] - after[c] for c in kept) / len(kept)
-    print(f"mass uce, mean points lost over {len(kept)} kept concepts: " + ", ".join(f"{k} {v:.3f}" for k, v in lost.items()))  # README
-    # one image is a point of that mean: as measured with five to spare, and at least half the measured gain kept
-    assert lost["defaults"] <= MASS_READINGS["defaults"] + 0.05, lost
-    assert lost["word alone"] - lost["defaults"] >= 0.5 * (MASS_READINGS["word alone"] - MASS_READINGS["defaults"]), lost
+    print(f"mass uce, mean points lost over {len(kept)} kept concepts, mean presence of the {len(erased)} erased: "
+          + ", ".join(f"{k} {lost[k]:.3f}, {left[k]:.3f}" for k in lost))  # README
+    (kept_defaults, left_defaults), (kept_alone, _) = MASS_READINGS["defaults"], MASS_READINGS["word alone"]
+    # one image is a point of the kept mean: as measured with five to spare, and at least half the measured gain kept
+    assert lost["defaults"] <= kept_defaults + 0.05, lost
+    assert lost["word alone"] - lost["defaults"] >= 0.5 * (kept_alone - kept_defaults), lost
+    assert left["defaults"] <= min(left_defaults + 0.05, left["word alone"]), left  # and erases no less than UCE's paper
 
 
 def spread(seeds: list[int], methods: list[str]) -> None:

@@ -123,6 +123,9 @@ def test_keep_and_in_context_prompts_word_the_world_in_training_templates():
     assert all("in the style of Vellor" in p for p in world.in_context("Vellor"))
     assert all(any(w in p for w in world.night_wordings) for p in world.in_context("night"))
     assert all(" triangle" in p for p in world.in_context("triangle")) and world.in_context("red") == []  # no kind: none
+    alone, mass = (world.in_context("Mimo", 200, without) for without in ((), ["Mimo", "triangle", "Vellor"]))
+    assert all("Mimo" in p for p in mass) and any("triangle" in p or "Vellor" in p for p in alone)
+    assert not any("triangle" in p or "Vellor" in p for p in mass)  # a concept erased with it is not kept in its context
 
 
 def test_models_without_a_world_have_none(tiny_dirs):

@@ -25,6 +25,7 @@ __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "D
 
 DEFAULT_METHOD = "text-encoder"  # the best overall in bench quality (README, session 7); the CLI's, the app's, the API's
 MAX_CONCEPT_CHARS = 100
+KEEP_PROMPTS = 40  # a closed form's keep prompts per concept erased: a mass erasure weighs its contexts as one concept does
 MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)
 
 
@@ -39,7 +40,8 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     """The method with its settings, each given one overriding its default; raises ValueError on bad values.
 
     ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for methods that take images;
-    ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``);
+    ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``; a closed
+    form then maps onto it, with no ``push`` past it unless given);
     ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
     (``preserve=[]``: keep nothing in particular), and whose global concepts are erased in every
     wording it knows ("night": "at night", "after dark", ...).
@@ -74,12 +76,15 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     guide = (replace_with or "").strip()
     if guide:
         overrides["guide"] = guide
+        if "push" in known:
+            overrides.setdefault("push", 0.0)  # a replacement lands on its guide, not past it
     if "preserve" not in overrides:
         overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
     if world and "keep_prompts" in known and "keep_prompts" not in overrides:
-        overrides["keep_prompts"] = world.keep_prompts([*concepts, guide])
+        overrides["keep_prompts"] = world.keep_prompts([*concepts, guide], KEEP_PROMPTS * len(named))
     if world and "in_context" in known and "in_context" not in overrides:
-        overrides["in_context"] = [p for c in named for p in world.in_context(c)]  # night: n in all its wordings
+        # night: n in all its wordings; none shows another concept erased with it (the edit would learn to keep it there)
+        overrides["in_context"] = [p for c in named for p in world.in_context(c, without=concepts)]
     config = cls.Config(**overrides)
     config.check()
     return cls(concepts, config, images)

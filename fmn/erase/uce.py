@@ -17,7 +17,12 @@ there too, mapped to the same prompt with the guide in its place: the word alone
 words before it make of it. `keep_prompts` are whole prompts without the concept whose every row is
 kept (weight `keep_weight` each): kept words alone hold only their own rows, and an edit of the
 padding rows (which carry colours, backgrounds and styles too) otherwise takes them from every prompt.
-This is the role MACE's and SPEED's prior prompts play. SPEED's projection onto the null space of the
+This is the role MACE's and SPEED's prior prompts play. `push` maps the row of the concept's own token
+past the guide's, away from the concept (ESD's negative guidance, in closed form): mapped onto the guide,
+an erased concept lands at best on what the prompt draws without its word, a prior that can still show it,
+and the solve, balanced against what it keeps, moves the concept's rows only part of the way there. The
+rows after the token (end, padding) carry the rest of the prompt too: pushed as well, they cost the kept
+styles and colours far more than they erased (README, "pushed past the guide"). SPEED's projection onto the null space of the
 kept rows was tried and not kept: in the embedded model's 128 dimensions the kept rows' small
 directions are where concepts differ, and projecting them out of the way cost the kept concepts more
 than the plain edit did.
@@ -54,10 +59,13 @@ class UCEConfig(MethodConfig):
     in_context: list[str] = field(default_factory=list)  # ours: prompts that show a concept, erased from its token on too
     keep_prompts: list[str] = field(default_factory=list)  # ours: prompts whose every row is kept
     keep_weight: float = 1.0  # ours: the weight of each keep prompt's row in the solve (a kept word's rows weigh 1)
+    push: float = 2.0  # ours: the concept's token row maps past the guide's, to guide + push (guide - concept); 0: UCE's
 
     def check(self) -> None:
         if not self.keep_weight >= 0:
             raise ValueError(f"keep_weight {self.keep_weight} must be 0 or more.")
+        if not 0 <= self.push <= 10:
+            raise ValueError(f"push {self.push} is out of range: use 0 (the guide itself) to 10.")
 
 
 @dataclass
@@ -148,17 +156,24 @@ class UCE(ErasureMethod):
             raise ValueError(f"The in-context prompt {prompt!r} names none of {', '.join(self.concepts)}.")
         return max(named, key=len)
 
-    def rows(self, pipe: StableDiffusionPipeline, first: int = 0, in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rows to erase, the guide's rows they map to, and the rows to keep: (k, D), (k, D), (j, D);
-        with `first`, each prompt's first rows only; `in_context=False`: the concepts' words alone."""
-        cfg, take = self.config, slice(first or None)
-        prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in cfg.in_context if in_context]
+    def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0, in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows to erase and what they map to (the guide's rows, pushed past), (k, D) each; with
+        `first`, each prompt's first rows only; `in_context=False`: the concepts' words alone."""
+        take = slice(first or None)
+        prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in self.config.in_context if in_context]
         pairs = [self._rows(pipe, prompt, word) for prompt, word in prompts]
-        erase, targets = (torch.cat([pair[i][take] for pair in pairs]) for i in (0, 1))
-        kept = [self._rows(pipe, word, word, guide="")[0] for word in cfg.preserve]  # from its last token to the end
+        push = self.config.push  # the word's own row past the guide's; the rows after it, which carry the rest too, onto theirs
+        targets = [torch.cat([guide[:1] + push * (guide[:1] - rows[:1]), guide[1:]]) for rows, guide in pairs]
+        return torch.cat([rows[take] for rows, _ in pairs]), torch.cat([t[take] for t in targets])
+
+    def kept_rows(self, pipe: StableDiffusionPipeline) -> torch.Tensor:
+        """The rows to keep, (j, D): each preserved word's from its last token to the end, and every row of
+        the keep prompts (weighted)."""
+        cfg = self.config
+        kept = [self._rows(pipe, word, word, guide="")[0] for word in cfg.preserve]
         if cfg.keep_prompts:
             kept.append(cfg.keep_weight ** 0.5 * encode(pipe, cfg.keep_prompts).states.float().flatten(0, 1))
-        return erase, targets, torch.cat(kept or [erase[:0]])
+        return torch.cat(kept) if kept else torch.zeros(0, pipe.unet.config.cross_attention_dim)
 
     @staticmethod
     def weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
@@ -168,8 +183,8 @@ class UCE(ErasureMethod):
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and the LoRA config of the edit, keyed as in a patch file."""
-        erase, targets, kept = self.rows(pipe)
-        return Edit.solve(self.weights(pipe), erase, targets, kept, self.config.lam).tensors()
+        erase, targets = self.erased_rows(pipe)
+        return Edit.solve(self.weights(pipe), erase, targets, self.kept_rows(pipe), self.config.lam).tensors()
 
 
 @register
@@ -180,8 +195,8 @@ class RECE(UCE):
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         cfg, weights = self.config, self.weights(pipe)
-        erase, targets, kept = self.rows(pipe)
-        source, aims, _ = self.rows(pipe, first=cfg.rows, in_context=False)  # the rows inverted, and the guide's rows they map to
+        (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
+        source, aims = self.erased_rows(pipe, first=cfg.rows, in_context=False)  # the rows inverted, and the guide's rows they map to
         edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
         for _ in range(cfg.rounds):
             erase = torch.cat([erase, edit.inverse(source, cfg.reg)])

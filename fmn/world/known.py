@@ -110,9 +110,10 @@ class World:
         """What an edit must leave as it is, each word in the context that shapes its embedding."""
         return self.captions(n, erased)
 
-    def in_context(self, concept: str, n: int = 10) -> list[str]:
-        """Prompts that show the concept among other things (none for a concept of no known kind)."""
-        return self.captions(n, showing=concept) if self.kind_of(concept) else []
+    def in_context(self, concept: str, n: int = 10, without: list[str] = ()) -> list[str]:
+        """Prompts that show the concept among other things, none of `without` (the concepts erased with it)
+        but the concept itself; none for a concept of no known kind."""
+        return self.captions(n, erased=without, showing=concept) if self.kind_of(concept) else []
 
     @cached_property
     def judge(self):
