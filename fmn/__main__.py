@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    e.add_argument("--push", type=float, help="closed forms (uce, rece): how far past the guide the concept's token maps "
+                   "(default 2; 0: onto it, as the papers)")
     e.add_argument("--adversarial", action="store_true",
                    help="trained methods: also erase the words an attacker learns against the patch (slower, more robust)")
     e.add_argument("--seed", type=int, default=0)
@@ -129,7 +131,7 @@ def _erase(args, studio) -> None:
     images = load_concept_images(args.images, native_size(studio.pipe)) if args.images else None
     if args.images and images is None:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
-    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("push", args.push)) if v is not None}
     if args.adversarial:
         overrides["adversarial"] = True
 
