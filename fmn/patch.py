@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 
 from .files import written
 
-__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
+__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "adapter_name", "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
            "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
@@ -137,6 +138,12 @@ def new_adapter(pipe: StableDiffusionPipeline, name: str, component: str, target
 def adapter_tensors(pipe: StableDiffusionPipeline, name: str, components: list[str]) -> dict[str, torch.Tensor]:
     """The adapter's LoRA factors, keyed as in a patch file."""
     return {f"{c}.{k}": v for c in components for k, v in get_peft_model_state_dict(_component(pipe, c), adapter_name=name).items()}
+
+
+def adapter_name(label: str) -> str:
+    """A label (method and concepts, a file's name) as an adapter name: anything but letters, digits and
+    ':+-' made '_', since peft's adapter names cannot hold a '.' ("Dr. Who", "style.v2.safetensors")."""
+    return re.sub(r"[^\w:+-]+", "_", label)
 
 
 def attach(pipe: StableDiffusionPipeline, patch: Patch, name: str) -> None:

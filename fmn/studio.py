@@ -12,7 +12,6 @@ erasure never changes another user's images.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from collections import OrderedDict
 import uuid
@@ -34,17 +33,15 @@ from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
 from .export import export, import_lora
-from .patch import NotAPatch, Patch, activate, active, attach, detach
+from .patch import NotAPatch, Patch, activate, active, adapter_name, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased", "new_id"]
 
 
 def new_id(label: str) -> str:
-    """A patch's id on the shared model: its label (method and concepts, or a LoRA file's name) with anything
-    but letters, digits and ':+-' made '_' (peft's adapter names cannot hold a '.': "style.v2.safetensors"),
-    and a random suffix that keeps two erasures of the same concept apart."""
-    safe = re.sub(r"[^\w:+-]+", "_", label)
-    return f"{safe}#{uuid.uuid4().hex[:6]}"
+    """A patch's id on the shared model: its label (method and concepts, or a LoRA file's name) as an adapter
+    name, and a random suffix that keeps two erasures of the same concept apart."""
+    return f"{adapter_name(label)}#{uuid.uuid4().hex[:6]}"
 
 
 ORIGINALS_KEPT = 32  # the unedited model's calls remembered: a collateral map's and a few comparisons' "before" sides

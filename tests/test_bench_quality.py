@@ -123,6 +123,17 @@ def test_mass_erasure_writes_its_table(tmp_path):
     assert "| uce |" in table and "Kept: presence" in table and "| Zaranth |" in table
 
 
+def test_the_default_method_is_the_one_the_committed_table_ranks_first():
+    """The best becomes the default: README's full table (benchmarks/results/quality.json), ranked by the
+    benchmark's rule, puts the default first; a rerun that ranks another first must move the default too."""
+    from fmn.bench.quality import Row, best_overall
+    from fmn.erase import DEFAULT_METHOD
+
+    table = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())
+    ranked = best_overall([Row(**row) for row in table["rows"]])
+    assert {m for m, _ in ranked} >= set(DEFAULT_METHODS) and ranked[0][0] == DEFAULT_METHOD, ranked
+
+
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),

@@ -354,3 +354,11 @@ def test_closed_forms_take_a_guide_longer_than_the_concept(method):
     with torch.no_grad():
         tensors, lora = make_method(method, ["circle"], replace_with="a big red square").solve(pipe)
     assert all(torch.isfinite(t).all() for t in tensors.values()) and lora["unet"]["r"] > 0
+
+
+def test_a_concept_with_a_dot_erases_under_an_adapter_name_peft_takes():
+    """peft's adapter names cannot hold a '.': the default name is made safe ("Dr. Who" is a real concept)."""
+    pipe = tiny_pipeline()
+    patch = erase(pipe, ["Dr. Who"], "uce")
+    activate(pipe, ["uce:Dr_Who"])
+    assert patch.concepts == ["Dr. Who"] and "uce:Dr_Who" in pipe.unet.peft_config

@@ -14,7 +14,7 @@ from dataclasses import asdict, fields
 from diffusers import StableDiffusionPipeline
 
 from ..models import world_of
-from ..patch import Patch, attach, fingerprint
+from ..patch import Patch, adapter_name, attach, fingerprint
 from ..world.known import World
 from . import forget_me_not, esd, text_encoder, uce  # noqa: F401, I001  (each registers its methods, in this order)
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
@@ -125,4 +125,4 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str 
     instance = make_method(method, concepts, images, replace_with, world, **overrides)
     if not instance.learns_new_words:
         _check_known(world, [*instance.concepts, instance.config.guide])
-    return make_patch(pipe, instance, name or f"{instance.name}:{'+'.join(instance.concepts)}", on_progress, cancelled)
+    return make_patch(pipe, instance, name or adapter_name(f"{instance.name}:{'+'.join(instance.concepts)}"), on_progress, cancelled)
