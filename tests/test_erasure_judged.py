@@ -1,7 +1,7 @@
 """Every method at its defaults on the embedded model, judged: it erases an object and a character,
 keeps the rest, and replaces one concept with another; the robust closed form (RECE) withstands
 the concept-inversion attack on "night" erased as one word, where UCE does not; Forget-Me-Not's
-adversarial mode withstands it on the heart, where plain Forget-Me-Not does not; a mass erasure of 8
+adversarial mode on the heart reads as measured over seeds (its cut of the recovery is not shown); a mass erasure of 8
 concepts in one closed-form patch keeps the concepts it does not name.
 
 The spec: the concept's judged presence on its held-out prompts falls from >= 90 % to <= 20 %,
@@ -157,19 +157,21 @@ def test_the_robust_closed_form_withstands_the_attack(embedded, judge):
     assert recovered["uce"] - recovered["rece"] >= 0.3 - 1e-9, recovered  # three images of ten fewer than the plain edit
 
 
-# The same attack against Forget-Me-Not erasing the heart, plain and in adversarial mode (seed 0): presence of the
-# heart on its 10 held-out prompts after erasure, and after the attack. Adversarial mode pays for it in what it keeps
-# (points lost in kind 30, across kinds 30, against 30 and 0 plain: README), which this test does not hold it to.
-# At FMN's settings before session 13 (the kept words' attention not held, lr 3e-3): at today's defaults the
-# adversarial mode did not cut the recovery on this seed (plain (0.3, 0.6), adversarial (0.3, 0.7), session 13).
+# The same attack against Forget-Me-Not erasing the heart, plain and in adversarial mode: presence of the heart on its
+# 10 held-out prompts after erasure, and after the attack, at FMN's settings before session 13 (the kept words'
+# attention not held, lr 3e-3; at today's defaults the mode did not cut the recovery on seed 0 in session 13).
+# The cut is not established: on session 7's CPU seed 0 read plain (0.3, 0.7), adversarial (0.2, 0.4), three images
+# fewer after the attack; on session 15's (another AMD EPYC, whose kernels train differently) the erasure seeds 0, 1, 2
+# read plain (0.3, 0.7), (0.2, 0.4), (0.2, 0.3) and adversarial (0.2, 0.5), (0.3, 0.5), (0.2, 0.5): as much recovered
+# on the mean (50 % against 47 %). So the test holds the mode to what every seed read, one image looser, and to
+# erasing no less than plain Forget-Me-Not, one image looser; README says the cut is not shown.
 ADVERSARIAL_SETTINGS = {"keep_attention": 0.0, "lr": 3e-3}
-ADVERSARIAL_READINGS = {False: (0.3, 0.7), True: (0.2, 0.4)}  # session 6: (0.5, 0.6) and (0.1, 0.1), before the
-# references were drawn in one pipeline call
+ADVERSARIAL_WORST = (0.3, 0.5)  # the adversarial mode's worst presence after erasure and after the attack, over seeds
 
 
-def test_adversarial_mode_withstands_the_attack(embedded, judge):
+def test_adversarial_mode_erases_and_the_attack_recovers_as_measured(embedded, judge):
     probe, seen = probes("object", "heart", PROMPTS), {}
-    for adversarial in ADVERSARIAL_READINGS:
+    for adversarial in (False, True):
         erase(embedded, ["heart"], "fmn", name="judged", adversarial=adversarial, **ADVERSARIAL_SETTINGS)
         try:
             activate(embedded, ["judged"])
@@ -180,9 +182,9 @@ def test_adversarial_mode_withstands_the_attack(embedded, judge):
             activate(embedded, [])
             detach(embedded, "judged")
     print(f"fmn heart: present after / attacked, plain {seen[False]}, adversarial {seen[True]}")  # README (pytest -s)
-    (plain_after, plain_attacked), (adv_after, adv_attacked) = seen[False], seen[True]
-    assert adv_after <= plain_after and adv_attacked <= ADVERSARIAL_READINGS[True][1] + MARGIN, seen  # one image to spare
-    assert plain_attacked - adv_attacked >= 0.3 - 1e-9, seen  # three images of ten fewer than plain Forget-Me-Not
+    (plain_after, _), (adv_after, adv_attacked) = seen[False], seen[True]
+    assert adv_after <= min(plain_after, ADVERSARIAL_WORST[0]) + MARGIN + 1e-9, seen
+    assert adv_attacked <= ADVERSARIAL_WORST[1] + MARGIN + 1e-9, seen
 
 
 # The benchmark's 8 concepts (MASS: night in all its wordings) in one UCE patch, on 6 prompts a set of each erased

@@ -17,15 +17,15 @@ there too, mapped to the same prompt with the guide in its place: the word alone
 words before it make of it. `keep_prompts` are whole prompts without the concept whose every row is
 kept (weight `keep_weight` each): kept words alone hold only their own rows, and an edit of the
 padding rows (which carry colours, backgrounds and styles too) otherwise takes them from every prompt.
-This is the role MACE's and SPEED's prior prompts play. `push` maps the row of the concept's own token
-past the guide's, away from the concept (ESD's negative guidance, in closed form): mapped onto the guide,
-an erased concept lands at best on what the prompt draws without its word, a prior that can still show it,
-and the solve, balanced against what it keeps, moves the concept's rows only part of the way there. The
-rows after the token (end, padding) carry the rest of the prompt too: pushed as well, they cost the kept
-styles and colours far more than they erased (README, "pushed past the guide"). SPEED's projection onto the null space of the
-kept rows was tried and not kept: in the embedded model's 128 dimensions the kept rows' small
-directions are where concepts differ, and projecting them out of the way cost the kept concepts more
-than the plain edit did.
+This is the role MACE's and SPEED's prior prompts play. `push` maps the row of the concept's (last)
+token past the guide's, away from the concept (ESD's negative guidance, in closed form): mapped onto
+the guide, an erased concept lands at best on what the prompt draws without its word, a prior that can
+still show it, and the solve, balanced against what it keeps, moves the concept's rows only part of the
+way there. The rows after the token (end, padding) carry the rest of the prompt too: pushed as well,
+they cost the kept styles and colours far more than they erased (README, "pushed past the guide").
+SPEED's projection onto the null space of the kept rows was tried and not kept: in the embedded model's
+128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
+the way cost the kept concepts more than the plain edit did.
 
 RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
 the edited layers give the concept's original keys and values; an attacker who learns words
