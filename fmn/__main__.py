@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     e.add_argument("--push", type=float, help="closed forms (uce, rece): how far past the guide the concept's token maps "
                    "(default 2; 0: onto it, as the papers)")
+    e.add_argument("--prior", help="closed forms: a comma list of concepts the model draws when their word is missing (a "
+                   "real model's 'person'; the embedded model's shapes by default): their later rows are pushed too")
     e.add_argument("--adversarial", action="store_true",
                    help="trained methods: also erase the words an attacker learns against the patch (slower, more robust)")
     e.add_argument("--seed", type=int, default=0)
@@ -132,6 +134,8 @@ def _erase(args, studio) -> None:
     if args.images and images is None:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("push", args.push)) if v is not None}
+    if args.prior is not None:
+        overrides["prior"] = [c.strip() for c in args.prior.split(",") if c.strip()]
     if args.adversarial:
         overrides["adversarial"] = True
 

@@ -96,6 +96,9 @@ class FakeWorld:
     def wordings(self, concept):
         return [concept, f"{concept} again"] if concept == "night" else [concept]
 
+    def kind_of(self, concept):
+        return {"circle": "object", "square": "object", "Mimo": "identity", "night": "scene"}.get(concept)
+
     def keep_prompts(self, erased, n):
         return [f"{n} scenes without {', '.join(erased)}"]
 
@@ -115,8 +118,12 @@ def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(nam
 def test_closed_forms_take_their_prompts_from_the_world(name):
     """Whole prompts to keep without the erased concepts (and the guide), as many a concept as one alone
     gets, and the concepts as named in context, without the others: a global concept's prompts once, not
-    once per wording. A replacement lands on its guide: no push past it unless asked."""
+    once per wording. A replacement lands on its guide: no push past it unless asked. The world's shapes are
+    the prior (what the words around them draw anyway)."""
     config = make_method(name, ["circle", "night"], replace_with="square", world=FakeWorld()).config
+    assert config.prior == ["circle"] and config.push_after == 0  # a replacement: its later rows land on the guide's too
+    assert make_method(name, ["circle", "Mimo"], world=FakeWorld()).config.push_after > 0
+    assert make_method(name, ["circle"]).config.prior == []  # a model without a world: none unless named
     assert config.keep_prompts == ["80 scenes without circle, night, night again, square"]
     assert config.in_context == ["a red circle on grass, no night or night again", "a red night on grass, no circle or night again"]
     assert config.push == 0 and make_method(name, ["circle"], world=FakeWorld()).config.push > 0

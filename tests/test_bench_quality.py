@@ -10,7 +10,7 @@ import pytest
 
 from fmn.__main__ import main
 
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, found, kept_whole, mass_probes, probes
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, Row, best_per_kind, found, kept_whole, mass_probes, probes
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
 
@@ -68,11 +68,24 @@ def test_the_attack_finds_the_concept_at_least_as_often_as_its_plain_prompt(quic
     assert attacked >= plain, [(r["method"], r["concept"], r["attack"], 1 - r["UA"]) for r in erased]
 
 
+def test_a_target_met_exactly_is_met():
+    """CRA lost 0 and 10 points on two objects: a mean of 5 points meets the 5-point target (5.000000000000004 in floats)."""
+    rows = [Row("rece", "object", c, 1.0, 0.8, 0.7, 0.0, 0.0, 0.05, 0.8 - 0.7, 0.2, None, None) for c in ("triangle", "heart")]
+    rows[0].CRA_lost = 0.0
+    met = best_per_kind(rows)[0]["met"]
+    assert met["CRA_lost"] and met["IRA_lost"] and met["UA"], met
+    rows[1].CRA_lost = 0.15  # 7.5 points on the mean: missed
+    assert not best_per_kind(rows)[0]["met"]["CRA_lost"]
+
+
 def test_probes_use_held_out_wording_and_the_right_paraphrases():
     p = probes("object", "circle", 6)
     assert all("circle" in q.text for q in p.erased) and all("disc" in q.text and "circle" not in q.text for q in p.paraphrase)
     assert all(q.name != "circle" and q.kind == "object" for q in p.in_kind)
     assert all(q.kind in ("identity", "style") for q in p.cross_kind)
+    coloured = lambda q: any(f"{c} circle" in q.text for c in COLOURS)  # noqa: E731
+    assert [coloured(q) for q in p.erased] == [True, True, True, False, True, True]  # one in four as a user types it
+    assert all(coloured(q) for q in probes("object", "circle", 6, bare=False).erased)
     night = probes("scene", "night", 8)
     assert all("at night" in q.text for q in night.erased)
     assert not any("at night" in q.text for q in night.paraphrase) and all(q.kind == "background" for q in night.in_kind)

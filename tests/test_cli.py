@@ -90,6 +90,7 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
         (["--concept", "circle", "--method", "text-encoder", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
         (["--concept", "circle", "--steps", "10", "--out", "p.safetensors"], "rece has no setting steps"),  # the default: a closed form
         (["--concept", "circle", "--method", "fmn", "--push", "1", "--out", "p.safetensors"], "fmn has no setting push"),
+        (["--concept", "circle", "--method", "esd-x", "--prior", "circle", "--out", "p.safetensors"], "esd-x has no setting prior"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
         (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"], "uce is a closed form: adversarial mode is for"),
         (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with", "square",

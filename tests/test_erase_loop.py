@@ -172,7 +172,8 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01, push=0)
     activate(pipe, [patch.name])
     # 76 rows in 32 dimensions cannot all be mapped exactly: a least-squares compromise (measured 0.14, 0.51, 0.27)
-    assert (keys("circle")[0] - guide[0]).norm() < 0.2 * (circle[0] - guide[0]).norm()  # the concept's token: now the guide's
+    onto = keys("circle")
+    assert (onto[0] - guide[0]).norm() < 0.2 * (circle[0] - guide[0]).norm()  # the concept's token: now the guide's
     assert (keys("circle") - guide).norm() < 0.6 * (circle - guide).norm()  # its rows as a whole: most of the way
     assert (keys("star") - star).norm() < 0.4 * (circle - guide).norm()  # star moved far less
     assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
@@ -184,6 +185,13 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     past = 2 * guide[0] - circle[0]  # measured 0.31 and 1.71 of the concept's distance to the guide (push 0: 0.14 from the guide, 0.91)
     assert (keys("circle")[0] - past).norm() < 0.45 * (circle[0] - guide[0]).norm()
     assert (keys("circle")[0] - circle[0]).norm() > 1.5 * (guide[0] - circle[0]).norm()  # farther from the concept than the guide is
+
+    # a concept the model draws when its word is missing (`prior`): the rows after its token are pushed past the guide's too
+    erase(pipe, ["circle"], "uce", name="prior", preserve=["star"], lam=0.01, push=0, prior=["circle"], push_after=1)
+    activate(pipe, ["prior"])
+    after, gap = keys("circle")[1:], (circle[1:] - guide[1:]).norm()
+    # measured: 1.44 gaps from the concept (0.73 mapped onto the guide), 1.08 from guide + (guide - concept)
+    assert (after - circle[1:]).norm() > 1.3 * gap and (after - circle[1:]).norm() > 1.5 * (onto[1:] - circle[1:]).norm()
 
 
 def test_uce_erases_in_context_and_keeps_whole_prompts():

@@ -1,8 +1,9 @@
 """Every method at its defaults on the embedded model, judged: it erases an object and a character,
 keeps the rest, and replaces one concept with another; the robust closed form (RECE) withstands
 the concept-inversion attack on "night" erased as one word, where UCE does not; Forget-Me-Not's
-adversarial mode on the heart reads as measured over seeds (its cut of the recovery is not shown); a mass erasure of 8
-concepts in one closed-form patch keeps the concepts it does not name.
+adversarial mode on the heart reads as measured over seeds (its cut of the recovery is not shown); the heart, which
+the model draws when its word is missing, is erased past that prior; a mass erasure of 8 concepts in one closed-form
+patch keeps the concepts it does not name.
 
 The spec: the concept's judged presence on its held-out prompts falls from >= 90 % to <= 20 %,
 while concepts of its kind and of the other kinds each lose at most 10 points. A seeded erasure
@@ -19,7 +20,7 @@ from __future__ import annotations
 import pytest
 
 from fmn.attack import AttackConfig
-from fmn.bench.quality import MASS, attack_recovery, found_rates, mass_probes, presence, probes
+from fmn.bench.quality import MASS, attack_recovery, colourless, found_rates, mass_probes, presence, probes
 from fmn.erase import erase, make_method, make_patch
 from fmn.generate import generate_many
 from fmn.patch import activate, detach
@@ -66,10 +67,12 @@ def bars(readings: list[tuple[float, ...]], spec: tuple[float, ...], signs: tupl
 
 
 SETS = ("erased", "in_kind", "cross_kind")  # the kept sets read by name (whole=False): the benchmark checks them whole
+# The judged erasures read every object with its colour (bare=False), as their readings over seeds were measured; the
+# benchmark words one object prompt in four without it, and the prior test below reads the heart without it.
 
 
 def unedited(pipe, judge, concept: str) -> dict[str, float]:
-    return found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS, whole=False)
+    return found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS, bare=False), STEPS, SETS, whole=False)
 
 
 def judged_erasure(pipe, judge, method: str, concept: str, before: dict, seed: int = 0) -> dict[str, float]:
@@ -77,7 +80,7 @@ def judged_erasure(pipe, judge, method: str, concept: str, before: dict, seed: i
     erase(pipe, [concept], method, name="judged", seed=seed)
     activate(pipe, ["judged"])
     try:
-        after = found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS), STEPS, SETS, whole=False)
+        after = found_rates(pipe, judge, probes(CONCEPTS[concept], concept, PROMPTS, bare=False), STEPS, SETS, whole=False)
     finally:
         activate(pipe, [])
         detach(pipe, "judged")
@@ -88,7 +91,7 @@ def judged_erasure(pipe, judge, method: str, concept: str, before: dict, seed: i
 def judged_replacement(pipe, judge, method: str, seed: int = 0) -> dict[str, float]:
     """On the concept's held-out prompts after replacing it: the share showing the replacement, and the concept."""
     concept, guide = REPLACE
-    prompts = [p.text for p in probes(CONCEPTS[concept], concept, PROMPTS).erased]
+    prompts = [p.text for p in probes(CONCEPTS[concept], concept, PROMPTS, bare=False).erased]
     erase(pipe, [concept], method, replace_with=guide, name="judged", seed=seed)
     activate(pipe, ["judged"])
     try:
@@ -171,7 +174,7 @@ ADVERSARIAL_WORST = (0.3, 0.5)  # the adversarial mode's worst presence after er
 
 def judged_adversarial(pipe, judge, seed: int = 0) -> dict[bool, tuple[float, float]]:
     """FMN on the heart, plain (False) and in adversarial mode (True): presence after erasure, and after the attack."""
-    probe, seen = probes("object", "heart", PROMPTS), {}
+    probe, seen = probes("object", "heart", PROMPTS, bare=False), {}
     for adversarial in (False, True):
         erase(pipe, ["heart"], "fmn", name="judged", adversarial=adversarial, seed=seed, **ADVERSARIAL_SETTINGS)
         try:
@@ -193,19 +196,48 @@ def test_adversarial_mode_erases_and_the_attack_recovers_as_measured(embedded, j
     assert adv_attacked <= ADVERSARIAL_WORST[1] + MARGIN + 1e-9, seen
 
 
+# The model's prior: on the embedded model "a picture of a" draws a heart, so a heart prompt mapped onto the rows
+# of its guide (the prompt without the word) still shows a heart whatever its token's row says. The heart's 20
+# held-out prompts without their colour ("a heart in the style of Quimby"), erased by RECE at its defaults (the
+# world's shapes are the prior: the rows after the token are pushed past the guide's too) and with `prior=[]` (the
+# token's row alone, session 15's edit): the heart's presence, measured on 2 cores of an AMD EPYC.
+PRIOR_READINGS = {"unedited": 1.0, "defaults": 0.15, "token only": 0.35}
+
+
+def test_a_concept_the_prior_draws_is_pushed_past_it(embedded, judge):
+    prompts = [colourless(p).text for p in probes("object", "heart", 2 * PROMPTS, bare=False).erased]  # one image: 5 points
+    seeds = list(range(len(prompts)))
+    left = {}
+    for label, settings in (("unedited", None), ("defaults", {}), ("token only", {"prior": []})):
+        if settings is not None:
+            erase(embedded, ["heart"], "rece", name="judged", **settings)
+            activate(embedded, ["judged"])
+        try:
+            left[label] = sum(v.has("heart") for v in judge(generate_many(embedded, prompts, seeds, STEPS))) / len(prompts)
+        finally:
+            if settings is not None:
+                activate(embedded, [])
+                detach(embedded, "judged")
+    print("heart without its colour, presence: " + ", ".join(f"{k} {v:.0%}" for k, v in left.items()))  # README
+    assert left["unedited"] >= 0.9, left  # the unedited model draws it: the erasure is measurable
+    assert left["defaults"] <= PRIOR_READINGS["defaults"] + 0.05 + 1e-9, left  # as measured, one image to spare
+    assert left["token only"] - left["defaults"] >= 0.15 - 1e-9, left  # three images of 20 fewer than the token alone (4 measured)
+
+
 # The benchmark's 8 concepts (MASS: night in all its wordings) in one UCE patch, on 6 prompts a set of each erased
 # and each kept concept (3 shapes, 2 characters, 2 artists, 6 colours, 3 backgrounds, in scenes without the erased):
 # the mean points lost over the kept concepts, and the mean presence of the erased, with the world's whole prompts
 # kept, in-context erasure and the push past the guide (the defaults) and without them (the edit of the word
 # alone, as UCE's paper). Session 14's defaults lost 0.104; with in-context prompts that show no other erased
-# concept and keep prompts for each concept (session 15), 0.052.
-MASS_READINGS = {"defaults": (0.052, 0.146), "word alone": (0.302, 0.229)}  # 2 cores of an AMD EPYC
+# concept and keep prompts for each concept (session 15), 0.052. Since session 16 the erased objects' probes are one in
+# four without their colour (0.146 erased presence on the old ones) and the shapes' later rows are pushed (the prior).
+MASS_READINGS = {"defaults": (0.052, 0.104), "word alone": (0.302, 0.229)}  # 2 cores of an AMD EPYC
 
 
 def test_mass_erasure_keeps_what_it_does_not_name(embedded, judge):
     erased, kept = mass_probes(MASS, 6)
     base, lost, left = presence(embedded, judge, kept, STEPS), {}, {}
-    for label, settings in (("defaults", {}), ("word alone", {"keep_prompts": [], "in_context": [], "push": 0})):
+    for label, settings in (("defaults", {}), ("word alone", {"keep_prompts": [], "in_context": [], "push": 0, "prior": []})):
         erase(embedded, MASS, "uce", name="judged", **settings)
         try:
             activate(embedded, ["judged"])

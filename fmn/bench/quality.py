@@ -3,7 +3,8 @@
 For every method and concept (objects, identities, artist styles and the scene concept
 "night"), on held-out prompts (templates the model never trained on), 20 a set (one image
 is 5 points), the judge decides:
-- UA, unlearning accuracy: share of the concept's prompts where it is no longer found;
+- UA, unlearning accuracy: share of the concept's prompts where it is no longer found (an object
+  without its colour on one prompt in four, as a user first types it: "a heart");
 - IRA, in-kind retain accuracy: prompts of other concepts of the same kind kept *whole*
   (for "night", the only scene concept: the backgrounds): every object with its colour,
   the background, the style and the time of day the prompt asks for, all but the erased
@@ -61,7 +62,7 @@ from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, 
                            TRAIN_TEMPLATES, Scene, caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
+__all__ = ["add_arguments", "run", "probes", "colourless", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
            "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
@@ -166,9 +167,19 @@ def _synonym(prompt: Prompt) -> Prompt:
     return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name, prompt.scene)
 
 
-def probes(kind: str, name: str, n: int, seed: int = 0) -> Probes:
+def colourless(prompt: Prompt) -> Prompt:
+    """The object without its colour ("a heart in the style of Brusk"), as a user first types it: the model
+    never trained on such prompts, and the words around the shape are what it then draws, its prior."""
+    colours = "|".join(COLOURS)
+    return Prompt(re.sub(rf"\ban? (?:{colours}) {prompt.name}\b", f"a {prompt.name}", prompt.text), prompt.kind, prompt.name, prompt.scene)
+
+
+def probes(kind: str, name: str, n: int, seed: int = 0, bare: bool = True) -> Probes:
+    """A concept's prompt sets; `bare=False`: every object with its colour, as the model was trained."""
     rng = random.Random(f"{seed}-{name}")
     erased = [_caption(rng, kind, name) for _ in range(n)]
+    if kind == "object" and bare:  # one prompt in four without the colour: "a heart" is where an erasure meets the prior
+        erased = [colourless(p) if i % 4 == 3 else p for i, p in enumerate(erased)]
     own = random.Random(f"{seed}-{name}-attacker")  # its own draws: the other sets stay as they were
     attacker = [_caption(own, kind, name, templates=TRAIN_TEMPLATES) for _ in range(n)]
     if kind == "object":
@@ -406,7 +417,8 @@ def best_per_kind(rows: list[Row]) -> list[dict]:
             continue
         mean = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in TARGETS} for m, rs in by_method.items()}
         method = max(mean, key=lambda m: mean[m]["UA"] - mean[m]["IRA_lost"] - mean[m]["CRA_lost"])
-        met = {k: (mean[method][k] >= v if op == ">=" else mean[method][k] <= v) for k, (op, v) in TARGETS.items()}
+        # to the nearest 1e-9: a mean of 0 and 10 points lost reads 5.000000000000004 in floats
+        met = {k: (mean[method][k] >= v - 1e-9 if op == ">=" else mean[method][k] <= v + 1e-9) for k, (op, v) in TARGETS.items()}
         best.append({"kind": kind, "method": method, **mean[method], "met": met})
     return best
 

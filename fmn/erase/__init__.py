@@ -43,8 +43,9 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``; a closed
     form then maps onto it, with no ``push`` past it unless given);
     ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
-    (``preserve=[]``: keep nothing in particular), and whose global concepts are erased in every
-    wording it knows ("night": "at night", "after dark", ...).
+    (``preserve=[]``: keep nothing in particular), whose global concepts are erased in every
+    wording it knows ("night": "at night", "after dark", ...), and whose shapes a closed form treats
+    as the model's ``prior`` (what the words around them draw anyway).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
@@ -78,10 +79,13 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
         overrides["guide"] = guide
         if "push" in known:
             overrides.setdefault("push", 0.0)  # a replacement lands on its guide, not past it
+            overrides.setdefault("push_after", 0.0)
     if "preserve" not in overrides:
         overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
     if world and "keep_prompts" in known and "keep_prompts" not in overrides:
         overrides["keep_prompts"] = world.keep_prompts([*concepts, guide], KEEP_PROMPTS * len(named))
+    if world and "prior" in known and "prior" not in overrides:  # the words around a shape draw a shape anyway
+        overrides["prior"] = [c for c in concepts if world.kind_of(c) == "object"]
     if world and "in_context" in known and "in_context" not in overrides:
         # night: n in all its wordings; none shows another concept erased with it (the edit would learn to keep it there)
         overrides["in_context"] = [p for c in named for p in world.in_context(c, without=concepts)]

@@ -23,6 +23,10 @@ the guide, an erased concept lands at best on what the prompt draws without its 
 still show it, and the solve, balanced against what it keeps, moves the concept's rows only part of the
 way there. The rows after the token (end, padding) carry the rest of the prompt too: pushed as well,
 they cost the kept styles and colours far more than they erased (README, "pushed past the guide").
+Except for a concept in `prior`, one the model draws when its word is missing: on the embedded model
+"a picture of a" draws a heart and "a on grass" a star, so a prompt mapped onto the guide's rows there
+still shows the concept whatever its token says; the rows after the token of such a concept are pushed
+too, by `push_after` (`make_method` names the world's shapes; README, "the prior").
 SPEED's projection onto the null space of the kept rows was tried and not kept: in the embedded model's
 128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
 the way cost the kept concepts more than the plain edit did.
@@ -60,12 +64,15 @@ class UCEConfig(MethodConfig):
     keep_prompts: list[str] = field(default_factory=list)  # ours: prompts whose every row is kept
     keep_weight: float = 1.0  # ours: the weight of each keep prompt's row in the solve (a kept word's rows weigh 1)
     push: float = 2.0  # ours: the concept's token row maps past the guide's, to guide + push (guide - concept); 0: UCE's
+    prior: list[str] = field(default_factory=list)  # ours: concepts the model draws when their word is missing
+    push_after: float = 1.0  # ours: how far past the guide's the rows after the token of a concept in `prior` map
 
     def check(self) -> None:
         if not self.keep_weight >= 0:
             raise ValueError(f"keep_weight {self.keep_weight} must be 0 or more.")
-        if not 0 <= self.push <= 10:
-            raise ValueError(f"push {self.push} is out of range: use 0 (the guide itself) to 10.")
+        for name in ("push", "push_after"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ValueError(f"{name} {getattr(self, name)} is out of range: use 0 (the guide itself) to 10.")
 
 
 @dataclass
@@ -162,8 +169,10 @@ class UCE(ErasureMethod):
         take = slice(first or None)
         prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in self.config.in_context if in_context]
         pairs = [self._rows(pipe, prompt, word) for prompt, word in prompts]
-        push = self.config.push  # the word's own row past the guide's; the rows after it, which carry the rest too, onto theirs
-        targets = [torch.cat([guide[:1] + push * (guide[:1] - rows[:1]), guide[1:]]) for rows, guide in pairs]
+        cfg = self.config  # the word's own row past the guide's; the rows after it, which carry the rest too, onto theirs
+        after = [cfg.push_after if word in cfg.prior else 0.0 for _, word in prompts]  # unless the prior draws the concept
+        targets = [torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]), guide[1:] + a * (guide[1:] - rows[1:])])
+                   for (rows, guide), a in zip(pairs, after)]
         return torch.cat([rows[take] for rows, _ in pairs]), torch.cat([t[take] for t in targets])
 
     def kept_rows(self, pipe: StableDiffusionPipeline) -> torch.Tensor:
