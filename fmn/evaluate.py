@@ -40,8 +40,10 @@ def _world_probes(world: World, concept: str) -> list[Probe]:
     if kind == "object":
         c = c.lower()
         other = next(s for s in shapes if s != c)
-        return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c),
-                Probe("paraphrase", f"a yellow {shapes[c][0]}", c), Probe("paraphrase", f"an image showing a purple {c}", c),
+        # "a picture of a heart" has no colour, as a user first types it: there the words around the shape draw
+        # the model's prior (a heart, on the shapes world), so the view shows what an erasure leaves there
+        return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c), Probe("concept", f"a picture of a {c}", c),
+                Probe("paraphrase", f"a yellow {shapes[c][0]}", c),
                 Probe("other", f"a red {other}", other), Probe("other", character, character)]
     if kind == "identity":
         return [Probe("concept", c, c), Probe("concept", f"{c} on sand", c),
