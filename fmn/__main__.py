@@ -26,7 +26,7 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from .erase import DEFAULT_METHOD, METHODS
+from .erase import DEFAULT_METHOD, METHODS, split_concepts
 from .erase.method import MAX_STEPS
 from .export import FORMATS
 from .generate import GenerationSettings
@@ -135,7 +135,7 @@ def _erase(args, studio) -> None:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("push", args.push)) if v is not None}
     if args.prior is not None:
-        overrides["prior"] = [c.strip() for c in args.prior.split(",") if c.strip()]
+        overrides["prior"] = split_concepts(args.prior)
     if args.adversarial:
         overrides["adversarial"] = True
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fmn.patch import Patch
+
 from conftest import BAD_UPLOADS, ROOT, bad_upload
 
 
@@ -64,8 +66,9 @@ def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path, capsys, monkeyp
 def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["sd15"])
     patch = tmp_path / "circle.safetensors"
-    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--out", str(patch))
+    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--prior", "circle, ", "--out", str(patch))
     assert done.returncode == 0, done.stderr
+    assert Patch.load(patch).settings["prior"] == ["circle"]  # a model without a world: its prior named by hand
     plain, erased = tmp_path / "plain.png", tmp_path / "erased.png"
     for out, extra in ((plain, []), (erased, ["--patch", str(patch)])):
         status, lines = run_here(capsys, "generate", "--model", model, "--prompt", "a circle", "--steps", "3",
