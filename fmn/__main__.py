@@ -69,10 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
-    e.add_argument("--push", type=float, help="closed forms (uce, rece): how far past the guide the concept's token maps "
+    e.add_argument("--push", type=float, help="uce, rece, text-map: how far past the guide the concept's token maps "
                    "(default 2; 0: onto it, as the papers)")
-    e.add_argument("--prior", help="closed forms: a comma list of concepts the model draws when their word is missing (a "
-                   "real model's 'person'; the embedded model's shapes by default): their later rows are pushed too")
+    e.add_argument("--prior", help="uce, rece, text-map: a comma list of concepts the model draws when their word is missing (a "
+                   "real model's 'person'; on the embedded model by default its shapes, text-map: every concept): "
+                   "their later rows are pushed too")
     e.add_argument("--adversarial", action="store_true",
                    help="trained methods: also erase the words an attacker learns against the patch (slower, more robust)")
     e.add_argument("--seed", type=int, default=0)

@@ -119,9 +119,10 @@ def test_closed_forms_take_their_prompts_from_the_world(name):
     """Whole prompts to keep without the erased concepts (and the guide), as many a concept as one alone
     gets, and the concepts as named in context, without the others: a global concept's prompts once, not
     once per wording. A replacement lands on its guide: no push past it unless asked. The world's shapes are
-    the prior (what the words around them draw anyway)."""
+    the closed forms' prior (what the words around them draw anyway); text-map pushes every concept's later rows."""
     config = make_method(name, ["circle", "night"], replace_with="square", world=FakeWorld()).config
-    assert config.prior == ["circle"] and config.push_after == 0  # a replacement: its later rows land on the guide's too
+    prior = ["circle", "night", "night again"] if name == "text-map" else ["circle"]
+    assert config.prior == prior and config.push_after == 0  # a replacement: its later rows land on the guide's too
     assert make_method(name, ["circle", "Mimo"], world=FakeWorld()).config.push_after > 0
     assert make_method(name, ["circle"]).config.prior == []  # a model without a world: none unless named
     assert config.keep_prompts == ["80 scenes without circle, night, night again, square"]

@@ -256,6 +256,31 @@ def test_mass_erasure_keeps_what_it_does_not_name(embedded, judge):
     assert left["defaults"] <= min(left_defaults + 0.05, left["word alone"]), left  # and erases no less than UCE's paper
 
 
+# Text-map (session 17) on the same list and probes: the closed form's targets learned by the text encoder, with the
+# later rows of every concept pushed. Measured: mean points lost over the kept concepts, mean and highest presence of
+# the erased (the highest: the concept it erases least).
+TEXT_MAP_MASS_READING = (0.031, 0.021, 0.167)  # 2 cores of an AMD EPYC
+
+
+def test_text_map_erases_a_mass_list_more_than_the_closed_form_and_keeps_the_rest(embedded, judge):
+    erased, kept = mass_probes(MASS, 6)
+    base = presence(embedded, judge, kept, STEPS)
+    erase(embedded, MASS, "text-map", name="judged")
+    try:
+        activate(embedded, ["judged"])
+        after, gone = presence(embedded, judge, kept, STEPS), presence(embedded, judge, erased, STEPS)
+    finally:
+        activate(embedded, [])
+        detach(embedded, "judged")
+    lost, left, worst = sum(base[c] - after[c] for c in kept) / len(kept), sum(gone.values()) / len(gone), max(gone.values())
+    print(f"mass text-map, mean points lost over {len(kept)} kept concepts, mean and highest presence of the "
+          f"{len(erased)} erased: {lost:.3f}, {left:.3f}, {worst:.3f}")  # README
+    kept_reading, left_reading, worst_reading = TEXT_MAP_MASS_READING
+    assert lost <= kept_reading + 0.05, lost
+    assert left <= left_reading + 0.05 and left < MASS_READINGS["defaults"][1], left  # below UCE's 0.104
+    assert worst <= worst_reading + 1 / 6, gone  # one image of 6 to spare
+
+
 def spread(seeds: list[int], methods: list[str]) -> None:
     """Prints every judged reading for each seed: where the bars above come from."""
     from fmn.models import load_pipeline

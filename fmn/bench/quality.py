@@ -75,13 +75,13 @@ TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
 # ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
 # table (README); --methods esd-u runs it
-DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece"]
+DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece"]  # esd-u and text-map: --methods (README, "Results")
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
 ESD_QUICK = {"steps": 20, "sample_steps": 10, "trajectories": 2}
 QUICK_SETTINGS = {"fmn": {"steps": 20, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
-                  "text-encoder": {"steps": 20, "reference_steps": 12}}
+                  "text-encoder": {"steps": 20, "reference_steps": 12}, "text-map": {"steps": 60}}
 QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}  # per set, per image, the attack's steps and images
 FULL = {"prompts": 20, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}

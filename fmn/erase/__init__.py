@@ -16,7 +16,7 @@ from diffusers import StableDiffusionPipeline
 from ..models import world_of
 from ..patch import Patch, adapter_name, attach, fingerprint
 from ..world.known import World
-from . import forget_me_not, esd, text_encoder, uce  # noqa: F401, I001  (each registers its methods, in this order)
+from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  (each registers its methods, in this order)
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 from .method import METHODS, ErasureMethod
 
@@ -44,8 +44,8 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     form then maps onto it, with no ``push`` past it unless given);
     ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
     (``preserve=[]``: keep nothing in particular), whose global concepts are erased in every
-    wording it knows ("night": "at night", "after dark", ...), and whose shapes a closed form treats
-    as the model's ``prior`` (what the words around them draw anyway).
+    wording it knows ("night": "at night", "after dark", ...), and whose concepts the method treats
+    as the model's ``prior`` (what the words around them draw anyway: its ``default_prior``).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
@@ -85,7 +85,7 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
     if world and "keep_prompts" in known and "keep_prompts" not in overrides:
         overrides["keep_prompts"] = world.keep_prompts([*concepts, guide], KEEP_PROMPTS * len(named))
     if world and "prior" in known and "prior" not in overrides:  # the words around a shape draw a shape anyway
-        overrides["prior"] = [c for c in concepts if world.kind_of(c) == "object"]
+        overrides["prior"] = cls.default_prior(concepts, world)
     if world and "in_context" in known and "in_context" not in overrides:
         # night: n in all its wordings; none shows another concept erased with it (the edit would learn to keep it there)
         overrides["in_context"] = [p for c in named for p in world.in_context(c, without=concepts)]

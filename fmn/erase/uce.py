@@ -2,31 +2,16 @@
 
 UCE (Gandikota et al. 2024, arXiv 2308.14761). Each cross-attention key/value projection W
 gets the W' that maps the concept's text embeddings c_i to what W gives the guide's embeddings
-c*_i, keeps preserved concepts c_j, and stays near W (weight lambda). As in the released code,
-the c_i are the embeddings from the concept's last token to the end of the prompt: in CLIP's
-causal text encoder the end token and the padding after it carry the concept too, and left
-alone they bring it back.
+c*_i, keeps preserved concepts c_j, and stays near W (weight lambda). The c_i and c*_i are a
+concept's rows and their targets (`targets.py`).
     W' = [lam W + sum_i (W c*_i) c_i^T + sum_j (W c_j) c_j^T] [lam I + sum_i c_i c_i^T + sum_j c_j c_j^T]^-1
 The change W' - W = W (C* - C)^T C M^-1 has rank len(C), so it is stored exactly as LoRA
 factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained methods. Past D rows
 (a mass erasure) the change itself is stored instead, at rank D: B = W (C* - C)^T C M^-1, A = I.
 
-Ours, on top (both filled in from the model's world by `erase`; none on a model without one):
-`in_context` prompts show the concept among other words, and its rows from its token on are erased
-there too, mapped to the same prompt with the guide in its place: the word alone misses what the
-words before it make of it. `keep_prompts` are whole prompts without the concept whose every row is
-kept (weight `keep_weight` each): kept words alone hold only their own rows, and an edit of the
-padding rows (which carry colours, backgrounds and styles too) otherwise takes them from every prompt.
-This is the role MACE's and SPEED's prior prompts play. `push` maps the row of the concept's (last)
-token past the guide's, away from the concept (ESD's negative guidance, in closed form): mapped onto
-the guide, an erased concept lands at best on what the prompt draws without its word, a prior that can
-still show it, and the solve, balanced against what it keeps, moves the concept's rows only part of the
-way there. The rows after the token (end, padding) carry the rest of the prompt too: pushed as well,
-they cost the kept styles and colours far more than they erased (README, "pushed past the guide").
-Except for a concept in `prior`, one the model draws when its word is missing: on the embedded model
-"a picture of a" draws a heart and "a on grass" a star, so a prompt mapped onto the guide's rows there
-still shows the concept whatever its token says; the rows after the token of such a concept are pushed
-too, by `push_after` (`make_method` names the world's shapes; README, "the prior").
+Ours, on top: `in_context` prompts, `keep_prompts`, `push` past the guide and the `prior`'s later rows
+(`targets.py`, shared with text-map). The closed forms push the later rows of the world's shapes only:
+pushed for every concept, they cost the kept styles and colours more than they erased (README).
 SPEED's projection onto the null space of the kept rows was tried and not kept: in the embedded model's
 128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
 the way cost the kept concepts more than the plain edit did.
@@ -45,34 +30,21 @@ space, and the edit then trades away the concept's own rows (measured: night's a
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from ..diffusion import encode
-from .method import ErasureMethod, MethodConfig, register
+from .method import ErasureMethod, register
+from .targets import EmbeddingTargets, TargetsConfig
 
 __all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 
 
 @dataclass
-class UCEConfig(MethodConfig):
+class UCEConfig(TargetsConfig):
     lam: float = 0.5  # paper: lambda about 0.5
-    in_context: list[str] = field(default_factory=list)  # ours: prompts that show a concept, erased from its token on too
-    keep_prompts: list[str] = field(default_factory=list)  # ours: prompts whose every row is kept
-    keep_weight: float = 1.0  # ours: the weight of each keep prompt's row in the solve (a kept word's rows weigh 1)
-    push: float = 2.0  # ours: the concept's token row maps past the guide's, to guide + push (guide - concept); 0: UCE's
-    prior: list[str] = field(default_factory=list)  # ours: concepts the model draws when their word is missing
-    push_after: float = 1.0  # ours: how far past the guide's the rows after the token of a concept in `prior` map
-
-    def check(self) -> None:
-        if not self.keep_weight >= 0:
-            raise ValueError(f"keep_weight {self.keep_weight} must be 0 or more.")
-        for name in ("push", "push_after"):
-            if not 0 <= getattr(self, name) <= 10:
-                raise ValueError(f"{name} {getattr(self, name)} is out of range: use 0 (the guide itself) to 10.")
 
 
 @dataclass
@@ -133,47 +105,11 @@ class Edit:
         return tensors, {"unet": {"r": rank, "lora_alpha": rank, "target_modules": sorted(self.weights)}}
 
 
-def _find(word: str, prompt: str) -> re.Match | None:
-    """The word in the prompt as a whole word, any case ("night" is not found in "midnight")."""
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, re.IGNORECASE)
-
-
 @register
-class UCE(ErasureMethod):
+class UCE(EmbeddingTargets, ErasureMethod):
     name = "uce"
     Config = UCEConfig
     trains = False
-
-    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str, guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, D) twice: the prompt's embeddings from the word's last token on, and those of the prompt with
-        the word replaced by the guide (default: the config's), from the guide's last token (or the token
-        before the word) on. L is the same for both, set by the later start; the prompt may be the word alone."""
-        guide = self.config.guide if guide is None else guide
-        at = _find(word, prompt).start()
-        head, tail = prompt[:at], prompt[at + len(word):]
-        starts = [len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (head + word, head + guide)]
-        length = pipe.tokenizer.model_max_length - max(starts)
-        states = encode(pipe, [prompt, head + guide + tail]).states.float()
-        return states[0, starts[0]:starts[0] + length], states[1, starts[1]:starts[1] + length]
-
-    def _word_in(self, prompt: str) -> str:
-        """The (longest) concept an in-context prompt shows."""
-        named = [c for c in self.concepts if _find(c, prompt)]
-        if not named:
-            raise ValueError(f"The in-context prompt {prompt!r} names none of {', '.join(self.concepts)}.")
-        return max(named, key=len)
-
-    def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0, in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows to erase and what they map to (the guide's rows, pushed past), (k, D) each; with
-        `first`, each prompt's first rows only; `in_context=False`: the concepts' words alone."""
-        take = slice(first or None)
-        prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in self.config.in_context if in_context]
-        pairs = [self._rows(pipe, prompt, word) for prompt, word in prompts]
-        cfg = self.config  # the word's own row past the guide's; the rows after it, which carry the rest too, onto theirs
-        after = [cfg.push_after if word in cfg.prior else 0.0 for _, word in prompts]  # unless the prior draws the concept
-        targets = [torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]), guide[1:] + a * (guide[1:] - rows[1:])])
-                   for (rows, guide), a in zip(pairs, after)]
-        return torch.cat([rows[take] for rows, _ in pairs]), torch.cat([t[take] for t in targets])
 
     def kept_rows(self, pipe: StableDiffusionPipeline) -> torch.Tensor:
         """The rows to keep, (j, D): each preserved word's from its last token to the end, and every row of
