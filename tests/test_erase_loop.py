@@ -288,6 +288,18 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
         assert torch.equal(encode(pipe, ["a blue star on grass", *keep]).states, kept_before)  # switched off: the base
 
 
+def test_text_map_steps_scale_with_the_prompts_it_erases():
+    """Each erased prompt (a word alone or in context) is in about `passes` steps' batches: one concept and its 10
+    in-context prompts take 100 steps, the mass list's 13 wordings and 80 prompts 300; steps given are kept."""
+    from fmn.erase.text_map import TextMap, TextMapConfig
+
+    assert TextMap(["circle"], TextMapConfig(in_context=["a circle"] * 10)).config.steps == 100
+    assert TextMap([f"c{i}" for i in range(13)], TextMapConfig(in_context=["a c0"] * 80)).config.steps == 300
+    assert TextMap(["circle"], TextMapConfig(steps=7)).config.steps == 7
+    with pytest.raises(ValueError, match="passes"):
+        make_method("text-map", ["circle"], passes=0)
+
+
 @pytest.mark.parametrize("method", ["fmn", "esd-u", "text-encoder", "text-map"])
 def test_patches_reproduce_and_stack_on_patched_layers(method):
     """The same settings give the same patch whatever ran before (peft's initial values are seeded),

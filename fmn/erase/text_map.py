@@ -18,7 +18,8 @@ the UNet; here the targets come in closed form from the text space alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from math import ceil
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -35,7 +36,8 @@ __all__ = ["TextMapConfig", "TextMap"]
 
 @dataclass
 class TextMapConfig(TrainingConfig, TargetsConfig):
-    steps: int = 300  # steps and lr tuned on the embedded model's mass erasure (README)
+    steps: int = 0  # 0: `passes` x the batches it takes to see every erased prompt (one concept 100, the mass list 300)
+    passes: int = 100  # tuned with lr on the embedded model (README): 300 steps for the mass list's 93 prompts
     lr: float = 1e-2
     rank: int = 8
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
@@ -43,10 +45,11 @@ class TextMapConfig(TrainingConfig, TargetsConfig):
     keep_batch: int = 64  # keep prompts a step
 
     def check(self) -> None:
-        TrainingConfig.check(self)
+        TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
-        if not (self.batch >= 1 and self.keep_batch >= 1):
-            raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts: use 1 or more.")
+        if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
+            raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: use 1 or more "
+                             "(passes at most 1000).")
 
 
 @dataclass
@@ -60,6 +63,11 @@ class References:
 class TextMap(EmbeddingTargets, ErasureMethod):
     name = "text-map"
     Config = TextMapConfig
+
+    def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):
+        super().__init__(concepts, config, images)
+        if not config.steps:  # the words alone and the in-context prompts: each in about `passes` steps' batches
+            config.steps = config.passes * ceil((len(concepts) + len(config.in_context)) / config.batch)
 
     @classmethod
     def default_prior(cls, concepts: list[str], world) -> list[str]:
