@@ -48,7 +48,12 @@ class Inverted:
 
 
 def text_encoders(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
-    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+    return [getattr(pipe, name) for name in text_encoder_components(pipe)]
+
+
+def text_encoder_components(pipe: StableDiffusionPipeline) -> list[str]:
+    """The pipeline's text encoders by component name (SDXL: both), as patches name them."""
+    return ["text_encoder", "text_encoder_2"] if is_sdxl(pipe) else ["text_encoder"]
 
 
 def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:

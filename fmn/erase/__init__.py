@@ -84,7 +84,7 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
         overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
     if world and "keep_prompts" in known and "keep_prompts" not in overrides:
         overrides["keep_prompts"] = world.keep_prompts([*concepts, guide], KEEP_PROMPTS * len(named))
-    if world and "prior" in known and "prior" not in overrides:  # the words around a shape draw a shape anyway
+    if world and "prior" in known and "prior" not in overrides:  # what the words around a concept draw anyway
         overrides["prior"] = cls.default_prior(concepts, world)
     if world and "in_context" in known and "in_context" not in overrides:
         # night: n in all its wordings; none shows another concept erased with it (the edit would learn to keep it there)

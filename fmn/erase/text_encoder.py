@@ -18,7 +18,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..diffusion import denoise, encode, noisy, reference_latents
-from ..inversion import text_encoders
+from ..inversion import text_encoder_components
 from .layers import layer_names
 from .method import ErasureMethod, TrainingConfig, register
 
@@ -58,7 +58,7 @@ class TextEncoderUnlearning(ErasureMethod):
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         """Every MLP and the last layer's self-attention, of each text encoder (SDXL: both)."""
         targets = {}
-        for component in ("text_encoder", "text_encoder_2")[:len(text_encoders(pipe))]:
+        for component in text_encoder_components(pipe):
             names = layer_names(getattr(pipe, component), (torch.nn.Linear,))
             last = max(int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n)
             targets[component] = [n for n in names if n.endswith(("mlp.fc1", "mlp.fc2")) or f"layers.{last}.self_attn." in n]

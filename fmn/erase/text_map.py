@@ -26,7 +26,7 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 
 from ..diffusion import encode
-from ..inversion import text_encoders
+from ..inversion import text_encoder_components
 from .layers import layer_names
 from .method import ErasureMethod, TrainingConfig, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
@@ -76,8 +76,7 @@ class TextMap(EmbeddingTargets, ErasureMethod):
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         """Every linear layer inside the transformer blocks of each text encoder (SDXL: both)."""
-        components = ("text_encoder", "text_encoder_2")[:len(text_encoders(pipe))]
-        return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n] for c in components}
+        return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n] for c in text_encoder_components(pipe)}
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         keep = [*self.config.preserve, *self.config.keep_prompts]
