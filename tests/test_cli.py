@@ -91,7 +91,7 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
         (["--concept", ",".join(["circle"] * 100), "--method", "uce", "--out", "p.safetensors"], "100 concepts at once"),
         (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
         (["--concept", "circle", "--method", "text-encoder", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
-        (["--concept", "circle", "--steps", "10", "--out", "p.safetensors"], "rece has no setting steps"),  # the default: a closed form
+        (["--concept", "circle", "--method", "rece", "--steps", "10", "--out", "p.safetensors"], "rece has no setting steps"),
         (["--concept", "circle", "--method", "fmn", "--push", "1", "--out", "p.safetensors"], "fmn has no setting push"),
         (["--concept", "circle", "--method", "esd-x", "--prior", "circle", "--out", "p.safetensors"], "esd-x has no setting prior"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
@@ -100,7 +100,7 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
           "--out", "p.safetensors"], "leave the uploads out"),
         (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"], "broken.png is not a readable image"),
         (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"], "no such file"),
-        (["--concept", "circle", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "rece learns from the model itself and takes no images"),
+        (["--concept", "circle", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "text-map learns from the model itself and takes no images"),  # the default
     ]
     for args, message in cases:
         status, lines = run_here(capsys, "erase", "--model", model, *args)

@@ -296,6 +296,8 @@ def test_text_map_steps_scale_with_the_prompts_it_erases():
     assert TextMap(["circle"], TextMapConfig(in_context=["a circle"] * 10)).config.steps == 100
     assert TextMap([f"c{i}" for i in range(13)], TextMapConfig(in_context=["a c0"] * 80)).config.steps == 300
     assert TextMap(["circle"], TextMapConfig(steps=7)).config.steps == 7
+    given = TextMapConfig()
+    assert TextMap(["circle"], given).config.steps == 100 and given.steps == 0  # the caller's config is left as it was
     with pytest.raises(ValueError, match="passes"):
         make_method("text-map", ["circle"], passes=0)
 

@@ -75,7 +75,7 @@ TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
 # ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
 # table (README); --methods esd-u runs it
-DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece"]  # esd-u and text-map: --methods (README, "Results")
+DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece", "text-map"]  # esd-u: --methods (README, "Results")
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes

@@ -23,7 +23,7 @@ from .method import METHODS, ErasureMethod
 __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
            "ErasureCancelled", "Progress"]
 
-DEFAULT_METHOD = "rece"  # the best overall in bench quality (README, session 15); the CLI's, the app's, the API's
+DEFAULT_METHOD = "text-map"  # the best overall in bench quality (README, session 18); the CLI's, the app's, the API's
 MAX_CONCEPT_CHARS = 100
 KEEP_PROMPTS = 40  # a closed form's keep prompts per concept erased: a mass erasure weighs its contexts as one concept does
 MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)

@@ -65,9 +65,9 @@ class TextMap(EmbeddingTargets, ErasureMethod):
     Config = TextMapConfig
 
     def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):
-        super().__init__(concepts, config, images)
         if not config.steps:  # the words alone and the in-context prompts: each in about `passes` steps' batches
-            config.steps = config.passes * ceil((len(concepts) + len(config.in_context)) / config.batch)
+            config = replace(config, steps=config.passes * ceil((len(concepts) + len(config.in_context)) / config.batch))
+        super().__init__(concepts, config, images)
 
     @classmethod
     def default_prior(cls, concepts: list[str], world) -> list[str]:
