@@ -10,7 +10,8 @@ context) land on the same targets while every row of the keep prompts and the pr
 it was:
     loss = mean |E'(erased prompt)[span] - targets|^2 + keep_weight * mean |E'(keep prompt) - E(keep prompt)|^2
 No image is drawn and the UNet is not touched: a step encodes prompts only. With that room it pushes the
-later rows of every concept past the guide's (`default_prior`), which a linear edit cannot afford, so a
+later rows of every concept past the guide's (`default_prior`; half as far as the closed forms push the
+shapes', since those rows carry the rest of the prompt too), which a linear edit cannot afford, so a
 prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
 the UNet; here the targets come in closed form from the text space alone.
@@ -43,6 +44,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig):
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
     keep_batch: int = 64  # keep prompts a step
+    push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more (README)
 
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
