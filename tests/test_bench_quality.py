@@ -10,7 +10,7 @@ import pytest
 
 from fmn.__main__ import main
 
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, Row, best_per_kind, found, kept_whole, mass_probes, probes
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, Row, best_per_kind, found, given_settings, kept_whole, mass_probes, probes
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
 
@@ -147,11 +147,27 @@ def test_the_default_method_is_the_one_the_committed_table_ranks_first():
     assert {m for m, _ in ranked} >= set(DEFAULT_METHODS) and ranked[0][0] == DEFAULT_METHOD, ranked
 
 
+def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):
+    """--set: how a README row at another setting is re-run; its cells are their own (the setting is in their spec)."""
+    assert given_settings(["push_after=0", 'prior=["circle"]', "guide=square"], ["uce", "text-map"]) == {
+        "push_after": 0, "prior": ["circle"], "guide": "square"}
+    args = ["bench", "quality", "--methods", "uce", "--concepts", "triangle", "--prompts", "1", "--steps", "2",
+            "--attack-steps", "1", "--out", str(tmp_path)]
+    assert main([*args, "--set", "push=0"]) == 0
+    cell = json.loads((tmp_path / "quality-triangle-cells" / "triangle-uce.json").read_text())
+    records = json.loads((tmp_path / "quality-triangle.json").read_text())
+    assert cell["spec"]["settings"] == {"push": 0} and records["settings"]["set"] == {"push": 0}
+    assert main(args) == 0  # the plain run beside it: its uce cell runs again, at the default push
+    assert json.loads((tmp_path / "quality-triangle-cells" / "triangle-uce.json").read_text())["spec"]["settings"] == {}
+
+
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),
                            (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from"),
-                           (["--mass", "--concepts", "triangle"], "--mass erases its own list")):
+                           (["--mass", "--concepts", "triangle"], "--mass erases its own list"),
+                           (["--methods", "uce", "--set", "passes=3"], "--set: uce has no setting passes"),
+                           (["--set", "push_after"], "write KEY=VALUE")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

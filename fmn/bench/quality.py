@@ -62,7 +62,7 @@ from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, 
                            TRAIN_TEMPLATES, Scene, caption, sample_scene)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "probes", "colourless", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
+__all__ = ["add_arguments", "run", "given_settings", "probes", "colourless", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
            "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
@@ -503,6 +503,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts", help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 (repeatable); "
+                        "give it its own --out: its rows carry the method's name")
     parser.add_argument("--prompts", type=int, help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
     parser.add_argument("--steps", type=int, help=f"denoising steps per image (default {FULL['steps']}, quick {QUICK['steps']})")
     parser.add_argument("--attack-steps", type=int, help=f"concept-inversion steps (default {FULL['attack_steps']}, quick {QUICK['attack_steps']})")
@@ -517,11 +520,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--render", metavar="JSON", help="write the tables and the plot of an earlier run's JSON again (runs nothing)")
 
 
-def _runs(args, methods: list[str], kind: str | None) -> list[tuple[str, str, dict]]:
+def given_settings(pairs: list[str], methods: list[str]) -> dict:
+    """--set KEY=VALUE pairs as settings (a value that is not JSON is a string); each must be one of every method's."""
+    given = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {pair}: write KEY=VALUE, e.g. push_after=0.")
+        try:
+            given[key.strip()] = json.loads(value)
+        except ValueError:
+            given[key.strip()] = value
+    for m in methods:
+        unknown = set(given) - {f.name for f in fields(METHODS[m].Config)}
+        if unknown:
+            raise ValueError(f"--set: {m} has no setting {', '.join(sorted(unknown))}.")
+    return given
+
+
+def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple[str, str, dict]]:
     """(label, method, settings) of every erasure of one concept (of `kind`; None: a mass erasure)."""
     runs = []
     for m in methods:
-        tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {})
+        tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {}) | given
         runs.append((m, m, tuned))
         if args.adversarial and METHODS[m].trains:
             runs.append((f"{m} adversarial", m, tuned | {"adversarial": True}))
@@ -556,6 +577,7 @@ def run(args) -> list[Row] | dict:
         raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
     if args.mass and args.concepts:
         raise ValueError(f"--mass erases its own list ({', '.join(MASS)}); leave --concepts out.")
+    given = given_settings(args.set, methods)
     preset = QUICK if args.quick else FULL
     n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
     if not 1 <= n <= 200 or not 1 <= steps <= 200:
@@ -569,19 +591,19 @@ def run(args) -> list[Row] | dict:
             raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: choose from {', '.join(sorted(known))}.")
         concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
     settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
-                "training": QUICK_SETTINGS if args.quick else "defaults"}
+                "training": QUICK_SETTINGS if args.quick else "defaults"} | ({"set": given} if given else {})
     common = {"prompts": n, "steps": steps, "model": "embedded"}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label, "method": method,
                                                           "settings": tuned, "defaults": _defaults(method), **common})
-                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None)]]
+                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None, given)]]
         stem = "quality-mass-quick" if args.quick else "quality-mass"
     else:
         settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
         jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
                                                          "settings": tuned, "defaults": _defaults(method), "attack": asdict(attack), **common})
                 for kind, names in concepts.items() for name in names
-                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind)]]
+                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind, given)]]
         run_names = sorted(name for names in concepts.values() for name in names)
         subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
         stem = "quality-quick" if args.quick else "quality" + subset
