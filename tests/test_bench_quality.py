@@ -167,6 +167,7 @@ def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys)
                            (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from"),
                            (["--mass", "--concepts", "triangle"], "--mass erases its own list"),
                            (["--methods", "uce", "--set", "passes=3"], "--set: uce has no setting passes"),
+                           (["--methods", "text-map", "--set", "push_after=20"], "--set: push_after 20 is out of range"),
                            (["--set", "push_after"], "write KEY=VALUE")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

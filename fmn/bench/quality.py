@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..attack import AttackConfig, concept_inversion
-from ..erase import METHODS, erase
+from ..erase import METHODS, erase, make_method
 from ..generate import generate_many
 from ..inversion import inverted
 from ..models import EMBEDDED, load_pipeline, pick_device
@@ -521,7 +521,8 @@ def add_arguments(parser) -> None:
 
 
 def given_settings(pairs: list[str], methods: list[str]) -> dict:
-    """--set KEY=VALUE pairs as settings (a value that is not JSON is a string); each must be one of every method's."""
+    """--set KEY=VALUE pairs as settings (a value that is not JSON is a string), checked by making each method with
+    them before any cell runs: an unknown setting or a bad value is refused as `erase` would refuse it."""
     given = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -532,9 +533,10 @@ def given_settings(pairs: list[str], methods: list[str]) -> dict:
         except ValueError:
             given[key.strip()] = value
     for m in methods:
-        unknown = set(given) - {f.name for f in fields(METHODS[m].Config)}
-        if unknown:
-            raise ValueError(f"--set: {m} has no setting {', '.join(sorted(unknown))}.")
+        try:
+            make_method(m, "concept", **given)
+        except ValueError as e:
+            raise ValueError(f"--set: {e}") from None
     return given
 
 
