@@ -103,12 +103,12 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
 
     @spaces.GPU(duration=120)
     @user_errors
-    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, request: gr.Request = None,
+    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, keep="", request: gr.Request = None,
                   progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
         sessions.touch(visitor(request))
         sessions.check_room(visitor(request))
-        overrides = ({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
+        overrides = ({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {}) | {"keep": keep or ""}
         losses = []
         for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
             if isinstance(event, Erased):
@@ -127,6 +127,15 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()),
                result.heatmaps(word), gr.update(choices=result.words(), value=word), result)
+
+    def show_held(concept, keep, replace_with):
+        """What the erasure will hold, before the click: the user's words and the model's nearest."""
+        try:
+            held = studio.held(concept or "", keep or "", replace_with or None)
+        except ValueError as err:
+            return f"**Keep:** {err}"
+        near = f" Left alone (maybe the concept in other words): {', '.join(held.near)}." if held.near else ""
+        return f"**Holds:** {', '.join(held.words) or 'nothing in particular'}.{near}"
 
     @spaces.GPU(duration=120)
     @user_errors
@@ -256,6 +265,9 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                                               "attacker learns; about twice as slow)", elem_id="adversarial")
                     uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple", file_types=["image"])
                     replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)", value="")
+                    keep = gr.Textbox(label="Keep (optional: words to hold as they are, comma separated)", value="",
+                                      max_length=500, elem_id="keep")
+                    held = gr.Markdown(show_held("circle", "", ""), elem_id="held")
                     erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
                     with gr.Row():
                         erase_button = gr.Button("Erase", variant="primary", elem_id="erase")
@@ -297,7 +309,9 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                     attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
                     attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
-        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session, adversarial],
+        gr.on([concept.change, keep.change, replace_with.change], show_held, [concept, keep, replace_with], held,
+              api_visibility="private")
+        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session, adversarial, keep],
                                          [erase_status, loss_plot, grid, slider, patch_file, session, judged,
                                           heat_grid, heat_word, comparison], api_name="erase")
         cancel.click(None, cancels=[erase_event])

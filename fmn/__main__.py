@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     e.add_argument("--images", help="a folder of 1-20 images of the concept (fmn, text-encoder)")
     e.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
+    e.add_argument("--keep", help="a comma list of words to hold as they are (beside the model's own words nearest the concept)")
     e.add_argument("--steps", type=int, help="training steps (default: the method's)")
     e.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     e.add_argument("--push", type=float, help="uce, rece, text-map: how far past the guide the concept's token maps "
@@ -139,6 +140,10 @@ def _erase(args, studio) -> None:
         overrides["prior"] = split_concepts(args.prior)
     if args.adversarial:
         overrides["adversarial"] = True
+    overrides["keep"] = split_concepts(args.keep or "")
+    held = studio.held(args.concept, overrides["keep"], args.replace_with)
+    print(f"holding: {', '.join(held.words) or 'nothing in particular'}"
+          + (f"; left alone as maybe the concept in other words: {', '.join(held.near)}" if held.near else ""), file=sys.stderr)
 
     def report(p):
         print(f"\rstep {p.step}/{p.total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", end="", file=sys.stderr, flush=True)
@@ -169,6 +174,7 @@ def _erase_separately(args) -> None:
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("seed", args.seed)) if v is not None}
     if args.adversarial:
         overrides["adversarial"] = True
+    overrides["keep"] = split_concepts(args.keep or "")
     for path in erase_separately(args.concept, args.method, args.out, args.model, args.config, args.device, args.replace_with,
                                  args.workers, args.address, lambda line: print(line, file=sys.stderr, flush=True), **overrides):
         print(path)

@@ -26,7 +26,7 @@ from PIL import Image
 from .attack import AttackConfig, concept_inversion
 from .attention import Trace, trace
 from .collateral import Collateral, collateral
-from .erase import DEFAULT_METHOD, METHODS, Progress, erase, split_concepts
+from .erase import DEFAULT_METHOD, METHODS, KeepSet, Progress, erase, keep_set, split_concepts
 from .evaluate import Comparison, Probe, compare, compare_prompts, judge_for
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
@@ -172,6 +172,11 @@ class Studio:
                 raise ValueError(f"{', '.join(missing)} not in the prompt; its words are: {', '.join(maps)}")
             maps = {w.lower(): maps[w.lower()] for w in words}
         return Inspection(image, maps, word_grid(image, maps, title=settings.prompt), self.warnings(settings))
+
+    def held(self, concepts: list[str] | str, keep: list[str] | str = (), replace_with: str | None = None) -> KeepSet:
+        """What erasing `concepts` will hold: the `keep` words and the model's own words nearest each concept
+        (and the near ones it leaves alone), shown before the click; nothing is drawn."""
+        return keep_set(self.pipe, split_concepts(concepts), split_concepts(keep), (replace_with or "").strip())
 
     def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
               on_progress=None, cancelled=None, **overrides) -> str:

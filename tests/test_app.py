@@ -177,10 +177,14 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     fns = handlers(studio)
     image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"]
-    *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, []))
+    held = fns["show_held"]("circle, square", "dog", "")  # what the erasure will hold, before the click
+    assert held.startswith("**Holds:** dog, ") and len(held.split(", ")) > 2 and "circle" not in held
+    assert "names 'circle'" in fns["show_held"]("circle", "a circle", "")
+    *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, [], False, "dog"))
     status, _, grid, pair, path, session, judged, heat, word, comparison = last
     assert [s[0] for s in streamed] == ["Erasing: step 1/1, 0 s"] and "Erased **circle, square** with uce" in status
     assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
+    assert studio.patches[session[0]].settings["keep"] == ["dog"]
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
     assert word["value"] == "circle" and "photo" in word["choices"] and heat.width > heat.height
     assert fns["show_word"]("dog", comparison).height < heat.height  # one probe names a dog, three a circle
@@ -244,6 +248,9 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.goto(app_url)
         page.get_by_role("tab", name="Erase").click()
         page.locator("#concept textarea, #concept input").first.fill("Mimo")
+        page.locator("#keep textarea, #keep input").first.fill("Tobble")
+        # what the erasure will hold is on the page before the click: the user's word, then the model's nearest
+        page.wait_for_function("() => document.querySelector('#held').innerText.includes('Holds: Tobble, ')", timeout=30_000)
         page.locator("#method input").click()
         page.get_by_role("option", name="text-encoder").click()
         page.get_by_label("Steps (0: the method's default)").fill("10")  # a short erasure: the page is under test

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fmn.erase import METHODS, make_method
+from fmn.erase import METHODS, KeepSet, make_method
 from fmn.erase.method import ErasureMethod, MethodConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
@@ -59,6 +59,15 @@ def test_imports_only_run_down_the_floors():
     assert not upward, upward
 
 
+def test_no_erasure_reads_the_models_world():
+    """World.json serves the judge and the benchmark: the methods, the loop and what they hold (keep.py) read
+    nothing of it. Only `erase` and `--separate` read the embedded model's vocabulary, to refuse unknown words."""
+    readers = [f"{name} imports {target}" for name, path, tree in modules()
+               if name.startswith("fmn.erase.") and name != "fmn.erase.separate"
+               for target in imports(name, path, tree) if target.startswith("fmn.world") or target == "fmn.models.world_of"]
+    assert not readers, readers
+
+
 def test_no_code_tells_methods_apart_by_name():
     """No `== "<method name>"` comparison, no `in ("uce", ...)`, no `hasattr(..., "solve")` anywhere in fmn/."""
     names = set(METHODS)
@@ -89,45 +98,25 @@ def test_esd_x_and_esd_u_are_two_methods_with_one_objective():
     assert "variant" not in {f for f in vars(x.Config()).keys()}
 
 
-class FakeWorld:
-    def preserve_for(self, erased):
-        return [w for w in ("circle", "square", "Mimo") if w not in erased]
-
-    def wordings(self, concept):
-        return [concept, f"{concept} again"] if concept == "night" else [concept]
-
-    def kind_of(self, concept):
-        return {"circle": "object", "square": "object", "Mimo": "identity", "night": "scene"}.get(concept)
-
-    def keep_prompts(self, erased, n):
-        return [f"{n} scenes without {', '.join(erased)}"]
-
-    def in_context(self, concept, without=()):
-        return [f"a red {concept} on grass, no {' or '.join(w for w in without if w != concept)}"]
+HELD = KeepSet(["square", "Mimo"], ["a green square on grass"], ["a red circle on grass"], ["disc"])
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_preserve_defaults_to_the_worlds_others_and_an_empty_list_means_none(name):
-    assert make_method(name, ["circle"], world=FakeWorld()).config.preserve == ["square", "Mimo"]
-    assert make_method(name, ["circle"], replace_with="square", world=FakeWorld()).config.preserve == ["Mimo"]
-    assert make_method(name, ["circle"], world=FakeWorld(), preserve=[]).config.preserve == []
-    assert make_method(name, ["circle"]).config.preserve == []  # a model without a world keeps nothing in particular
+def test_what_is_held_becomes_the_methods_preserve_and_an_empty_list_means_none(name):
+    assert make_method(name, ["circle"], held=HELD).config.preserve == ["square", "Mimo"]
+    assert make_method(name, ["circle"], held=HELD, preserve=[]).config.preserve == []
+    assert make_method(name, ["circle"]).config.preserve == []  # nothing found: nothing in particular held
 
 
 @pytest.mark.parametrize("name", [n for n, cls in METHODS.items() if "keep_prompts" in cls.Config.__dataclass_fields__])
-def test_closed_forms_take_their_prompts_from_the_world(name):
-    """Whole prompts to keep without the erased concepts (and the guide), as many a concept as one alone
-    gets, and the concepts as named in context, without the others: a global concept's prompts once, not
-    once per wording. A replacement lands on its guide: no push past it unless asked. The world's shapes are
-    the closed forms' prior (what the words around them draw anyway); text-map pushes every concept's later rows."""
-    config = make_method(name, ["circle", "night"], replace_with="square", world=FakeWorld()).config
-    prior = ["circle", "night", "night again"] if name == "text-map" else ["circle"]
-    assert config.prior == prior and config.push_after == 0  # a replacement: its later rows land on the guide's too
-    assert make_method(name, ["circle", "Mimo"], world=FakeWorld()).config.push_after > 0
-    assert make_method(name, ["circle"]).config.prior == []  # a model without a world: none unless named
-    assert config.keep_prompts == ["80 scenes without circle, night, night again, square"]
-    assert config.in_context == ["a red circle on grass, no night or night again", "a red night on grass, no circle or night again"]
-    assert config.push == 0 and make_method(name, ["circle"], world=FakeWorld()).config.push > 0
+def test_methods_that_read_whole_prompts_take_the_held_prompts(name):
+    """The keep prompts and the concept in context come from what is held; a replacement lands on its guide
+    (no push past it unless asked); text-map pushes every concept's later rows, the closed forms none unless named."""
+    config = make_method(name, ["circle", "night"], replace_with="square", held=HELD).config
+    assert config.prior == (["circle", "night"] if name == "text-map" else []) and config.push_after == 0
+    assert config.keep_prompts == ["a green square on grass"] and config.in_context == ["a red circle on grass"]
+    assert config.push == 0 and make_method(name, ["circle"], held=HELD).config.push > 0
     assert make_method(name, ["circle"], replace_with="square", push=1.5).config.push == 1.5
     assert make_method(name, ["circle"]).config.keep_prompts == make_method(name, ["circle"]).config.in_context == []
-    assert make_method(name, ["circle"], world=FakeWorld(), keep_prompts=[]).config.keep_prompts == []
+    assert make_method(name, ["circle"], held=HELD, keep_prompts=[]).config.keep_prompts == []
+    assert make_method(name, ["circle"], prior=["circle"]).config.prior == ["circle"]

@@ -66,9 +66,13 @@ def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path, capsys, monkeyp
 def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["sd15"])
     patch = tmp_path / "circle.safetensors"
-    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--prior", "circle, ", "--out", str(patch))
+    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--prior", "circle, ", "--keep", "dog, a cat",
+               "--out", str(patch))
     assert done.returncode == 0, done.stderr
-    assert Patch.load(patch).settings["prior"] == ["circle"]  # a model without a world: its prior named by hand
+    settings = Patch.load(patch).settings
+    assert settings["prior"] == ["circle"]  # a closed form's prior: named by hand
+    assert settings["keep"] == ["dog", "a cat"] and settings["preserve"][:2] == ["dog", "a cat"] and len(settings["preserve"]) > 2
+    assert "holding: dog, a cat, " in done.stderr
     plain, erased = tmp_path / "plain.png", tmp_path / "erased.png"
     for out, extra in ((plain, []), (erased, ["--patch", str(patch)])):
         status, lines = run_here(capsys, "generate", "--model", model, "--prompt", "a circle", "--steps", "3",
@@ -94,6 +98,7 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
         (["--concept", "circle", "--method", "rece", "--steps", "10", "--out", "p.safetensors"], "rece has no setting steps"),
         (["--concept", "circle", "--method", "fmn", "--push", "1", "--out", "p.safetensors"], "fmn has no setting push"),
         (["--concept", "circle", "--method", "esd-x", "--prior", "circle", "--out", "p.safetensors"], "esd-x has no setting prior"),
+        (["--concept", "circle", "--keep", "dog, a red circle", "--out", "p.safetensors"], "Keep 'a red circle' names 'circle'"),
         (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
         (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"], "uce is a closed form: adversarial mode is for"),
         (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with", "square",

@@ -151,7 +151,7 @@ def test_forget_me_not_drains_the_concept_tokens_attention():
         return sum(total)
 
     before = mass()
-    patch = erase(pipe, ["circle"], "fmn", steps=30, references=2, reference_steps=3, lr=1e-2)
+    patch = erase(pipe, ["circle"], "fmn", steps=30, references=2, reference_steps=3, lr=1e-2, preserve=[])  # its own loss alone
     activate(pipe, [patch.name])
     assert mass() < 0.5 * before
     assert all(".attn2." in k for k in patch.tensors)
@@ -169,7 +169,8 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
             return layer(method._rows(pipe, word, word)[1 if of_guide else 0])
 
     circle, guide, star = keys("circle"), keys("circle", of_guide=True), keys("star")
-    patch = erase(pipe, ["circle"], "uce", preserve=["star"], lam=0.01, push=0)
+    bare = dict(preserve=["star"], keep_prompts=[], in_context=[], lam=0.01)  # the edit's own terms alone
+    patch = erase(pipe, ["circle"], "uce", push=0, **bare)
     activate(pipe, [patch.name])
     # 76 rows in 32 dimensions cannot all be mapped exactly: a least-squares compromise (measured 0.14, 0.51, 0.27)
     onto = keys("circle")
@@ -180,14 +181,14 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)  # its rows, at most the width
     assert len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
 
-    erase(pipe, ["circle"], "uce", name="pushed", preserve=["star"], lam=0.01, push=1)  # past the guide, as far again
+    erase(pipe, ["circle"], "uce", name="pushed", push=1, **bare)  # past the guide, as far again
     activate(pipe, ["pushed"])
     past = 2 * guide[0] - circle[0]  # measured 0.31 and 1.71 of the concept's distance to the guide (push 0: 0.14 from the guide, 0.91)
     assert (keys("circle")[0] - past).norm() < 0.45 * (circle[0] - guide[0]).norm()
     assert (keys("circle")[0] - circle[0]).norm() > 1.5 * (guide[0] - circle[0]).norm()  # farther from the concept than the guide is
 
     # a concept the model draws when its word is missing (`prior`): the rows after its token are pushed past the guide's too
-    erase(pipe, ["circle"], "uce", name="prior", preserve=["star"], lam=0.01, push=0, prior=["circle"], push_after=1)
+    erase(pipe, ["circle"], "uce", name="prior", push=0, prior=["circle"], push_after=1, **bare)
     activate(pipe, ["prior"])
     after, gap = keys("circle")[1:], (circle[1:] - guide[1:]).norm()
     # measured: 1.44 gaps from the concept (0.73 mapped onto the guide), 1.08 from guide + (guide - concept)
@@ -216,7 +217,8 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
             "kept whole": {"keep_prompts": ["a blue square on grass", "a red star on sand", "a green star", "a yellow ring on grass"]}}
     gap, moved = {}, {}
     for label, settings in runs.items():
-        erase(pipe, ["circle"], "uce", name=label.replace(" ", "-"), preserve=["star"], push=0, **settings)
+        bare = {"preserve": ["star"], "keep_prompts": [], "in_context": [], "push": 0}  # each term alone
+        erase(pipe, ["circle"], "uce", name=label.replace(" ", "-"), **(bare | settings))
         activate(pipe, [label.replace(" ", "-")])
         gap[label] = ((keys(concept) - target).norm() / (start - target).norm()).item()
         moved[label] = ((keys(unseen) - before).norm() / before.norm()).item()
@@ -346,19 +348,6 @@ def test_rece_closes_the_embedding_that_uce_leaves_open():
     with pytest.raises(ValueError, match="Rounds 11"):
         make_method("rece", ["circle"], rounds=11)
     assert isinstance(rece, RECE) and isinstance(rece, UCE)
-
-
-def test_a_global_concept_is_erased_in_every_wording_the_world_knows():
-    from fmn.world.known import World
-
-    world = World.load("assets/fmn-shapes")
-    night = ["night", "at night", "after dark", "under the moon", "at midnight", "in the dark"]
-    assert world.night_wordings == night[1:]
-    for asked in ("night", "after dark", "night, at night"):
-        method = make_method("uce", asked, world=world)
-        assert method.concepts == night and "circle" in method.config.preserve
-    assert make_method("uce", "circle", world=world).concepts == ["circle"]
-    assert make_method("uce", "night", world=None).concepts == ["night"]  # other models: the user's list, as given
 
 
 @pytest.mark.parametrize("method, settings", [

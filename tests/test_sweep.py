@@ -17,10 +17,8 @@ from fmn.__main__ import main
 from fmn.bench.load import free_port
 from fmn.erase.separate import PatchFolder, _config, file_name
 from fmn.files import written
-from fmn.models import EMBEDDED
 from fmn.patch import Patch
 from fmn.sweep import Job, Store, sweep
-from fmn.world.known import World
 
 from conftest import OUTPUT, ROOT
 
@@ -72,13 +70,17 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_half_one(tmp_path):
 
 
 def test_a_kept_patch_counts_only_if_every_setting_is_the_same(tmp_path):
-    """Defaults included: a patch made before a method's default changed is made again."""
-    config = _config("uce", "circle", None, World.load(EMBEDDED), {})
-    assert config["preserve"] and config["seed"] == 0  # the world's other concepts, kept: every setting is there
+    """Defaults included: a patch made before a method's default changed is made again. What each worker's erasure
+    finds on the model to hold is the worker's (the user's keep list is a setting like any other)."""
+    config = _config("uce", "circle", None, {"keep": ["dog"]})
+    assert config["seed"] == 0 and config["keep"] == ["dog"] and "preserve" not in config and "keep_prompts" not in config
     spec = {"concept": "circle", "method": "uce", "replace_with": None, "overrides": {}, "config": config}
     folder = PatchFolder(tmp_path)
-    folder.save(Job("circle.safetensors", spec), Patch({"unet.w": torch.zeros(2)}, "uce", ["circle"], "base", {}, config))
-    assert folder.load(Job("circle.safetensors", spec)).settings == config
+    held = config | {"preserve": ["dog", "square"], "keep_prompts": ["a square"], "in_context": ["a red circle"]}
+    folder.save(Job("circle.safetensors", spec), Patch({"unet.w": torch.zeros(2)}, "uce", ["circle"], "base", {}, held))
+    assert folder.load(Job("circle.safetensors", spec)).settings == held
+    assert folder.load(Job("circle.safetensors", {**spec, "config": {**config, "keep": []}})) is None
+    assert _config("uce", "circle", None, {"preserve": []})["preserve"] == []  # given: part of the job
     assert folder.load(Job("circle.safetensors", {**spec, "config": {**config, "seed": 1}})) is None
     assert folder.load(Job("circle.safetensors", {**spec, "method": "rece"})) is None
 

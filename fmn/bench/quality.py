@@ -52,6 +52,7 @@ from PIL import Image, ImageDraw
 
 from ..attack import AttackConfig, concept_inversion
 from ..erase import METHODS, erase, make_method
+from ..erase.keep import held_settings
 from ..generate import generate_many
 from ..inversion import inverted
 from ..models import EMBEDDED, load_pipeline, pick_device
@@ -594,7 +595,7 @@ def run(args) -> list[Row] | dict:
         concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
     settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
                 "training": QUICK_SETTINGS if args.quick else "defaults"} | ({"set": given} if given else {})
-    common = {"prompts": n, "steps": steps, "model": "embedded"}
+    common = {"prompts": n, "steps": steps, "model": "embedded", "held": held_settings()}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label, "method": method,
                                                           "settings": tuned, "defaults": _defaults(method), **common})

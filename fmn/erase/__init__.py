@@ -17,15 +17,15 @@ from ..models import world_of
 from ..patch import Patch, adapter_name, attach, fingerprint
 from ..world.known import World
 from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  (each registers its methods, in this order)
+from .keep import KeepSet, keep_set
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 from .method import METHODS, ErasureMethod
 
-__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
+__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError", "keep_set", "KeepSet",
            "ErasureCancelled", "Progress"]
 
-DEFAULT_METHOD = "text-map"  # the best overall in bench quality (README, session 18); the CLI's, the app's, the API's
+DEFAULT_METHOD = "text-map"  # the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
 MAX_CONCEPT_CHARS = 100
-KEEP_PROMPTS = 40  # a closed form's keep prompts per concept erased: a mass erasure weighs its contexts as one concept does
 MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)
 
 
@@ -36,36 +36,20 @@ def split_concepts(text: str | list[str]) -> list[str]:
 
 
 def make_method(method: str, concepts: list[str] | str, images=None, replace_with: str | None = None,
-                world: World | None = None, **overrides) -> ErasureMethod:
+                held: KeepSet | None = None, **overrides) -> ErasureMethod:
     """The method with its settings, each given one overriding its default; raises ValueError on bad values.
 
     ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for methods that take images;
     ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``; a closed
     form then maps onto it, with no ``push`` past it unless given);
-    ``world``: the model's world, whose other concepts are kept unless ``preserve`` is given
-    (``preserve=[]``: keep nothing in particular), whose global concepts are erased in every
-    wording it knows ("night": "at night", "after dark", ...), and whose concepts the method treats
-    as the model's ``prior`` (what the words around them draw anyway: its ``default_prior``).
+    ``held``: what the erasure holds (`keep.keep_set`, found on the model): its words become the
+    method's ``preserve``, its prompts the ``keep_prompts`` and ``in_context`` of the methods that read
+    whole prompts, unless given. Without it nothing in particular is held.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
     cls, concepts = METHODS[method], split_concepts(concepts)
-    if not concepts:
-        raise ValueError("The concept is empty: name what to erase, e.g. 'circle' or 'Mimo'.")
-    if len(concepts) > MAX_CONCEPTS:
-        raise ValueError(f"{len(concepts)} concepts at once; the limit is {MAX_CONCEPTS} in one patch "
-                         "(erase the rest into another patch and stack them).")
-    seen = {}
-    for c in concepts:
-        if c.lower() in seen:
-            raise ValueError(f"{c!r} is named twice ({seen[c.lower()]!r} before): name each concept once.")
-        seen[c.lower()] = c
-    for c in concepts:
-        if len(c) > MAX_CONCEPT_CHARS:
-            raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
-    named = concepts
-    if world:
-        concepts = list(dict.fromkeys(w for c in concepts for w in world.wordings(c)))
+    _check_concepts(concepts)
     known = {f.name for f in fields(cls.Config)}
     if "adversarial" in overrides and "adversarial" not in known:
         trained = ", ".join(n for n, c in METHODS.items() if c.trains)
@@ -80,18 +64,32 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
         if "push" in known:
             overrides.setdefault("push", 0.0)  # a replacement lands on its guide, not past it
             overrides.setdefault("push_after", 0.0)
-    if "preserve" not in overrides:
-        overrides["preserve"] = world.preserve_for([*concepts, guide]) if world else []
-    if world and "keep_prompts" in known and "keep_prompts" not in overrides:
-        overrides["keep_prompts"] = world.keep_prompts([*concepts, guide], KEEP_PROMPTS * len(named))
-    if world and "prior" in known and "prior" not in overrides:  # what the words around a concept draw anyway
-        overrides["prior"] = cls.default_prior(concepts, world)
-    if world and "in_context" in known and "in_context" not in overrides:
-        # night: n in all its wordings; none shows another concept erased with it (the edit would learn to keep it there)
-        overrides["in_context"] = [p for c in named for p in world.in_context(c, without=concepts)]
+    held = held or KeepSet()
+    overrides.setdefault("preserve", held.words)
+    for name, value in (("keep_prompts", held.prompts), ("in_context", held.in_context)):
+        if name in known:
+            overrides.setdefault(name, value)
+    if "prior" in known and "prior" not in overrides:  # what the words around a concept draw anyway
+        overrides["prior"] = cls.default_prior(concepts)
     config = cls.Config(**overrides)
     config.check()
     return cls(concepts, config, images)
+
+
+def _check_concepts(concepts: list[str]) -> None:
+    """Refuses an empty list, too many concepts, one named twice or one too long."""
+    if not concepts:
+        raise ValueError("The concept is empty: name what to erase, e.g. 'circle' or 'Mimo'.")
+    if len(concepts) > MAX_CONCEPTS:
+        raise ValueError(f"{len(concepts)} concepts at once; the limit is {MAX_CONCEPTS} in one patch "
+                         "(erase the rest into another patch and stack them).")
+    seen = {}
+    for c in concepts:
+        if c.lower() in seen:
+            raise ValueError(f"{c!r} is named twice ({seen[c.lower()]!r} before): name each concept once.")
+        seen[c.lower()] = c
+        if len(c) > MAX_CONCEPT_CHARS:
+            raise ValueError(f"A concept of {len(c)} characters; the limit is {MAX_CONCEPT_CHARS}.")
 
 
 def _check_known(world: World | None, words: list[str]) -> None:
@@ -123,10 +121,15 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
 def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,
           replace_with: str | None = None, on_progress=None, cancelled=None, name: str | None = None,
           **overrides) -> Patch:
-    """Erases the concepts; returns the patch, attached to the pipeline (inactive) as adapter `name`
-    (default: the patch's name)."""
+    """Erases the concepts, holding the model's own words nearest each one and those of the `keep` setting
+    (a list, or one text with commas; `keep.py`); returns the patch, attached to the pipeline (inactive)
+    as adapter `name` (default: the patch's name)."""
+    names = split_concepts(concepts)
+    _check_concepts(names)
+    overrides["keep"] = split_concepts(overrides.get("keep") or [])
+    held = keep_set(pipe, names, overrides["keep"], (replace_with or "").strip())
+    instance = make_method(method, names, images, replace_with, held, **overrides)
     world = world_of(pipe)
-    instance = make_method(method, concepts, images, replace_with, world, **overrides)
     if not instance.learns_new_words:
         _check_known(world, [*instance.concepts, instance.config.guide])
     return make_patch(pipe, instance, name or adapter_name(f"{instance.name}:{'+'.join(instance.concepts)}"), on_progress, cancelled)

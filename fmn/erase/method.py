@@ -32,7 +32,8 @@ class MethodConfig:
     """Settings every method has."""
 
     guide: str = ""  # steer the concept toward this one instead of toward nothing (concept correction)
-    preserve: list[str] = field(default_factory=list)  # concepts to keep ([]: none; `erase` fills in the world's)
+    keep: list[str] = field(default_factory=list)  # the user's words to hold; `erase` adds the model's nearest (keep.py)
+    preserve: list[str] = field(default_factory=list)  # the words held: `erase` fills in `keep` and the nearest ([]: none)
     seed: int = 0
 
     def check(self) -> None:

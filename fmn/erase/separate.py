@@ -23,6 +23,8 @@ from . import _check_known, erase, make_method, split_concepts
 
 __all__ = ["erase_separately", "file_name"]
 
+HELD = ("preserve", "keep_prompts", "in_context")  # found on the model by each worker's erasure (keep.py)
+
 
 def file_name(concept: str) -> str:
     """The patch's file name: the concept's letters and digits, nothing that leaves the folder."""
@@ -45,18 +47,21 @@ class PatchFolder:
             patch = Patch.load(path)
         except PatchError:
             return None  # damaged (an interrupted copy): made again
+        settings, config = json.loads(json.dumps(patch.settings)), job.spec["config"]
         same = (patch.method == job.spec["method"] and patch.concepts[:1] == [job.spec["concept"]]
-                and json.loads(json.dumps(patch.settings)) == job.spec["config"])
+                and {k: settings.get(k) for k in config} == config)
         return patch if same else None
 
     def save(self, job: Job, patch: Patch) -> None:
         patch.save(self.folder / job.key)
 
 
-def _config(method: str, concept: str, replace_with: str | None, world: World | None, overrides: dict) -> dict:
-    """Every setting the concept's erasure will run with (defaults included, as its patch records them): a
-    patch kept from an earlier run counts only if it was made with all the same."""
-    return json.loads(json.dumps(asdict(make_method(method, [concept], None, replace_with, world, **overrides).config)))
+def _config(method: str, concept: str, replace_with: str | None, overrides: dict) -> dict:
+    """Every setting the concept's erasure will run with (defaults included, as its patch records them) but what
+    it finds on the model to hold (`HELD`, unless given): a patch kept from an earlier run counts only if it was
+    made with all the same."""
+    config = asdict(make_method(method, [concept], None, replace_with, **overrides).config)
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in HELD or k in overrides}))
 
 
 def _erase_one(pipe, spec: dict) -> Patch:
@@ -75,6 +80,7 @@ def erase_separately(concepts: list[str], method: str, out: str | Path, model: s
     Bad input (an empty or duplicate concept, a bad setting, a word the embedded model never saw) is refused
     before any worker starts."""
     concepts = split_concepts(concepts)
+    overrides["keep"] = split_concepts(overrides.get("keep") or [])
     instance = make_method(method, concepts, replace_with=replace_with, **overrides)  # empty, duplicate, bad settings
     world = World.load(model or EMBEDDED) if model is None or Path(model).is_dir() else None
     if world and not instance.learns_new_words:
@@ -87,7 +93,7 @@ def erase_separately(concepts: list[str], method: str, out: str | Path, model: s
     if out.suffix == ".safetensors":
         raise ValueError(f"--out {out}: with --separate, --out is a folder (one patch per concept).")
     jobs = [Job(name, {"concept": c, "method": method, "replace_with": replace_with, "overrides": overrides,
-                       "config": _config(method, c, replace_with, world, overrides)})
+                       "config": _config(method, c, replace_with, overrides)})
             for c, name in zip(concepts, names)]
     sweep(jobs, partial(load_pipeline, model, device=device, config=config), _erase_one, PatchFolder(out), workers, address, log,
           describe=lambda patch: f"{patch.method} patch, {len(patch.tensors)} tensors")

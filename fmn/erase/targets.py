@@ -6,7 +6,7 @@ prompt: in CLIP's causal text encoder the end token and the padding after it car
 left alone they bring it back. They go to the rows of the same prompt with the guide (default: nothing)
 in the concept's place.
 
-Ours, on top (filled in from the model's world by `erase`; none on a model without one):
+Ours, on top (filled in by `erase` from what it holds, `keep.py`):
 `in_context` prompts show the concept among other words, and its rows from its token on are erased
 there too, mapped to the same prompt with the guide in its place: the word alone misses what the
 words before it make of it. `keep_prompts` are whole prompts without the concept whose every row is
@@ -74,10 +74,10 @@ class EmbeddingTargets:
     config: TargetsConfig
 
     @classmethod
-    def default_prior(cls, concepts: list[str], world) -> list[str]:
-        """The concepts whose later rows are pushed too, on a model with a world: its shapes (the closed forms
-        push no more, since their later rows carry the rest of the prompt and a linear edit takes it along)."""
-        return [c for c in concepts if world.kind_of(c) == "object"]
+    def default_prior(cls, concepts: list[str]) -> list[str]:
+        """The concepts whose later rows are pushed too: none for a closed form (the later rows carry the rest
+        of the prompt, and a linear edit takes it along); name them with ``prior``."""
+        return []
 
     def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
               guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -72,7 +72,7 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         super().__init__(concepts, config, images)
 
     @classmethod
-    def default_prior(cls, concepts: list[str], world) -> list[str]:
+    def default_prior(cls, concepts: list[str]) -> list[str]:
         """Every concept: a non-linear map can push the later rows of one prompt and hold another's."""
         return list(concepts)
 

@@ -1,14 +1,14 @@
 """What a shapes-world model knows, read once from its world.json when the model loads.
 
 The runtime's single view of the world: its vocabulary (to refuse words the model never
-saw), the kind of each concept (to pick probe prompts), the concepts to keep while one is
-erased, and the judge that reads its images. Models without a world.json have no `World`.
+saw), the kind of each concept (to pick probe prompts) and the judge that reads its images.
+It serves the judge and the benchmark only: an erasure finds what to keep on the model
+itself (`fmn.erase.keep`), as on a model without one. Models without a world.json have no `World`.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -65,55 +65,6 @@ class World:
         if c.lower() in ("night", *self.night_wordings):
             return "scene"
         return None
-
-    def wordings(self, concept: str) -> list[str]:
-        """Every wording of a global concept, so that it is erased as one: "night" (or any of its
-        wordings) gives "night" and each night wording; any other concept is its own only wording."""
-        if self.kind_of(concept) == "scene":
-            return ["night", *self.night_wordings]
-        return [concept]
-
-    def preserve_for(self, erased: list[str]) -> list[str]:
-        """The concepts to keep while `erased` goes: every other shape, character and artist."""
-        gone = {c.strip().lower() for c in erased}
-        return [n for n in (*self.shapes, *self.identities, *self.styles) if n.lower() not in gone]
-
-    def captions(self, n: int, erased: list[str] = (), showing: str | None = None, seed: int = 0) -> list[str]:
-        """n captions of random scenes, worded with the training templates, that show none of `erased`
-        and, where given, each show `showing` (a shape, character, artist, or night in any wording): the
-        prompts a closed-form edit keeps (`keep_prompts`) and erases the concept in (`in_context`)."""
-        gone = {c.strip().lower() for c in erased}
-        kind = self.kind_of(showing) if showing else None
-        rng = random.Random(f"{seed}-{showing}-{sorted(gone)}")
-        things = [f"{colour} {shape}" for shape in self.shapes for colour in self.colours] + list(self.identities)
-        things = [t for t in things if not gone & set(t.lower().split())]
-        styles = [s for s in self.styles if s.lower() not in gone]
-        backgrounds = [b for b in self.backgrounds if b != "plain"]
-        night = not gone & {"night", *self.night_wordings}
-        prompts = []
-        for _ in range(n):
-            subject = rng.sample(things, rng.choice([1, 1, 2]))
-            if kind == "object":
-                subject[0] = f"{rng.choice(self.colours)} {showing}"
-            elif kind == "identity":
-                subject[0] = showing
-            style = rng.choice(styles) if styles and rng.random() < 0.6 else None
-            time = rng.choice(self.night_wordings) if (night and rng.random() < 0.25) or kind == "scene" else None
-            prompts.append(rng.choice(self.train_templates).format(
-                subject=" and ".join(t if t in self.identities else f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in subject),
-                where=f" on {rng.choice(backgrounds)}" if rng.random() < 0.75 else "",
-                style=f" in the style of {showing if kind == 'style' else style}" if kind == "style" or style else "",
-                time=f" {time}" if time else ""))
-        return prompts
-
-    def keep_prompts(self, erased: list[str], n: int = 40) -> list[str]:
-        """What an edit must leave as it is, each word in the context that shapes its embedding."""
-        return self.captions(n, erased)
-
-    def in_context(self, concept: str, n: int = 10, without: list[str] = ()) -> list[str]:
-        """Prompts that show the concept among other things, none of `without` (the concepts erased with it)
-        but the concept itself; none for a concept of no known kind."""
-        return self.captions(n, erased=without, showing=concept) if self.kind_of(concept) else []
 
     @cached_property
     def judge(self):
