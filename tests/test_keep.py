@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fmn.erase import erase, keep_set
-from fmn.erase.keep import IN_CONTEXT, KEEP_PROMPTS, NEAR, nearest, vocabulary
+from fmn.erase.keep import IN_CONTEXT, KEEP_PROMPTS, NEAR, TWINS, nearest, vocabulary
 from fmn.models import EMBEDDED, load_pipeline
 from fmn.patch import detach
 
@@ -41,12 +41,15 @@ def test_the_keep_set_holds_the_users_words_first_and_leaves_the_concepts_other_
     assert "disc" in held.near and "disc" not in held.words  # the world's synonym of circle: maybe the concept itself
     night = keep_set(worldless, ["night"])
     assert {"moon", "dark"} <= set(night.near) and not {"moon", "dark", "midnight"} & set(night.words)
-    assert len(held.prompts) == KEEP_PROMPTS and len(held.in_context) == IN_CONTEXT
+    assert len(held.prompts) == KEEP_PROMPTS + TWINS * IN_CONTEXT and len(held.in_context) == IN_CONTEXT
     assert not any("circle" in p or "disc" in p for p in held.prompts)
     assert all("circle" in p for p in held.in_context)
+    # each context is also kept with a held word in the concept's place: the same words around it
+    twins = held.prompts[:TWINS]
+    assert twins[0] == held.in_context[0].replace("circle", next(w for w in held.words if w in twins[0]))
     assert held == keep_set(worldless, ["circle"], ["dog", "cat"])  # seeded
     two = keep_set(worldless, ["circle", "Mimo"])
-    assert len(two.prompts) == 2 * KEEP_PROMPTS and not any("mimo" in p.lower() for p in two.prompts)
+    assert len(two.prompts) == 2 * (KEEP_PROMPTS + TWINS * IN_CONTEXT) and not any("mimo" in p.lower() for p in two.prompts)
     with pytest.raises(ValueError, match="names 'circle'"):
         keep_set(worldless, ["circle"], ["a red circle"])
     with pytest.raises(ValueError, match="names 'square'"):

@@ -23,7 +23,7 @@ table: its row shows how often each set shows what it asks for, so every number 
 Writes quality.md, quality.json, quality.png (UA against IRA and CRA) and
 quality-samples.png (before and after) into --out.
 
-`--mass` erases MASS (8 concepts of every kind, night in all its wordings) in one patch per
+`--mass` erases MASS (8 concepts of every kind, night as the one word) in one patch per
 method and reports each erased concept's UA and every kept concept's presence (the other
 shapes, characters, artists, the colours and backgrounds) against the unedited model:
 quality-mass.md and .json.
@@ -367,8 +367,8 @@ def mass_markdown(results: dict, device: str, settings: dict) -> str:
     head = "| concept | unedited | " + " | ".join(r["method"] for r in runs) + " |"
     rule = "|---|---|" + "---|" * len(runs)
     lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "",
-             f"One patch per method erases {len(results['concepts'])} concepts: {', '.join(results['concepts'])} "
-             "(night in every wording). Targets: each erased concept's UA ≥ "
+             f"One patch per method erases {len(results['concepts'])} concepts: {', '.join(results['concepts'])}. "
+             "Targets: each erased concept's UA ≥ "
              f"{MASS_TARGETS['UA']:.0%}, each kept concept within {100 * MASS_TARGETS['kept_lost']:.0f} points of unedited.", "",
              "| method | erase s | patch KB | UA, lowest | kept, most points lost | targets |", "|---|---|---|---|---|---|"]
     for r in runs:

@@ -28,25 +28,27 @@ from torch import nn
 
 from .targets import find
 
-__all__ = ["KeepSet", "keep_set", "nearest", "vocabulary", "held_settings", "NEAR", "SAME", "KEEP_PROMPTS", "IN_CONTEXT"]
+__all__ = ["KeepSet", "keep_set", "nearest", "vocabulary", "held_settings", "NEAR", "SAME", "KEEP_PROMPTS", "IN_CONTEXT", "TWINS"]
 
 NEAR = 8  # nearest words held per concept
 SAME = 0.6  # at this cosine or above, a word may be the concept itself: not held
-KEEP_PROMPTS = 40  # keep prompts per concept erased
-IN_CONTEXT = 20  # prompts that show each concept among other words
+KEEP_PROMPTS = 20  # generic keep prompts per concept erased, beside TWINS per in-context prompt
+IN_CONTEXT = 31  # prompts that show each concept among other words (with its word alone: one text-map batch of 32)
+TWINS = 1  # keep prompts per in-context prompt: the same words, a held word in the concept's place
 # Words that glue a prompt together: never held on their own (the templates hold them in place)
 GLUE = frozenset("""a an the of in on at to for from by with and or but is are was were be been it its this that
 these those there here as into onto over under after before than then up down out off not no very""".split())
-KEEP_TEMPLATES = ("{0}", "a photo of a {0}", "a painting of a {0}", "a close-up of the {0}", "a {0} {1}",
-                  "a {0} and a {1}", "a photo of a {0} {1}", "a {0} next to a {1}", "a {0} in the style of {1}",
-                  "a drawing of a {0} with a {1}")
+KEEP_TEMPLATES = ("{0}", "a photo of a {0}", "a {0} {1}", "a painting of a {0} and a {1}", "a {0} {1} next to a {2}",
+                  "a photo of a {0} {1} on {2}", "a {0} and a {1} {2} in the style of {3}", "a drawing of a {0} {1} on {2} with a {3}",
+                  "a close-up of the {0} by a {1} {2}", "there is a {0} {1} and a {2} {3} on {0}")
 CONTEXT_TEMPLATES = ("{c}", "a photo of a {c}", "a {w} {c}", "a {c} {w}", "a {c} and a {w}", "a painting of a {w} with a {c}",
-                     "a {c} in the style of {w}", "a {w} {c} next to a {v}", "a close-up of the {c} by a {w}")
+                     "a {c} in the style of {w}", "a {w} {c} next to a {v}", "a close-up of the {c} by a {w}",
+                     "a photo of a {w} {c} on {v} in the style of {u}", "a {w} {v} and a {c} on {u}", "a {c} on {w} with a {v} {u}")
 
 
 def held_settings() -> dict:
     """How the keep set is found, for a benchmark cell's spec: a cell made with other settings runs again."""
-    return {"near": NEAR, "same": SAME, "keep_prompts": KEEP_PROMPTS, "in_context": IN_CONTEXT,
+    return {"near": NEAR, "same": SAME, "keep_prompts": KEEP_PROMPTS, "in_context": IN_CONTEXT, "twins": TWINS,
             "templates": [*KEEP_TEMPLATES, *CONTEXT_TEMPLATES]}
 
 
@@ -141,7 +143,11 @@ def keep_set(pipe: StableDiffusionPipeline, concepts: list[str], keep: list[str]
     others = [w for w in vocabulary(pipe).words if w not in blocked and not any(_same_word(w, c) for c in gone)]
     rng = random.Random(f"{seed}-{sorted(gone)}-{held}")
     pick = lambda: rng.choice(held) if held and rng.random() < 0.5 else rng.choice(others)  # noqa: E731
-    prompts = [rng.choice(KEEP_TEMPLATES).format(pick(), pick()) for _ in range(KEEP_PROMPTS * len(concepts))] if others else []
-    in_context = [rng.choice(CONTEXT_TEMPLATES).format(c=c, w=pick(), v=pick())
-                  for c in concepts for _ in range(IN_CONTEXT)] if others else []
+    in_context, prompts = [], []
+    for concept in concepts if others else []:
+        for _ in range(IN_CONTEXT):  # each context also with held words in the concept's place: only the concept goes
+            template, words = rng.choice(CONTEXT_TEMPLATES), {"w": pick(), "v": pick(), "u": pick()}
+            in_context.append(template.format(c=concept, **words))
+            prompts += [template.format(c=rng.choice(held or others), **words) for _ in range(TWINS)]
+        prompts += [rng.choice(KEEP_TEMPLATES).format(*(pick() for _ in range(4))) for _ in range(KEEP_PROMPTS)]
     return KeepSet(held, prompts, in_context, list(dict.fromkeys(close)))

@@ -43,7 +43,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig):
     rank: int = 8
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
-    keep_batch: int = 64  # keep prompts a step
+    keep_batch: int = 32  # keep prompts a step
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more (README)
 
     def check(self) -> None:
