@@ -43,7 +43,8 @@ Type a prompt, pick a seed, and see the image with one cross-attention heatmap p
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
 # small images shown large: keep their pixels sharp
-CSS = "#image img, #heatmaps img, #slider img { image-rendering: pixelated; } #image img { width: 100%; height: 100%; object-fit: contain; }"
+CSS = ("#image img, #heatmaps img, #slider img { image-rendering: pixelated; } "
+       "#image img { width: 100%; height: 100%; object-fit: contain; }")
 
 
 def user_errors(handler):
@@ -98,25 +99,29 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         if with_original and not session:
             gr.Warning("Your session applies no patch: these are the original model's maps already.")
         elif with_original:
-            compared = studio.compare_prompt(settings, list(session), step_range=step_range, resolutions=resolutions).side_by_side()
+            compared = studio.compare_prompt(settings, list(session), step_range=step_range,
+                                             resolutions=resolutions).side_by_side()
         return result.image, [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()], compared
 
     @spaces.GPU(duration=120)
     @user_errors
-    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, keep="", request: gr.Request = None,
-                  progress=gr.Progress()):
+    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, keep="",
+                  request: gr.Request = None, progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
         sessions.touch(visitor(request))
         sessions.check_room(visitor(request))
-        overrides = ({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {}) | {"keep": keep or ""}
+        overrides = (({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
+                     | {"keep": keep or ""})
         losses = []
         for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
             if isinstance(event, Erased):
-                sessions.add(visitor(request), event.patch_id)  # now, so that a tab closed during the comparison frees it
+                # now, so that a tab closed during the comparison frees it
+                sessions.add(visitor(request), event.patch_id)
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
-            yield f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses), *[gr.skip()] * 8
+            yield (f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses),
+                   *[gr.skip()] * 8)
         patches = session + [event.patch_id]
         result = studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
         path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
@@ -143,7 +148,8 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         """Concept inversion against this session's erasure: can a learned word bring the concept back?"""
         learned = studio.attack(concept or "", session, images_of(uploads),
                                 on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}"))
-        result = studio.compare(concept, session, learned=learned, on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
+        result = studio.compare(concept, session, learned=learned,
+                                on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
         word = result.word_for([concept])
         return (result.grid(), "\n".join(result.labels()), result.heatmaps(word),
                 gr.update(choices=result.words(), value=word), result)
@@ -159,7 +165,8 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
     @user_errors
     def see_collateral(concepts, session, progress=gr.Progress()):
         """Every concept the model knows (or the listed ones), drawn without and with the session's patches."""
-        result = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+        result = studio.collateral(session, concepts or None,
+                                   on_concept=lambda i, n: progress((i, n), desc="other concepts"))
         chart = result.chart()
         path = Path(tempfile.mkdtemp()) / "collateral.png"
         chart.save(path)
@@ -174,8 +181,10 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
             raise ValueError("Erase a concept first: the figure shows the model before and after.")
         drawn_for, drawn_concepts, collateral = last_collateral or (None, None, None)
         if (drawn_for, drawn_concepts) != (list(session), concepts or ""):
-            collateral = studio.collateral(session, concepts or None, on_concept=lambda i, n: progress((i, n), desc="other concepts"))
-        figure, gif = write_figure(comparison, collateral, word or comparison.words()[0], Path(tempfile.mkdtemp()) / "erasure.png")
+            collateral = studio.collateral(session, concepts or None,
+                                           on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+        figure, gif = write_figure(comparison, collateral, word or comparison.words()[0],
+                                   Path(tempfile.mkdtemp()) / "erasure.png")
         return figure, [str(gif.with_suffix(".png")), str(gif)]
 
     @user_errors
@@ -228,8 +237,10 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         gr.Markdown(INTRO)
         with gr.Accordion("Model", open=False):
             with gr.Row():
-                source = gr.Textbox(label="Model", placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, "
-                                    "a .safetensors file" if allow_model_switch else "switching is off on this shared server",
+                source = gr.Textbox(label="Model",
+                                    placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, "
+                                    "a .safetensors file" if allow_model_switch
+                                    else "switching is off on this shared server",
                                     interactive=allow_model_switch, scale=4)
                 load = gr.Button("Load", scale=1, interactive=allow_model_switch)
             status = gr.Markdown(f"Loaded: `{studio.source}`")
@@ -246,25 +257,30 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                         step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
                         sizes = [str(r) for r in cross_attention_resolutions(studio.pipe.unet)]
                         layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
-                    with_original = gr.Checkbox(False, label="Compare with the original (the model without your session's patches)",
-                                                elem_id="with-original")
+                    with_original = gr.Checkbox(False, label="Compare with the original (the model without your "
+                                                "session's patches)", elem_id="with-original")
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2):
                     image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
-                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6, elem_id="heatmaps", height=260, format="png")
-                    compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on one "
-                                        "scale, its share of the attention in the title", type="pil", format="png", elem_id="compared")
+                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6,
+                                      elem_id="heatmaps", height=260, format="png")
+                    compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on "
+                                        "one scale, its share of the attention in the title", type="pil", format="png",
+                                        elem_id="compared")
             gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
                         fn=lambda p, s: inspect_prompt(p, "", s, 25, 5.0, 0, 25)[:2])
         with gr.Tab("Erase"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle", max_length=500, elem_id="concept")
+                    concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle",
+                                         max_length=500, elem_id="concept")
                     method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
                     adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
                                               "attacker learns; about twice as slow)", elem_id="adversarial")
-                    uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple", file_types=["image"])
-                    replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)", value="")
+                    uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple",
+                                      file_types=["image"])
+                    replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",
+                                              value="")
                     keep = gr.Textbox(label="Keep (optional: words to hold as they are, comma separated)", value="",
                                       max_length=500, elem_id="keep")
                     held = gr.Markdown(show_held("circle", "", ""), elem_id="held")
@@ -276,52 +292,60 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                     patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
                     patch_file = gr.File(label="Download the patch", elem_id="patch")
                     with gr.Row():
-                        export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…", elem_id="export-to",
-                                                info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; merged: a "
-                                                     "diffusers folder (zip); single-file: one checkpoint")
+                        export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…",
+                                                elem_id="export-to",
+                                                info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; "
+                                                     "merged: a diffusers folder (zip); single-file: one checkpoint")
                         export_button = gr.Button("Export the session's patches", elem_id="export")
                     export_file = gr.File(label="The export", elem_id="export-file")
                 with gr.Column(scale=2):
-                    erase_status = gr.Markdown("Your session applies no patch: the original model.", elem_id="erase-status")
+                    erase_status = gr.Markdown("Your session applies no patch: the original model.",
+                                               elem_id="erase-status")
                     loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
                     judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
                     grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
                     slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider")
-                    heat_word = gr.Dropdown([], label="Heatmaps of the word", elem_id="heat-word", allow_custom_value=False)
-                    heat_grid = gr.Image(label="What the word attends to, before → after (same seeds, one scale per seed; "
-                                         "the share of the attention it receives in each row's title)", type="pil",
-                                         format="png", elem_id="heat-grid")
+                    heat_word = gr.Dropdown([], label="Heatmaps of the word", elem_id="heat-word",
+                                            allow_custom_value=False)
+                    heat_grid = gr.Image(label="What the word attends to, before → after (same seeds, one scale per "
+                                         "seed; the share of the attention it receives in each row's title)",
+                                         type="pil", format="png", elem_id="heat-grid")
                     with gr.Accordion("What else changed? (the collateral map)", open=False):
-                        collateral_concepts = gr.Textbox(label="Concepts to check (blank: every concept the embedded model "
-                                                         "knows; other models: list them, comma separated)", value="",
-                                                         max_length=5000, elem_id="collateral-concepts")
-                        collateral_button = gr.Button("Draw every concept with and without the patches", elem_id="collateral")
+                        collateral_concepts = gr.Textbox(label="Concepts to check (blank: every concept the embedded "
+                                                         "model knows; other models: list them, comma separated)",
+                                                         value="", max_length=5000, elem_id="collateral-concepts")
+                        collateral_button = gr.Button("Draw every concept with and without the patches",
+                                                      elem_id="collateral")
                         collateral_chart = gr.Image(label="Presence before → after, most changed on top", type="pil",
                                                     format="png", elem_id="collateral-chart")
                         collateral_table = gr.Dataframe(label="The numbers", elem_id="collateral-table")
                         collateral_file = gr.File(label="Download the chart", elem_id="collateral-file")
                     with gr.Row():
                         figure_button = gr.Button("Figure for talks", elem_id="figure")
-                        figure_files = gr.File(label="The figure (PNG) and the heatmap building up (GIF)", file_count="multiple",
-                                               elem_id="figure-files")
+                        figure_files = gr.File(label="The figure (PNG) and the heatmap building up (GIF)",
+                                               file_count="multiple", elem_id="figure-files")
                     figure_image = gr.Image(label="Figure for talks", type="pil", format="png", elem_id="figure-image")
                     attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
-                    attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6, elem_id="attack-judged")
-                    attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil", format="png", elem_id="attack-grid")
+                    attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6,
+                                               elem_id="attack-judged")
+                    attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil",
+                                           format="png", elem_id="attack-grid")
         steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
         gr.on([concept.change, keep.change, replace_with.change], show_held, [concept, keep, replace_with], held,
               api_visibility="private")
-        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session, adversarial, keep],
+        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session,
+                                                     adversarial, keep],
                                          [erase_status, loss_plot, grid, slider, patch_file, session, judged,
                                           heat_grid, heat_word, comparison], api_name="erase")
         cancel.click(None, cancels=[erase_event])
-        attack_button.click(break_it, [concept, uploads, session], [attack_grid, attack_judged, heat_grid, heat_word, comparison],
-                            api_name="attack")
+        attack_button.click(break_it, [concept, uploads, session],
+                            [attack_grid, attack_judged, heat_grid, heat_word, comparison], api_name="attack")
         heat_word.input(show_word, [heat_word, comparison], heat_grid, api_visibility="private")
         figure_button.click(make_figure, [heat_word, collateral_concepts, session, comparison, last_collateral],
                             [figure_image, figure_files], api_name="figure")
         collateral_button.click(see_collateral, [collateral_concepts, session],
-                                [collateral_chart, collateral_table, collateral_file, last_collateral], api_name="collateral")
+                                [collateral_chart, collateral_table, collateral_file, last_collateral],
+                                api_name="collateral")
         export_button.click(export_session, [export_to, session], export_file, api_name="export")
         reset_button.click(reset, session, [erase_status, session, comparison, last_collateral], api_name="reset")
         patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
@@ -339,7 +363,8 @@ def main() -> None:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
-    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded)")
+    parser.add_argument("--model", default=None,
+                        help="diffusers folder, .safetensors file or hub id (default: embedded)")
     parser.add_argument("--allow-model-switch", action="store_true",
                         help="let visitors load another model (refused while other visitors hold patches)")
     parser.add_argument("--max-patches", type=int, default=Limits.patches, help="patches one session may hold")

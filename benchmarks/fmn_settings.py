@@ -1,4 +1,4 @@
-"""Forget-Me-Not's settings against issue #18's claim and a small quality check (session 11's note).
+"""Forget-Me-Not's settings against issue #18's claim and a small quality check (benchmarks/results/README.md).
 
     PYTHONPATH=. python benchmarks/fmn_settings.py 'defaults={}' 'ka1-lr6={"keep_attention": 1.0, "lr": 0.006}'
 
@@ -37,7 +37,8 @@ def main(configs: dict[str, dict]) -> None:
 
     for kind, name in CONCEPTS:
         if f"unedited/{name}" not in results:
-            keep(f"unedited/{name}", concept_cell(pipe, judge, {"kind": kind, "name": name, "label": "unedited", **CELL})[0])
+            keep(f"unedited/{name}",
+                 concept_cell(pipe, judge, {"kind": kind, "name": name, "label": "unedited", **CELL})[0])
     for label, overrides in configs.items():
         if f"{label}/claims" not in results:
             start = time.time()
@@ -53,7 +54,8 @@ def main(configs: dict[str, dict]) -> None:
             if f"{label}/{name}" in results:
                 continue
             settings = KIND_SETTINGS.get(kind, {}).get("fmn", {}) | overrides
-            record = concept_cell(pipe, judge, {"kind": kind, "name": name, "label": label, "method": "fmn", "settings": settings, **CELL})[0]
+            record = concept_cell(pipe, judge, {"kind": kind, "name": name, "label": label, "method": "fmn",
+                                                "settings": settings, **CELL})[0]
             base = results[f"unedited/{name}"]
             record["IRA_lost"], record["CRA_lost"] = base["IRA"] - record["IRA"], base["CRA"] - record["CRA"]
             keep(f"{label}/{name}", record)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long load run (issue #20): 20 gradio_client sessions on one app.py for 5 minutes, every image
 # checked against the same call alone, resident memory before and after. Figures to
-# benchmarks/results/load-<device>.json (README "Under load" quotes them). CI runs a short one
+# benchmarks/results/load-<device>.json (docs/app.md quotes them). CI runs a short one
 # (tests/test_load.py: 10 sessions, 60 s).
 # Usage: bash benchmarks/load.sh [SESSIONS] [SECONDS]
 set -eu

@@ -133,7 +133,8 @@ def _layer_hw(pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     while h * w > pixels:
         h, w = -(-h // 2), -(-w // 2)  # each stride-2 downsampler rounds up
     if h * w != pixels:
-        raise ValueError(f"cannot lay {pixels} attention pixels out on a {latent_hw} latent: not a UNet downsampling of it")
+        raise ValueError(f"cannot lay {pixels} attention pixels out on a {latent_hw} latent: "
+                         "not a UNet downsampling of it")
     return h, w
 
 

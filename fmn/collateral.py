@@ -82,7 +82,8 @@ class Collateral:
             ax.set_xlim(0, 1.0)
         else:
             ax.barh(y, [e.pixel_change for e in self.effects], 0.6,
-                    color=["tab:red" if e.erased else "tab:blue" for e in self.effects], label="pixel change (red: erased)")
+                    color=["tab:red" if e.erased else "tab:blue" for e in self.effects],
+                    label="pixel change (red: erased)")
             ax.set_xlabel(f"mean absolute pixel change on the same {len(self.seeds)} seeds (0-1)")
         ax.set_yticks(y, [f"{e.concept} ({e.kind}{', ERASED' if e.erased else ''})  attention "
                           f"{e.attention_before:.1%} → {e.attention_after:.1%}" for e in self.effects], fontsize=7)
@@ -105,7 +106,8 @@ def world_concepts(world: World, erased: list[str]) -> list[tuple[str, str, str]
     gone = _gone(world, erased)
     shape = next((s for s in world.shapes if s not in gone), "circle")
     colour = next((c for c in world.colours if c not in gone), "red")
-    rows = [(s, "shape", f"a {colour if s != shape else next(c for c in world.colours if c != colour)} {s}") for s in world.shapes]
+    rows = [(s, "shape", f"a {colour if s != shape else next(c for c in world.colours if c != colour)} {s}")
+            for s in world.shapes]
     rows += [(i, "character", i) for i in world.identities]
     rows += [(a, "artist", f"a {colour} {shape} in the style of {a}") for a in world.styles]
     rows += [(c, "colour", f"a {c} {shape}") for c in world.colours]
@@ -118,9 +120,11 @@ def _concept_list(concepts: list[str] | str | None) -> list[str]:
         concepts = concepts.split(",")
     names = list(dict.fromkeys(c.strip() for c in concepts or () if c.strip()))
     if concepts is not None and not names:
-        raise ValueError("The concept list is empty: name the concepts to check, separated by commas, e.g. 'dog, cat, house'.")
+        raise ValueError("The concept list is empty: name the concepts to check, separated by commas, "
+                         "e.g. 'dog, cat, house'.")
     if len(names) > MAX_CONCEPTS:
-        raise ValueError(f"{len(names)} concepts to check; the limit is {MAX_CONCEPTS} (each is drawn on {len(SEEDS)} seeds twice).")
+        raise ValueError(f"{len(names)} concepts to check; the limit is {MAX_CONCEPTS} "
+                         f"(each is drawn on {len(SEEDS)} seeds twice).")
     return names
 
 
@@ -152,8 +156,10 @@ def collateral(studio, patches: list[str], concepts: list[str] | str | None = No
         before, trace_before = studio.generate_traced(settings, list(seeds))
         after, trace_after = studio.generate_traced(settings, list(seeds), patches=patches)
         word = concept.split()[-1]  # a word of the concept that the prompt spells
-        pixels = np.mean([np.abs(np.asarray(b, np.float32) - np.asarray(a, np.float32)).mean() / 255 for b, a in zip(before, after)])
-        effect = Effect(concept, kind, prompt, concept.lower() in gone, float(pixels), trace_before.share(word), trace_after.share(word))
+        pixels = np.mean([np.abs(np.asarray(b, np.float32) - np.asarray(a, np.float32)).mean() / 255
+                          for b, a in zip(before, after)])
+        effect = Effect(concept, kind, prompt, concept.lower() in gone, float(pixels), trace_before.share(word),
+                        trace_after.share(word))
         if judge is not None and judge.knows(concept):
             effect.presence_before, effect.presence_after = (
                 float(np.mean([v.has(concept) for v in judge(images)])) for images in (before, after))

@@ -93,5 +93,6 @@ def noisy(pipe: StableDiffusionPipeline, latents: torch.Tensor, generator: torch
     """Clean latents (B, 4, h, w) noised to one random training step each, as the denoising loss
     draws them: returns (noisy latents, the noise added, the steps (B,))."""
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(pipe.device)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),),
+                      generator=generator).to(pipe.device)
     return pipe.scheduler.add_noise(latents, noise, t), noise, t

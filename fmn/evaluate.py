@@ -42,7 +42,8 @@ def _world_probes(world: World, concept: str) -> list[Probe]:
         other = next(s for s in shapes if s != c)
         # "a picture of a heart" has no colour, as a user first types it: there the words around the shape draw
         # the model's prior (a heart, on the shapes world), so the view shows what an erasure leaves there
-        return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c), Probe("concept", f"a picture of a {c}", c),
+        return [Probe("concept", f"a red {c}", c), Probe("concept", f"a blue {c} on grass", c),
+                Probe("concept", f"a picture of a {c}", c),
                 Probe("paraphrase", f"a yellow {shapes[c][0]}", c),
                 Probe("other", f"a red {other}", other), Probe("other", character, character)]
     if kind == "identity":
@@ -51,13 +52,17 @@ def _world_probes(world: World, concept: str) -> list[Probe]:
                 Probe("other", character, character), Probe("other", "a green star", "star")]
     if kind == "style":
         other = next(s for s in styles if s != c)
-        return [Probe("concept", f"a red circle in the style of {c}", c), Probe("concept", f"{character} in the style of {c}", c),
+        return [Probe("concept", f"a red circle in the style of {c}", c),
+                Probe("concept", f"{character} in the style of {c}", c),
                 Probe("paraphrase", f"a blue star in the style of {c} on grass", c),
-                Probe("other", f"a red circle in the style of {other}", other), Probe("other", "a green heart", "heart")]
+                Probe("other", f"a red circle in the style of {other}", other),
+                Probe("other", "a green heart", "heart")]
     if kind == "scene":
         second = identities[1]
-        return [Probe("concept", "a red circle at night", "night"), Probe("concept", f"{character} on grass at night", "night"),
-                Probe("paraphrase", "a blue star after dark", "night"), Probe("paraphrase", "a green ring under the moon", "night"),
+        return [Probe("concept", "a red circle at night", "night"),
+                Probe("concept", f"{character} on grass at night", "night"),
+                Probe("paraphrase", "a blue star after dark", "night"),
+                Probe("paraphrase", "a green ring under the moon", "night"),
                 Probe("other", "a red circle", "circle"), Probe("other", f"{second} on sand", second)]
     return [Probe("concept", c, None), Probe("paraphrase", f"a picture of {c}", None),
             Probe("other", "a red circle", "circle"), Probe("other", character, character)]
@@ -105,7 +110,8 @@ class Comparison:
 
     def probes_with(self, word: str) -> list[int]:
         """The probes whose prompt has `word`; a clear error if none has."""
-        rows = [i for i, maps in enumerate(self.before_maps) if word.strip().lower() in (w.lower() for w in maps[0].words)]
+        rows = [i for i, maps in enumerate(self.before_maps)
+                if word.strip().lower() in (w.lower() for w in maps[0].words)]
         if not rows:
             raise ValueError(f"{word!r} is in none of the prompts; their words are: {', '.join(self.words())}")
         return rows
@@ -114,7 +120,8 @@ class Comparison:
         """(prompt, share before, share after) for each probe whose prompt has `word`: the part of the
         cross-attention its tokens receive (`Trace.share`), mean over the seeds."""
         return [(self.probes[i].prompt, *(float(np.mean([t.share(word) for t in side[i]]))
-                                          for side in (self.before_maps, self.after_maps))) for i in self.probes_with(word)]
+                                          for side in (self.before_maps, self.after_maps)))
+                for i in self.probes_with(word)]
 
     def heatmaps(self, words: str | list[str]) -> Image.Image:
         """For each word, each probe with it and each seed: the image and the word's heatmap before, then after,
@@ -141,7 +148,8 @@ class Comparison:
         return word_rows(rows, self.probes[probe].prompt)
 
     def share_table(self, words: list[str] | None = None) -> dict[str, list[dict]]:
-        """{word: [{prompt, before, after}, ...]} for these words (default every word): the JSON of `heatmap --compare`."""
+        """{word: [{prompt, before, after}, ...]} for these words (default every word): the JSON of
+        `heatmap --compare`."""
         return {w: [{"prompt": p, self.titles[0]: b, self.titles[1]: a} for p, b, a in self.shares(w)]
                 for w in words or self.words()}
 
@@ -191,7 +199,8 @@ def compare_prompts(studio, probes: list[Probe], patches: list[str], seeds: list
     base = settings or GenerationSettings("", steps=steps)
     sides = {"before": ([], []), "after": ([], [])}
     for i, probe in enumerate(probes):
-        for side, kwargs in (("before", {"patches": patches if learned else ()}), ("after", {"patches": patches, "learned": learned})):
+        for side, kwargs in (("before", {"patches": patches if learned else ()}),
+                             ("after", {"patches": patches, "learned": learned})):
             images, tc = studio.generate_traced(replace(base, prompt=probe.prompt), list(seeds), step_range=step_range,
                                                 resolutions=resolutions, **kwargs)
             sides[side][0].append(images)

@@ -26,12 +26,16 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+from diffusers.utils.state_dict_utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_peft,
+    convert_unet_state_dict_to_peft,
+)
 from safetensors.torch import save_file
 
-from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .files import written
 from .models import load_pipeline
+from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .single_file import save_single_file
 
 __all__ = ["FORMATS", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
@@ -42,7 +46,8 @@ FORMATS = {
     "merged": "a diffusers folder with the erasure folded into the weights",
     "single-file": "one original-layout checkpoint with the erasure folded in (.safetensors)",
 }
-KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # SDXL's first: lora_te1_
+# SDXL's first: lora_te1_
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 KOHYA_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's added
 # embedding MLP: kohya names it as the original (sgm) UNet does, and diffusers' conversion reads it only so
 
@@ -65,7 +70,8 @@ def lora_factors(patches: list[Patch]) -> dict[str, tuple[torch.Tensor, torch.Te
                 if component.startswith("text_encoder") and not name.startswith("text_model."):
                     module = f"{component}.text_model.{name}"
                 factors.setdefault(module, []).append((a.float(), b))
-    return {m: (torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs], dim=1)) for m, pairs in factors.items()}
+    return {m: (torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs], dim=1))
+            for m, pairs in factors.items()}
 
 
 def diffusers_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
@@ -75,7 +81,8 @@ def diffusers_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
     attention projection's)."""
     state = {}
     for module, (a, b) in lora_factors(patches).items():
-        down, up = ("lora_linear_layer.down", "lora_linear_layer.up") if module.startswith("text_encoder") else ("lora_A", "lora_B")
+        down, up = (("lora_linear_layer.down", "lora_linear_layer.up") if module.startswith("text_encoder")
+                    else ("lora_A", "lora_B"))
         state[f"{module}.{down}.weight"], state[f"{module}.{up}.weight"] = a, b
     return state
 
@@ -87,7 +94,8 @@ def kohya_lora(patches: list[Patch]) -> dict[str, torch.Tensor]:
     for module, (a, b) in factors.items():
         component, name = module.split(".", 1)
         name = KOHYA_NAMES.get(name, name)
-        key = ("lora_te1_" if sdxl and component == "text_encoder" else KOHYA_PREFIX[component]) + name.replace(".", "_")
+        key = (("lora_te1_" if sdxl and component == "text_encoder" else KOHYA_PREFIX[component])
+               + name.replace(".", "_"))
         state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = a, b
         state[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
     return state
@@ -116,7 +124,8 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         raise ValueError(f"{out.name}: a {to} export is one .safetensors file.")
 
 
-def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str, config: str | None) -> StableDiffusionPipeline:
+def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str,
+            config: str | None) -> StableDiffusionPipeline:
     """A fresh fp32 copy of the base model on the CPU with the patches fused into its weights (diffusers' fuse_lora)."""
     merged = load_pipeline(source, device="cpu", dtype=torch.float32, config=config)
     merged.load_lora_weights(diffusers_lora(patches), adapter_name="erasure")
@@ -144,7 +153,8 @@ def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: st
             save_single_file(_merged(pipe, patches, source, config), staged, metadata(patches))
         else:
             state = diffusers_lora(patches) if to == "diffusers-lora" else kohya_lora(patches)
-            save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, staged, metadata=metadata(patches))
+            save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, staged,
+                      metadata=metadata(patches))
     return out
 
 
@@ -152,7 +162,8 @@ def _peft_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A LoRA as diffusers' `lora_state_dict` gives it, under peft keys, converted as diffusers' loaders do."""
     unet = {k: v for k, v in state.items() if not k.startswith("text_encoder")}
     text = {k: v for k, v in state.items() if k.startswith("text_encoder")}
-    return convert_unet_state_dict_to_peft(unet) | (convert_state_dict_to_peft(convert_state_dict_to_diffusers(text)) if text else {})
+    return (convert_unet_state_dict_to_peft(unet)
+            | (convert_state_dict_to_peft(convert_state_dict_to_diffusers(text)) if text else {}))
 
 
 def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> list[str]:
@@ -171,9 +182,11 @@ def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> l
         if module is None or not hasattr(module, "weight"):
             problems.append(f"{module_name} (no such layer in the {component})")
         elif factor.startswith("A") and value.shape[1] != module.weight.shape[1]:
-            problems.append(f"{module_name} (takes {value.shape[1]} inputs, the model's layer {module.weight.shape[1]})")
+            problems.append(f"{module_name} (takes {value.shape[1]} inputs, "
+                            f"the model's layer {module.weight.shape[1]})")
         elif factor.startswith("B") and value.shape[0] != module.weight.shape[0]:
-            problems.append(f"{module_name} (gives {value.shape[0]} outputs, the model's layer {module.weight.shape[0]})")
+            problems.append(f"{module_name} (gives {value.shape[0]} outputs, "
+                            f"the model's layer {module.weight.shape[0]})")
     return problems
 
 

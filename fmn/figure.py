@@ -32,14 +32,16 @@ def _probe_with(comparison: Comparison, word: str) -> int:
 def story(comparison: Comparison, collateral: Collateral, word: str) -> Image.Image:
     """The prompt's images before and after, the word's heatmaps before and after, and the collateral chart."""
     probe = _probe_with(comparison, word)
-    prompt, before_share, after_share = next(s for s in comparison.shares(word) if s[0] == comparison.probes[probe].prompt)
+    prompt, before_share, after_share = next(s for s in comparison.shares(word)
+                                             if s[0] == comparison.probes[probe].prompt)
     k = min(SEEDS_SHOWN, len(comparison.seeds))
     chart = collateral.chart()
     fig = Figure(figsize=(2 * k * 1.6, 2 * 1.7 + 1.6 * 2 * k * chart.height / chart.width + 0.8), dpi=100)
     grid = fig.add_gridspec(3, 2 * k, height_ratios=[1, 1, 2 * k * chart.height / chart.width])
     for s in range(k):
         pair = comparison.map_pair(word, probe, s)
-        for half, (title, images, heat) in enumerate(zip(comparison.titles, (comparison.before, comparison.after), pair)):
+        for half, (title, images, heat) in enumerate(zip(comparison.titles, (comparison.before, comparison.after),
+                                                         pair)):
             image = images[probe][s]
             for row, panel in enumerate((image, overlay(image, heat))):
                 ax = fig.add_subplot(grid[row, half * k + s])
@@ -64,7 +66,8 @@ def build_up(comparison: Comparison, word: str, seed: int = 0) -> list[Image.Ima
     traces = [side[probe][seed] for side in (comparison.before_maps, comparison.after_maps)]
     steps = [t.build_up(word) for t in traces]
     peak = max(float(m[-1].max()) for m in steps) or 1.0
-    images = [side[probe][seed].resize((FRAME_SIDE, FRAME_SIDE), Image.NEAREST) for side in (comparison.before, comparison.after)]
+    images = [side[probe][seed].resize((FRAME_SIDE, FRAME_SIDE), Image.NEAREST)
+              for side in (comparison.before, comparison.after)]
     frames = []
     for i, maps in enumerate(zip(*steps)):
         frame = Image.new("RGB", (2 * FRAME_SIDE, FRAME_SIDE + 20), "white")
@@ -84,8 +87,10 @@ def save_gif(frames: list[Image.Image], path: str | Path, ms_per_frame: int = 15
     return path
 
 
-def write_figure(comparison: Comparison, collateral: Collateral, word: str, path: str | Path) -> tuple[Image.Image, Path]:
-    """The story as a PNG at `path` and the build-up as a GIF beside it (same name, .gif); returns the story and the GIF's path."""
+def write_figure(comparison: Comparison, collateral: Collateral, word: str,
+                 path: str | Path) -> tuple[Image.Image, Path]:
+    """The story as a PNG at `path` and the build-up as a GIF beside it (same name, .gif); returns the story and the
+    GIF's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = story(comparison, collateral, word)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from .models import world_of
 
-__all__ = ["GenerationSettings", "check_settings", "generate", "generate_many", "unknown_words", "MAX_PROMPT_CHARS", "MAX_SEED"]
+__all__ = ["GenerationSettings", "check_settings", "generate", "generate_many", "unknown_words", "MAX_PROMPT_CHARS",
+           "MAX_SEED"]
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1

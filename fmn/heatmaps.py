@@ -36,7 +36,8 @@ def overlay(image: Image.Image, heatmap: torch.Tensor, cmap: str = "jet", alpha:
     return Image.fromarray(np.round(blend * 255).astype(np.uint8))
 
 
-def word_grid(image: Image.Image, maps: dict[str, torch.Tensor], title: str | None = None, cmap: str = "jet") -> Image.Image:
+def word_grid(image: Image.Image, maps: dict[str, torch.Tensor], title: str | None = None,
+              cmap: str = "jet") -> Image.Image:
     """One row: the image, then its overlay for each word titled with the word, and one shared colour bar."""
     return word_rows([("image", image, maps)], title, cmap)
 
@@ -68,8 +69,8 @@ def to_image(fig: Figure) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-def before_after_grid(rows: list[tuple[str, list, list]], seeds: list[int], titles: tuple[str, str] = ("before", "after"),
-                      cmap: str = "jet") -> Image.Image:
+def before_after_grid(rows: list[tuple[str, list, list]], seeds: list[int],
+                      titles: tuple[str, str] = ("before", "after"), cmap: str = "jet") -> Image.Image:
     """One row per prompt; per seed, the image and the word's heatmap before, then after.
 
     Args:

@@ -97,7 +97,8 @@ def only_vectors_learn(pipe: StableDiffusionPipeline):
             p.requires_grad_(flag)
 
 
-def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, config: InversionConfig = InversionConfig(),
+def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor,
+           config: InversionConfig = InversionConfig(),
            on_step=None, score: Callable[[Inverted], float] | None = None, prompts: list[str] | None = None,
            start: Inverted | None = None) -> Inverted:
     """Learns vectors for the concept's tokens so that prompts naming it denoise `latents` (N, 4, h, w).
@@ -128,7 +129,8 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor, c
         keep_score(0)
         for step in range(1, config.steps + 1):
             idx = torch.randint(0, len(latents), (config.batch,), generator=generator)
-            batch_prompts = [prompts[int(k)] for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
+            batch_prompts = [prompts[int(k)]
+                             for k in torch.randint(0, len(prompts), (config.batch,), generator=generator)]
             zt, noise, t = noisy(pipe, latents[idx], generator)
             with inverted(pipe, learned):
                 pred = denoise(pipe, zt, t, encode(pipe, batch_prompts))

@@ -67,7 +67,8 @@ def _check_folder(folder: Path) -> type:
         raise ModelLoadError(f"{folder} is not a diffusers folder: it has no model_index.json.")
     cls = _pipeline_class(json.loads(index.read_text()).get("_class_name", "?"), str(folder))
     if not any(folder.glob("unet/*.safetensors")):
-        raise ModelLoadError(f"{folder} has no safetensors weights in unet/; only safetensors are loaded (pickle files can run code).")
+        raise ModelLoadError(f"{folder} has no safetensors weights in unet/; only safetensors are loaded "
+                             "(pickle files can run code).")
     return cls
 
 
@@ -109,7 +110,8 @@ def _load_hub(repo_id: str, **kw) -> StableDiffusionPipeline:
         hint = (f"Download it where there is network (`hf download {repo_id}`) and copy the cache, "
                 "or pass a local diffusers folder or a .safetensors file.")
         if not _hub_reachable():
-            raise ModelLoadError(f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached. {hint}")
+            raise ModelLoadError(f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
+                                 f"{hint}")
         try:
             config = StableDiffusionPipeline.load_config(repo_id)
         except (OSError, ValueError) as err:

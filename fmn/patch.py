@@ -33,7 +33,8 @@ from safetensors.torch import save_file
 
 from .files import written
 
-__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "adapter_name", "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
+__all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "adapter_name",
+           "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
            "FORMAT", "VERSION"]
 
 FORMAT = "fmn-patch"
@@ -47,14 +48,16 @@ class PatchError(ValueError):
 
 
 class NotAPatch(PatchError):
-    """A readable safetensors file without the patch format tag: perhaps a LoRA made elsewhere (`fmn.export.import_lora`)."""
+    """A readable safetensors file without the patch format tag: perhaps a LoRA made elsewhere
+    (`fmn.export.import_lora`)."""
 
 
 def fingerprint(pipe: StableDiffusionPipeline) -> str:
     """A short id of the base model: its configs and a few weight statistics, equal across dtypes and devices."""
     probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.text_encoder.get_input_embeddings().weight]
     stats = [round(float(t.detach().float().abs().mean()), 4) for t in probes]
-    text_config = {k: v for k, v in pipe.text_encoder.config.to_diff_dict().items() if k not in ("dtype", "torch_dtype")}
+    text_config = {k: v for k, v in pipe.text_encoder.config.to_diff_dict().items()
+                   if k not in ("dtype", "torch_dtype")}
     blob = json.dumps([dict(pipe.unet.config), text_config, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -77,9 +80,11 @@ class Patch:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         meta = {"format": FORMAT, "version": str(VERSION), "method": self.method, "base": self.base,
-                "concepts": json.dumps(self.concepts), "lora": json.dumps(self.lora), "settings": json.dumps(self.settings)}
+                "concepts": json.dumps(self.concepts), "lora": json.dumps(self.lora),
+                "settings": json.dumps(self.settings)}
         with written(path) as staged:
-            save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.tensors.items()}, staged, metadata=meta)
+            save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.tensors.items()}, staged,
+                      metadata=meta)
         return path
 
     @classmethod
@@ -91,7 +96,8 @@ class Patch:
         if meta.get("format") != FORMAT:
             raise NotAPatch(f"{path.name} is not a Forget-Me-Not Studio patch (no '{FORMAT}' format tag).")
         if meta.get("version") != str(VERSION):
-            raise PatchError(f"{path.name} has patch format version {meta.get('version')}; this version reads {VERSION}.")
+            raise PatchError(f"{path.name} has patch format version {meta.get('version')}; "
+                             f"this version reads {VERSION}.")
         try:
             return cls(tensors, meta["method"], json.loads(meta["concepts"]), meta["base"],
                        json.loads(meta["lora"]), json.loads(meta.get("settings", "{}")))
@@ -102,7 +108,8 @@ class Patch:
 def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """A patch-sized .safetensors file's header and tensors; PatchError if it is not one."""
     if path.suffix != ".safetensors":
-        raise PatchError(f"{path.name}: a patch is a .safetensors file (other formats are pickles, which can run code).")
+        raise PatchError(f"{path.name}: a patch is a .safetensors file "
+                         "(other formats are pickles, which can run code).")
     if not path.is_file():
         raise PatchError(f"{path}: no such patch file.")
     if path.stat().st_size > MAX_PATCH_BYTES:
@@ -118,7 +125,8 @@ def _component(pipe: StableDiffusionPipeline, name: str) -> torch.nn.Module:
     if name not in COMPONENTS:
         raise PatchError(f"a patch may change {COMPONENTS}, not {name!r}")
     if getattr(pipe, name, None) is None:
-        raise PatchError(f"this patch changes a {name}, which this model does not have (a patch for another kind of model).")
+        raise PatchError(f"this patch changes a {name}, which this model does not have "
+                         "(a patch for another kind of model).")
     return getattr(pipe, name)
 
 
@@ -137,7 +145,8 @@ def new_adapter(pipe: StableDiffusionPipeline, name: str, component: str, target
 
 def adapter_tensors(pipe: StableDiffusionPipeline, name: str, components: list[str]) -> dict[str, torch.Tensor]:
     """The adapter's LoRA factors, keyed as in a patch file."""
-    return {f"{c}.{k}": v for c in components for k, v in get_peft_model_state_dict(_component(pipe, c), adapter_name=name).items()}
+    return {f"{c}.{k}": v for c in components
+            for k, v in get_peft_model_state_dict(_component(pipe, c), adapter_name=name).items()}
 
 
 def adapter_name(label: str) -> str:

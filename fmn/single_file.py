@@ -49,7 +49,8 @@ def _unet_prefixes(config) -> dict[str, str]:
         for j in range(step):
             table[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{i * step + j}.0"
             table[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * step + j}.1"
-        table[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * step + n_layers}.{2 if has_attention else 1}.conv"
+        table[f"up_blocks.{i}.upsamplers.0.conv"] = (f"output_blocks.{i * step + n_layers}."
+                                                     f"{2 if has_attention else 1}.conv")
     return table
 
 
@@ -57,7 +58,8 @@ def _vae_prefixes(config) -> dict[str, str]:
     n = len(config.block_out_channels)
     table = {}
     for part in ("encoder", "decoder"):
-        table |= {f"{part}.mid_block.resnets.0": f"{part}.mid.block_1", f"{part}.mid_block.attentions.0": f"{part}.mid.attn_1",
+        table |= {f"{part}.mid_block.resnets.0": f"{part}.mid.block_1",
+                  f"{part}.mid_block.attentions.0": f"{part}.mid.attn_1",
                   f"{part}.mid_block.resnets.1": f"{part}.mid.block_2", f"{part}.conv_norm_out": f"{part}.norm_out"}
     for i in range(n):
         for j in range(config.layers_per_block + 1):
@@ -108,7 +110,8 @@ def original_state_dict(pipe: StableDiffusionPipeline | StableDiffusionXLPipelin
     """The pipeline's weights under the original key names (SD 1.x, or SDXL's)."""
     unet = _move(pipe.unet.state_dict(), _unet_prefixes(pipe.unet.config), UNET_RESNET)
     vae = _move(pipe.vae.state_dict(), _vae_prefixes(pipe.vae.config), VAE_RESNET, VAE_ATTENTION)
-    vae = {k: v[..., None, None] if ".attn_1." in k and k.endswith("weight") and v.ndim == 2 else v for k, v in vae.items()}
+    vae = {k: v[..., None, None] if ".attn_1." in k and k.endswith("weight") and v.ndim == 2 else v
+           for k, v in vae.items()}
     state = {f"model.diffusion_model.{k}": v for k, v in unet.items()}
     state |= {f"first_stage_model.{k}": v for k, v in vae.items()}
     if isinstance(pipe, StableDiffusionXLPipeline):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import OrderedDict
 import uuid
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +28,11 @@ from .attention import Trace, trace
 from .collateral import Collateral, collateral
 from .erase import DEFAULT_METHOD, METHODS, KeepSet, Progress, erase, keep_set, split_concepts
 from .evaluate import Comparison, Probe, compare, compare_prompts, judge_for
+from .export import export, import_lora
 from .generate import GenerationSettings, check_settings, generate, unknown_words
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline
-from .export import export, import_lora
 from .patch import NotAPatch, Patch, activate, active, adapter_name, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased", "new_id"]
@@ -91,12 +91,14 @@ class Studio:
 
     def warnings(self, settings: GenerationSettings) -> list[str]:
         unknown = unknown_words(self.pipe, settings.prompt)
-        return [f"The model never saw these words: {', '.join(unknown)}. It will ignore or misread them."] if unknown else []
+        return ([f"The model never saw these words: {', '.join(unknown)}. It will ignore or misread them."]
+                if unknown else [])
 
     def _check_patches(self, patches) -> None:
         missing = [p for p in patches if p not in self.patches]
         if missing:
-            raise ValueError(f"Patch {', '.join(missing)} is not loaded (the model may have been switched): erase or upload it again.")
+            raise ValueError(f"Patch {', '.join(missing)} is not loaded (the model may have been switched): "
+                             "erase or upload it again.")
 
     @contextmanager
     def _patched(self, patches: list[str] | tuple = ()):
@@ -164,7 +166,8 @@ class Studio:
                 resolutions=None, on_step=None, patches: list[str] | tuple = ()) -> Inspection:
         """Generates one image while tracing cross-attention, and renders the words' heatmaps."""
         settings = check_settings(self.pipe, settings)
-        (image,), tc = self.generate_traced(settings, None, on_step, patches, step_range=step_range, resolutions=resolutions)
+        (image,), tc = self.generate_traced(settings, None, on_step, patches, step_range=step_range,
+                                            resolutions=resolutions)
         maps = {w: m for w, m in tc.word_maps().items() if any(c.isalnum() for c in w)}  # no punctuation panels
         if words:
             missing = [w for w in words if w.lower() not in maps]
@@ -178,8 +181,8 @@ class Studio:
         (and the near ones it leaves alone), shown before the click; nothing is drawn."""
         return keep_set(self.pipe, split_concepts(concepts), split_concepts(keep), (replace_with or "").strip())
 
-    def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
-              on_progress=None, cancelled=None, **overrides) -> str:
+    def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,
+              replace_with: str | None = None, on_progress=None, cancelled=None, **overrides) -> str:
         """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call).
         `concepts`: a list, or one text with commas between concepts. Generations asked for meanwhile run
         between two of its steps (an erasure takes seconds to minutes; a visitor's image, a second)."""
@@ -197,8 +200,8 @@ class Studio:
                                            between_steps, cancelled, name=patch_id, **overrides)
         return patch_id
 
-    def erase_live(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None, replace_with: str | None = None,
-                   **overrides) -> Iterator[Progress | Erased]:
+    def erase_live(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,
+                   replace_with: str | None = None, **overrides) -> Iterator[Progress | Erased]:
         """`erase` in a worker thread, as a generator: yields a `Progress` per step, then `Erased`.
 
         Closing the generator early (a cancelled request) stops the erasure at its next step
@@ -279,7 +282,8 @@ class Studio:
         judge = judge_for(self.pipe)
         eye = judge.sureness(concept) if judge is not None and judge.knows(concept) else None
         with self.lock:
-            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides), images, on_step, eye)
+            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides),
+                                     images, on_step, eye)
 
     def load_patch(self, path: str | Path) -> str:
         """Reads a patch file, or a LoRA made elsewhere (any layout diffusers reads), and attaches it;

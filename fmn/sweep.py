@@ -59,7 +59,8 @@ class Store:
         if stored["images"]:
             with Image.open(path.with_suffix(".png")) as strip:
                 width = strip.width // stored["images"]
-                images = [strip.crop((i * width, 0, (i + 1) * width, strip.height)).convert("RGB") for i in range(stored["images"])]
+                images = [strip.crop((i * width, 0, (i + 1) * width, strip.height)).convert("RGB")
+                          for i in range(stored["images"])]
         return stored["record"], images
 
     def save(self, job: Job, result: Record) -> None:
@@ -125,7 +126,8 @@ def _on_ray(jobs: list[Job], setup, work, workers: int, address: str | None, fin
     from ray.util import ActorPool
 
     if address:  # a running cluster: ship this repository to its nodes
-        env = {"working_dir": str(ROOT), "excludes": [".git", ".whl", ".gradio", "docs", "tests", "test-output", "benchmarks", "**/__pycache__"]}
+        env = {"working_dir": str(ROOT), "excludes": [".git", ".whl", ".gradio", "docs", "tests", "test-output",
+                                                      "benchmarks", "**/__pycache__"]}
         ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
     else:  # a Ray of this machine's cores, its workers importing this checkout
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)

@@ -1,7 +1,8 @@
 """What a user does in plain diffusers, importing nothing from fmn: load the model with no arguments,
 generate, and load an exported erasure (LoRA, kohya LoRA, merged folder, single file).
 
-    python tests/plain_diffusers.py MODEL_FOLDER --out DIR [--half] [--lora F] [--kohya F] [--merged DIR] [--single-file F]
+    python tests/plain_diffusers.py MODEL_FOLDER --out DIR [--half] [--lora F] [--kohya F] [--merged DIR]
+        [--single-file F]
 
 Writes DIR/<variant>-<seed>.png for the base model (``half``: loaded with torch_dtype=torch.float16,
 as on a GPU) and each variant given, with the settings
@@ -40,7 +41,8 @@ def main():
     pipe = StableDiffusionPipeline.from_pretrained(args.model)  # no other argument
     draw(pipe, args.prompt, args.seeds, out, "base")
     if args.half:
-        draw(StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float16), args.prompt, args.seeds, out, "half")
+        draw(StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float16), args.prompt, args.seeds,
+             out, "half")
     for name, lora in (("lora", args.lora), ("kohya", args.kohya)):
         if lora:
             pipe.load_lora_weights(lora)

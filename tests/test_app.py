@@ -23,7 +23,8 @@ def call(client, prompt, seed, **kw):
 def launch(playwright):
     """Debian's chromium, headless, with nothing that reaches the network."""
     return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"])
 
 
 def pixels(path):
@@ -129,7 +130,8 @@ def erased(app_url):
 
 @SERVER
 @pytest.mark.parametrize("concept, upload, steps, message", [
-    ("", None, 0, "concept is empty"), ("x" * 500, None, 0, "500 characters"), ("circle", None, 1_000_000, "Steps 1000000"),
+    ("", None, 0, "concept is empty"), ("x" * 500, None, 0, "500 characters"),
+    ("circle", None, 1_000_000, "Steps 1000000"),
     ("dragon", None, 0, "never saw dragon"),  # a word the embedded model does not know
     # uploads: the message of `bad_upload`, but gradio refuses a .txt itself
     *[("circle", case, 0, "Invalid file type" if case == "not an image" else None) for case in BAD_UPLOADS],
@@ -214,7 +216,8 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):
         list(fns["erase"]("circle", "uce", None, "", 0, session, True))
     *_, (status, *_, session, _, _, _, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
-    assert "Erased **star** with fmn in adversarial mode" in status and studio.patches[session[-1]].settings["adversarial"]
+    assert ("Erased **star** with fmn in adversarial mode" in status
+            and studio.patches[session[-1]].settings["adversarial"])
     *_, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, session, True)  # with the original
     assert compared.height > image.height * 4  # two rows of maps: the original model's, then the session's
     with pytest.raises(gr.Error, match="prompt is empty"):
@@ -250,7 +253,8 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.locator("#concept textarea, #concept input").first.fill("Mimo")
         page.locator("#keep textarea, #keep input").first.fill("Tobble")
         # what the erasure will hold is on the page before the click: the user's word, then the model's nearest
-        page.wait_for_function("() => document.querySelector('#held').innerText.includes('Holds: Tobble, ')", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#held').innerText.includes('Holds: Tobble, ')",
+                               timeout=30_000)
         page.locator("#method input").click()
         page.get_by_role("option", name="text-encoder").click()
         page.get_by_label("Steps (0: the method's default)").fill("10")  # a short erasure: the page is under test

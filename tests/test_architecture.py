@@ -13,14 +13,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
 # Lowest first: a module may import from its own floor and the floors below it, never above.
 FLOORS = [
     ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.recipe.tokenizer", "fmn.world.recipe.render"),
-    ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),  # load; run independent jobs here or on Ray; write files whole
+    # load; run independent jobs here or on Ray; write files whole
+    ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
     ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
     ("fmn.patch", "fmn.export"),  # patches as adapters, the frozen reference; out to other tools and back in
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods
     ("fmn.attack", "fmn.evaluate", "fmn.collateral", "fmn.figure"),
     ("fmn.studio", "fmn.sessions"),  # one model shared by every caller; visitors' sessions on it
-    ("fmn.__main__", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
+    ("fmn.__main__", "fmn.cli", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
 ]
 
 
@@ -64,7 +65,8 @@ def test_no_erasure_reads_the_models_world():
     nothing of it. Only `erase` and `--separate` read the embedded model's vocabulary, to refuse unknown words."""
     readers = [f"{name} imports {target}" for name, path, tree in modules()
                if name.startswith("fmn.erase.") and name != "fmn.erase.separate"
-               for target in imports(name, path, tree) if target.startswith("fmn.world") or target == "fmn.models.world_of"]
+               for target in imports(name, path, tree)
+               if target.startswith("fmn.world") or target == "fmn.models.world_of"]
     assert not readers, readers
 
 

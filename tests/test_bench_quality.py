@@ -9,8 +9,18 @@ import sys
 import pytest
 
 from fmn.__main__ import main
-
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Prompt, Row, best_per_kind, found, given_settings, kept_whole, mass_probes, probes
+from fmn.bench.quality import (
+    DEFAULT_METHODS,
+    MASS,
+    Prompt,
+    Row,
+    best_per_kind,
+    found,
+    given_settings,
+    kept_whole,
+    mass_probes,
+    probes,
+)
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
 
@@ -46,7 +56,8 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
             assert value is None if (key == "attack" and unedited) else 0 <= value <= 1, (r, key)
         base = next(b for b in rows if b["concept"] == r["concept"] and b["method"] == "unedited")
         for key in ("IRA", "CRA"):  # points lost: against the unedited row of the same concept
-            assert r[f"{key}_lost"] is None if unedited else abs(r[f"{key}_lost"] - (base[key] - r[key])) < 1e-9, (r, key)
+            assert (r[f"{key}_lost"] is None if unedited
+                    else abs(r[f"{key}_lost"] - (base[key] - r[key])) < 1e-9), (r, key)
         if not unedited:
             assert r["seconds"] >= 0 and r["patch_kb"] > 0
     assert {b["kind"] for b in records["best"]} == set(CONCEPTS)
@@ -54,7 +65,8 @@ def test_every_method_and_concept_has_a_row_with_numbers_in_range(quick):
         assert (out / name).stat().st_size > 0
     assert "| kind | method |" in stdout and records["device"]
     table = (out / "quality-quick.md").read_text()
-    assert main(["bench", "quality", "--render", str(out / "quality-quick.json")]) == 0  # the tables again, from the JSON
+    # the tables again, from the JSON
+    assert main(["bench", "quality", "--render", str(out / "quality-quick.json")]) == 0
     assert (out / "quality-quick.md").read_text() == table and "Overall, every concept" in table
 
 
@@ -69,8 +81,10 @@ def test_the_attack_finds_the_concept_at_least_as_often_as_its_plain_prompt(quic
 
 
 def test_a_target_met_exactly_is_met():
-    """CRA lost 0 and 10 points on two objects: a mean of 5 points meets the 5-point target (5.000000000000004 in floats)."""
-    rows = [Row("rece", "object", c, 1.0, 0.8, 0.7, 0.0, 0.0, 0.05, 0.8 - 0.7, 0.2, None, None) for c in ("triangle", "heart")]
+    """CRA lost 0 and 10 points on two objects: a mean of 5 points meets the 5-point target (5.000000000000004 in
+    floats)."""
+    rows = [Row("rece", "object", c, 1.0, 0.8, 0.7, 0.0, 0.0, 0.05, 0.8 - 0.7, 0.2, None, None)
+            for c in ("triangle", "heart")]
     rows[0].CRA_lost = 0.0
     met = best_per_kind(rows)[0]["met"]
     assert met["CRA_lost"] and met["IRA_lost"] and met["UA"], met
@@ -80,7 +94,8 @@ def test_a_target_met_exactly_is_met():
 
 def test_probes_use_held_out_wording_and_the_right_paraphrases():
     p = probes("object", "circle", 6)
-    assert all("circle" in q.text for q in p.erased) and all("disc" in q.text and "circle" not in q.text for q in p.paraphrase)
+    assert (all("circle" in q.text for q in p.erased)
+            and all("disc" in q.text and "circle" not in q.text for q in p.paraphrase))
     assert all(q.name != "circle" and q.kind == "object" for q in p.in_kind)
     assert all(q.kind in ("identity", "style") for q in p.cross_kind)
     coloured = lambda q: any(f"{c} circle" in q.text for c in COLOURS)  # noqa: E731
@@ -88,7 +103,8 @@ def test_probes_use_held_out_wording_and_the_right_paraphrases():
     assert all(coloured(q) for q in probes("object", "circle", 6, bare=False).erased)
     night = probes("scene", "night", 8)
     assert all("at night" in q.text for q in night.erased)
-    assert not any("at night" in q.text for q in night.paraphrase) and all(q.kind == "background" for q in night.in_kind)
+    assert (not any("at night" in q.text for q in night.paraphrase)
+            and all(q.kind == "background" for q in night.in_kind))
 
 
 def test_a_kept_prompt_counts_only_if_everything_it_asks_for_is_there():
@@ -115,7 +131,8 @@ def test_a_kept_prompt_counts_only_if_everything_it_asks_for_is_there():
 def test_mass_probes_keep_every_other_concept_in_scenes_without_the_erased_ones():
     erased, kept = mass_probes(MASS, 6)
     assert list(erased) == MASS and all(len(ps) == 6 for ps in [*erased.values(), *kept.values()])
-    assert set(kept) == {"circle", "square", "ring", "Mimo", "Zubrik", "Quimby", "Zaranth", *COLOURS, "grass", "sand", "water"}
+    assert set(kept) == {"circle", "square", "ring", "Mimo", "Zubrik", "Quimby", "Zaranth", *COLOURS,
+                         "grass", "sand", "water"}
     for name, prompts in kept.items():
         for p in prompts:
             assert p.name == name and name in p.text, p
@@ -126,7 +143,8 @@ def test_mass_probes_keep_every_other_concept_in_scenes_without_the_erased_ones(
 def test_mass_erasure_writes_its_table(tmp_path):
     """The --mass section end to end with the closed form on 2 prompts a set (its figures are the benchmark's)."""
     done = subprocess.run([sys.executable, "-m", "fmn", "bench", "quality", "--quick", "--mass", "--methods", "uce",
-                           "--prompts", "2", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--prompts", "2", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = json.loads((tmp_path / "quality-mass-quick.json").read_text())
     (run,) = records["runs"]
@@ -137,7 +155,7 @@ def test_mass_erasure_writes_its_table(tmp_path):
 
 
 def test_the_default_method_is_the_one_the_committed_table_ranks_first():
-    """The best becomes the default: README's full table (benchmarks/results/quality.json), ranked by the
+    """The best becomes the default: the full table (benchmarks/results/quality.json), ranked by the
     benchmark's rule, puts the default first; a rerun that ranks another first must move the default too."""
     from fmn.bench.quality import Row, best_overall
     from fmn.erase import DEFAULT_METHOD
@@ -148,7 +166,7 @@ def test_the_default_method_is_the_one_the_committed_table_ranks_first():
 
 
 def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):
-    """--set: how a README row at another setting is re-run; its cells are their own (the setting is in their spec)."""
+    """--set: how a table's row at another setting is re-run; its cells are their own (the setting is in their spec)."""
     assert given_settings(["push_after=0", 'prior=["circle"]', "guide=square"], ["uce", "text-map"]) == {
         "push_after": 0, "prior": ["circle"], "guide": "square"}
     args = ["bench", "quality", "--methods", "uce", "--concepts", "triangle", "--prompts", "1", "--steps", "2",
@@ -167,7 +185,8 @@ def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys)
                            (["--concepts", "triangle,dragon"], "Unknown concept dragon: choose from"),
                            (["--mass", "--concepts", "triangle"], "--mass erases its own list"),
                            (["--methods", "uce", "--set", "passes=3"], "--set: uce has no setting passes"),
-                           (["--methods", "text-map", "--set", "push_after=20"], "--set: push_after 20 is out of range"),
+                           (["--methods", "text-map", "--set", "push_after=20"],
+                            "--set: push_after 20 is out of range"),
                            (["--set", "push_after"], "write KEY=VALUE")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

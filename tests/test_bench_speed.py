@@ -28,8 +28,10 @@ def test_both_recipes_side_by_side(tmp_path):
     for method in ("fmn", "esd-x"):  # the reference recipe holds a second UNet and text encoder: most of the weights
         assert rows[method, "reference"]["weights_held_bytes"] > 1.5 * rows[method, "ours"]["weights_held_bytes"]
         assert rows[method, "ours"]["speedup"] > 0 and rows[method, "reference"]["speedup"] is None
-    assert rows["esd-x", "reference"]["settings"] == {"steps": 2, "batch": 1, "frozen_copy": True, "fresh_trajectories": True}
-    assert rows["esd-x", "ours"]["settings"] == {"steps": 2, "batch": 4, "frozen_copy": False, "fresh_trajectories": False}
+    assert rows["esd-x", "reference"]["settings"] == {"steps": 2, "batch": 1, "frozen_copy": True,
+                                                      "fresh_trajectories": True}
+    assert rows["esd-x", "ours"]["settings"] == {"steps": 2, "batch": 4, "frozen_copy": False,
+                                                 "fresh_trajectories": False}
     assert rows["fmn", "ours"]["target"].endswith("n/a (not an H100 sd15 run)")
     table = (out / "speed-cpu.md").read_text()
     assert "| esd-x | reference |" in table and "| target (H100, sd15) |" in table
@@ -90,7 +92,8 @@ def test_adversarial_rows_and_a_mass_erasure(tmp_path):
                                  "--steps", "2", "--probe-steps", "2", "--device", "cpu", "--out", str(tmp_path)])
     rows = {r["method"]: r for r in run(args)}
     assert list(rows) == ["fmn", "fmn adversarial", "uce"]
-    assert rows["fmn adversarial"]["erase_s"] > 0 and rows["fmn adversarial"]["click_s"] > rows["fmn adversarial"]["erase_s"]
+    assert (rows["fmn adversarial"]["erase_s"] > 0
+            and rows["fmn adversarial"]["click_s"] > rows["fmn adversarial"]["erase_s"])
     assert all(r["concept"] == "circle,square,star" for r in rows.values())
     assert "| fmn adversarial | ours |" in (tmp_path / "speed-cpu.md").read_text()
 
@@ -99,6 +102,7 @@ def test_profile_names_the_loops_phases(tmp_path, capsys):
     report = tmp_path / "profile.txt"
     assert main(["bench", "profile", "--arch", "tiny", "--random-weights", "--steps", "3", "--device", "cpu",
                  "--rows", "5", "--out", str(report)]) == 0
-    phases = {line.split()[0]: int(line.split()[1]) for line in report.read_text().splitlines() if line.startswith("erase.")}
+    phases = {line.split()[0]: int(line.split()[1]) for line in report.read_text().splitlines()
+              if line.startswith("erase.")}
     assert phases == {"erase.references": 1, "erase.loss": 3, "erase.backward": 3, "erase.optimizer": 3}
     assert "fmn erasing 'circle', 3 steps" in capsys.readouterr().out

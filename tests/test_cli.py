@@ -29,7 +29,8 @@ def run_here(capsys, *args):
 
 def test_generate_and_heatmap(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "img.png"
-    done = run("generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a red circle", "--steps", "3", "--out", str(out))
+    done = run("generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a red circle", "--steps", "3",
+               "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (32, 32)
     maps = tmp_path / "maps.png"
@@ -41,8 +42,8 @@ def test_generate_and_heatmap(tiny_dirs, tmp_path, capsys):
 
 def test_several_seeds_write_several_files(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "img.png"
-    status, lines = run_here(capsys, "generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a star", "--steps", "2",
-                             "--seed", "5", "--num-images", "2", "--out", str(out))
+    status, lines = run_here(capsys, "generate", "--model", str(tiny_dirs["sd15"]), "--prompt", "a star",
+                             "--steps", "2", "--seed", "5", "--num-images", "2", "--out", str(out))
     assert status == 0, lines
     assert (tmp_path / "img-5.png").exists() and (tmp_path / "img-6.png").exists()
 
@@ -53,7 +54,8 @@ def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path, capsys, monkeyp
         (["generate", "--prompt", "", "--out", "x.png"], "prompt is empty"),
         (["generate", "--prompt", "a circle", "--steps", "0", "--out", "x.png"], "Steps 0"),
         (["generate", "--prompt", "a circle", "--model", "/no/such/model", "--out", "x.png"], "no such file"),
-        (["heatmap", "--prompt", "a circle", "--words", "dragon", "--steps", "2", "--out", str(tmp_path / "m.png")], "dragon"),
+        (["heatmap", "--prompt", "a circle", "--words", "dragon", "--steps", "2", "--out", str(tmp_path / "m.png")],
+         "dragon"),
         (["generate", "--prompt", "a circle", "--out", "x.gif"], ".png"),
     ]
     for args, message in cases:
@@ -66,12 +68,13 @@ def test_bad_input_is_one_line_and_status_2(tiny_dirs, tmp_path, capsys, monkeyp
 def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["sd15"])
     patch = tmp_path / "circle.safetensors"
-    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--prior", "circle, ", "--keep", "dog, a cat",
-               "--out", str(patch))
+    done = run("erase", "--model", model, "--concept", "circle", "--method", "uce", "--prior", "circle, ",
+               "--keep", "dog, a cat", "--out", str(patch))
     assert done.returncode == 0, done.stderr
     settings = Patch.load(patch).settings
     assert settings["prior"] == ["circle"]  # a closed form's prior: named by hand
-    assert settings["keep"] == ["dog", "a cat"] and settings["preserve"][:2] == ["dog", "a cat"] and len(settings["preserve"]) > 2
+    assert (settings["keep"] == ["dog", "a cat"] and settings["preserve"][:2] == ["dog", "a cat"]
+            and len(settings["preserve"]) > 2)
     assert "holding: dog, a cat, " in done.stderr
     plain, erased = tmp_path / "plain.png", tmp_path / "erased.png"
     for out, extra in ((plain, []), (erased, ["--patch", str(patch)])):
@@ -91,21 +94,32 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "good" / "red.png")
     cases = [
         (["--concept", "", "--out", "p.safetensors"], "concept is empty"),
-        (["--concept", "circle,square,circle", "--method", "uce", "--out", "p.safetensors"], "'circle' is named twice"),
-        (["--concept", ",".join(["circle"] * 100), "--method", "uce", "--out", "p.safetensors"], "100 concepts at once"),
+        (["--concept", "circle,square,circle", "--method", "uce", "--out", "p.safetensors"],
+         "'circle' is named twice"),
+        (["--concept", ",".join(["circle"] * 100), "--method", "uce", "--out", "p.safetensors"],
+         "100 concepts at once"),
         (["--concept", "circle", "--out", "p.png"], "a patch is written as a .safetensors file"),
         (["--concept", "circle", "--method", "text-encoder", "--steps", "0", "--out", "p.safetensors"], "Steps 0"),
-        (["--concept", "circle", "--method", "rece", "--steps", "10", "--out", "p.safetensors"], "rece has no setting steps"),
-        (["--concept", "circle", "--method", "fmn", "--push", "1", "--out", "p.safetensors"], "fmn has no setting push"),
-        (["--concept", "circle", "--method", "esd-x", "--prior", "circle", "--out", "p.safetensors"], "esd-x has no setting prior"),
-        (["--concept", "circle", "--keep", "dog, a red circle", "--out", "p.safetensors"], "Keep 'a red circle' names 'circle'"),
-        (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "takes no images"),
-        (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"], "uce is a closed form: adversarial mode is for"),
-        (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with", "square",
-          "--out", "p.safetensors"], "leave the uploads out"),
-        (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"], "broken.png is not a readable image"),
-        (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"], "no such file"),
-        (["--concept", "circle", "--images", str(tmp_path / "good"), "--out", "p.safetensors"], "text-map learns from the model itself and takes no images"),  # the default
+        (["--concept", "circle", "--method", "rece", "--steps", "10", "--out", "p.safetensors"],
+         "rece has no setting steps"),
+        (["--concept", "circle", "--method", "fmn", "--push", "1", "--out", "p.safetensors"],
+         "fmn has no setting push"),
+        (["--concept", "circle", "--method", "esd-x", "--prior", "circle", "--out", "p.safetensors"],
+         "esd-x has no setting prior"),
+        (["--concept", "circle", "--keep", "dog, a red circle", "--out", "p.safetensors"],
+         "Keep 'a red circle' names 'circle'"),
+        (["--concept", "circle", "--method", "uce", "--images", str(tmp_path / "good"), "--out", "p.safetensors"],
+         "takes no images"),
+        (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"],
+         "uce is a closed form: adversarial mode is for"),
+        (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with",
+          "square", "--out", "p.safetensors"], "leave the uploads out"),
+        (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"],
+         "broken.png is not a readable image"),
+        (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"],
+         "no such file"),
+        (["--concept", "circle", "--images", str(tmp_path / "good"), "--out", "p.safetensors"],  # the default
+         "text-map learns from the model itself and takes no images"),
     ]
     for args, message in cases:
         status, lines = run_here(capsys, "erase", "--model", model, *args)
@@ -119,8 +133,8 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
 def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
     paths, message = bad_upload(case, tmp_path / "imgs")
     images = paths[0] if len(paths) == 1 else paths[0].parent  # --images takes a file or a folder
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
-                             "--images", str(images), "--out", str(tmp_path / "p.safetensors"))
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--method", "fmn", "--images", str(images), "--out", str(tmp_path / "p.safetensors"))
     assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], lines
 
 
@@ -142,8 +156,8 @@ def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, me
 def test_erase_with_an_empty_folder_lets_the_model_draw_references(tiny_dirs, tmp_path, capsys):
     (tmp_path / "none").mkdir()
     out = tmp_path / "p.safetensors"
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
-                             "--images", str(tmp_path / "none"), "--steps", "1", "--out", str(out))
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--method", "fmn", "--images", str(tmp_path / "none"), "--steps", "1", "--out", str(out))
     assert status == 0 and out.exists() and any("the model draws its own references" in line for line in lines), lines
 
 
@@ -152,8 +166,8 @@ def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tm
 
     monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
     out = tmp_path / "p.safetensors"
-    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "fmn",
-                             "--steps", "3", "--out", str(out))
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--method", "fmn", "--steps", "3", "--out", str(out))
     assert status == 2 and lines[-1].startswith("error: the loss became nan at step 1"), lines
     assert "model is unchanged" in lines[-1]
     assert not out.exists()
@@ -162,7 +176,8 @@ def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tm
 def test_attack_writes_the_attacked_images(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["sd15"])
     patch = tmp_path / "circle.safetensors"
-    assert run_here(capsys, "erase", "--model", model, "--concept", "circle", "--method", "uce", "--out", str(patch))[0] == 0
+    assert run_here(capsys, "erase", "--model", model, "--concept", "circle", "--method", "uce",
+                    "--out", str(patch))[0] == 0
     from fmn.__main__ import main
 
     assert main(["attack", "--model", model, "--concept", "circle", "--patch", str(patch), "--num-images", "2",
@@ -173,14 +188,16 @@ def test_attack_writes_the_attacked_images(tiny_dirs, tmp_path, capsys):
                           (["--concept", ""], "Name the erased concept")):
         base = {"--concept": "circle", "--num-images": "1", "--steps": "1", "--out": str(tmp_path / "g.png")}
         base.update(dict(zip(args[::2], args[1::2])))
-        status, lines = run_here(capsys, "attack", "--model", model, "--patch", str(patch), *[x for kv in base.items() for x in kv])
+        status, lines = run_here(capsys, "attack", "--model", model, "--patch", str(patch),
+                                 *[x for kv in base.items() for x in kv])
         assert status == 2 and lines[-1].startswith("error: ") and message in lines[-1], (args, lines)
 
 
 def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, circle_patch, tmp_path, capsys):
     model, patch = str(tiny_dirs["sd15"]), circle_patch
     maps, numbers = tmp_path / "maps.png", tmp_path / "maps.json"
-    status, lines = run_here(capsys, "heatmap", "--model", model, "--prompt", "a red circle", "--words", "circle", "red",
+    status, lines = run_here(capsys, "heatmap", "--model", model, "--prompt", "a red circle",
+                             "--words", "circle", "red",
                              "--patch", str(patch), "--compare", "--num-images", "2", "--steps", "2",
                              "--out", str(maps), "--json", str(numbers))
     assert status == 0, lines
@@ -193,10 +210,12 @@ def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, cir
                              "--out", str(chart), "--json", str(table))
     assert status == 0, lines
     rows = json.loads(table.read_text())["concepts"]
-    assert {r["concept"]: r["erased"] for r in rows} == {"circle": True, "dog": False} and Image.open(chart).height > 100
+    assert ({r["concept"]: r["erased"] for r in rows} == {"circle": True, "dog": False}
+            and Image.open(chart).height > 100)
     story = tmp_path / "story.png"
     status, lines = run_here(capsys, "erase", "--model", model, "--concept", "circle", "--method", "uce",
-                             "--out", str(tmp_path / "again.safetensors"), "--figure", str(story), "--check", "circle, dog")
+                             "--out", str(tmp_path / "again.safetensors"), "--figure", str(story),
+                             "--check", "circle, dog")
     assert status == 0, lines
     assert Image.open(story).height > 400 and Image.open(story.with_suffix(".gif")).n_frames == 25
 
@@ -206,7 +225,8 @@ def circle_patch(tiny_dirs, tmp_path_factory):
     from fmn.__main__ import main
 
     path = tmp_path_factory.mktemp("patch") / "circle.safetensors"
-    assert main(["erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "uce", "--out", str(path)]) == 0
+    assert main(["erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--method", "uce",
+                 "--out", str(path)]) == 0
     return path
 
 
@@ -223,7 +243,8 @@ HEATMAP = ["heatmap", "--prompt", "a red circle", "--steps", "2"]
     (["erase", "--concept", "circle", "--method", "uce", "--figure", "story.gif"], "the figure is written as a PNG"),
     (["collateral", "--patch", PATCH, "--concepts", " , "], "concept list is empty"),
     (["collateral", "--patch", PATCH], "no list of what it knows"),
-    (["collateral", "--patch", PATCH, "--concepts", ",".join(f"t{i}" for i in range(200))], "200 concepts to check; the limit is 100"),
+    (["collateral", "--patch", PATCH, "--concepts", ",".join(f"t{i}" for i in range(200))],
+     "200 concepts to check; the limit is 100"),
 ])
 def test_heatmap_compare_and_collateral_bad_input(tiny_dirs, circle_patch, tmp_path, capsys, args, message):
     args = [str(circle_patch) if a == PATCH else a for a in args]

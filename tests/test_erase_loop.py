@@ -5,12 +5,13 @@ import pytest
 import torch
 from PIL import ImageFile
 
-from conftest import BAD_UPLOADS, bad_upload
-from fmn.erase import ErasureCancelled, ErasureError, erase, make_method
 from fmn.diffusion import encode
+from fmn.erase import ErasureCancelled, ErasureError, erase, make_method
 from fmn.erase.images import load_concept_images
 from fmn.patch import activate
 from fmn.tiny import tiny_pipeline
+
+from conftest import BAD_UPLOADS, bad_upload
 
 
 def predictions(pipe, prompt, refs, idx):
@@ -30,7 +31,8 @@ def test_esd_x_moves_the_concept_toward_negative_guidance():
     concept_before = predictions(pipe, "circle", refs, idx)
     before = (concept_before - target).pow(2).mean()
     seen = []
-    patch = erase(pipe, ["circle"], "esd-x", on_progress=seen.append, steps=60, sample_steps=10, trajectories=4, lr=1e-2)
+    patch = erase(pipe, ["circle"], "esd-x", on_progress=seen.append, steps=60, sample_steps=10, trajectories=4,
+                  lr=1e-2)
     assert [p.step for p in seen] == list(range(1, 61)) and all(p.loss >= 0 for p in seen)
     activate(pipe, [patch.name])
     concept_after = predictions(pipe, "circle", refs, idx)
@@ -72,7 +74,8 @@ def test_nan_loss_stops_and_leaves_the_model_untouched():
 def test_cancel_mid_run_leaves_the_model_untouched():
     pipe = tiny_pipeline()
     with pytest.raises(ErasureCancelled, match="cancelled at step 3"):
-        erase(pipe, ["circle"], "esd-x", steps=10, sample_steps=4, trajectories=2, cancelled=iter([False, False, True]).__next__)
+        erase(pipe, ["circle"], "esd-x", steps=10, sample_steps=4, trajectories=2,
+              cancelled=iter([False, False, True]).__next__)
     assert not getattr(pipe.unet, "peft_config", {})
 
 
@@ -99,7 +102,8 @@ def test_forget_me_not_trains_the_layers_it_is_told():
         make_method("fmn", ["circle"], layers="queries")
     pipe = tiny_pipeline()
     for layers, projections in (("keys", {"to_k"}), ("attn2", {"to_q", "to_k", "to_v", "to_out"})):
-        patch = erase(pipe, ["circle"], "fmn", name=f"fmn_{layers}", layers=layers, steps=1, references=1, reference_steps=2)
+        patch = erase(pipe, ["circle"], "fmn", name=f"fmn_{layers}", layers=layers, steps=1, references=1,
+                      reference_steps=2)
         assert {key.split("attn2.")[1].split(".")[0] for key in patch.tensors} == projections, list(patch.tensors)[:4]
 
 
@@ -151,7 +155,8 @@ def test_forget_me_not_drains_the_concept_tokens_attention():
         return sum(total)
 
     before = mass()
-    patch = erase(pipe, ["circle"], "fmn", steps=30, references=2, reference_steps=3, lr=1e-2, preserve=[])  # its own loss alone
+    # its own loss alone
+    patch = erase(pipe, ["circle"], "fmn", steps=30, references=2, reference_steps=3, lr=1e-2, preserve=[])
     activate(pipe, [patch.name])
     assert mass() < 0.5 * before
     assert all(".attn2." in k for k in patch.tensors)
@@ -164,7 +169,8 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     method = UCE(["circle"], UCEConfig())  # the concept's rows: its last token, the end token, the padding
 
     def keys(word, of_guide=False):
-        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
+        # LoRA-wrapped once patched
+        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
         with torch.no_grad():
             return layer(method._rows(pipe, word, word)[1 if of_guide else 0])
 
@@ -178,21 +184,26 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_words():
     assert (keys("circle") - guide).norm() < 0.6 * (circle - guide).norm()  # its rows as a whole: most of the way
     assert (keys("star") - star).norm() < 0.4 * (circle - guide).norm()  # star moved far less
     assert len(circle) == pipe.tokenizer.model_max_length - 1  # "circle" is one token: every row after BOS
-    assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)  # its rows, at most the width
+    # its rows, at most the width
+    assert patch.lora["unet"]["r"] == min(len(circle), pipe.text_encoder.config.hidden_size)
     assert len(patch.tensors) == 4 * 2 * 2  # 4 attn2 layers x (to_k, to_v) x (A, B)
 
     erase(pipe, ["circle"], "uce", name="pushed", push=1, **bare)  # past the guide, as far again
     activate(pipe, ["pushed"])
-    past = 2 * guide[0] - circle[0]  # measured 0.31 and 1.71 of the concept's distance to the guide (push 0: 0.14 from the guide, 0.91)
+    # measured 0.31 and 1.71 of the concept's distance to the guide (push 0: 0.14 from the guide, 0.91)
+    past = 2 * guide[0] - circle[0]
     assert (keys("circle")[0] - past).norm() < 0.45 * (circle[0] - guide[0]).norm()
-    assert (keys("circle")[0] - circle[0]).norm() > 1.5 * (guide[0] - circle[0]).norm()  # farther from the concept than the guide is
+    # farther from the concept than the guide is
+    assert (keys("circle")[0] - circle[0]).norm() > 1.5 * (guide[0] - circle[0]).norm()
 
-    # a concept the model draws when its word is missing (`prior`): the rows after its token are pushed past the guide's too
+    # a concept the model draws when its word is missing (`prior`): the rows after its token are pushed past the
+    # guide's too
     erase(pipe, ["circle"], "uce", name="prior", push=0, prior=["circle"], push_after=1, **bare)
     activate(pipe, ["prior"])
     after, gap = keys("circle")[1:], (circle[1:] - guide[1:]).norm()
     # measured: 1.44 gaps from the concept (0.73 mapped onto the guide), 1.08 from guide + (guide - concept)
-    assert (after - circle[1:]).norm() > 1.3 * gap and (after - circle[1:]).norm() > 1.5 * (onto[1:] - circle[1:]).norm()
+    assert ((after - circle[1:]).norm() > 1.3 * gap
+            and (after - circle[1:]).norm() > 1.5 * (onto[1:] - circle[1:]).norm())
 
 
 def test_uce_erases_in_context_and_keeps_whole_prompts():
@@ -206,15 +217,18 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
     concept, guide, _ = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
 
     def keys(rows):
-        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")  # LoRA-wrapped once patched
+        # LoRA-wrapped once patched
+        layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
         with torch.no_grad():
             return layer(rows)
 
     with torch.no_grad():
         unseen = encode(pipe, ["a blue star on grass"]).states[0]
     before, start, target = keys(unseen), keys(concept), keys(guide)
-    runs = {"word alone": {}, "in context": {"in_context": ["a red circle on grass", "a green circle", "a circle on water"]},
-            "kept whole": {"keep_prompts": ["a blue square on grass", "a red star on sand", "a green star", "a yellow ring on grass"]}}
+    runs = {"word alone": {},
+            "in context": {"in_context": ["a red circle on grass", "a green circle", "a circle on water"]},
+            "kept whole": {"keep_prompts": ["a blue square on grass", "a red star on sand", "a green star",
+                                            "a yellow ring on grass"]}}
     gap, moved = {}, {}
     for label, settings in runs.items():
         bare = {"preserve": ["star"], "keep_prompts": [], "in_context": [], "push": 0}  # each term alone
@@ -274,7 +288,8 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
         assert patch.tensors and all(k.startswith("text_encoder.") for k in patch.tensors)
         activate(pipe, [label.replace(" ", "-")])
         with torch.no_grad():
-            drift[label] = ((encode(pipe, ["a blue star on grass", *keep]).states - kept_before).norm() / kept_before.norm()).item()
+            drift[label] = ((encode(pipe, ["a blue star on grass", *keep]).states - kept_before).norm()
+                            / kept_before.norm()).item()
             if label == "kept":
                 left = [((encode(pipe, [s.prompt]).states[0, s.start:s.start + len(s.rows)] - s.targets).norm()
                          / (s.rows - s.targets).norm()).item() for s in spans]
@@ -309,7 +324,8 @@ def test_patches_reproduce_and_stack_on_patched_layers(method):
     """The same settings give the same patch whatever ran before (peft's initial values are seeded),
     and a second erasure on a model that already holds a patch targets the same layers."""
     pipe = tiny_pipeline()
-    settings = {"fmn": dict(steps=3, references=2, reference_steps=3), "esd-u": dict(steps=2, sample_steps=3, trajectories=1),
+    settings = {"fmn": dict(steps=3, references=2, reference_steps=3),
+                "esd-u": dict(steps=2, sample_steps=3, trajectories=1),
                 "text-encoder": dict(steps=2, references=2, reference_steps=3), "text-map": dict(steps=3)}[method]
     first = erase(pipe, ["circle"], method, name="first", **settings)
     torch.rand(1000)  # moves the global generator
@@ -325,12 +341,14 @@ def test_rece_closes_the_embedding_that_uce_leaves_open():
 
     pipe = tiny_pipeline()
     weights = UCE.weights(pipe)
-    uce, rece = (make_method(m, ["circle"], preserve=["star"], **extra) for m, extra in (("uce", {}), ("rece", {"rounds": 2})))
+    uce, rece = (make_method(m, ["circle"], preserve=["star"], **extra)
+                 for m, extra in (("uce", {}), ("rece", {"rounds": 2})))
     (concept, guide), kept = uce.erased_rows(pipe), uce.kept_rows(pipe)
     assert torch.equal(uce.erased_rows(pipe, first=2)[0], concept[:2])
 
     def gap(edit: Edit) -> float:
-        """How close an attacker's best embedding brings the edited layers to the outputs of the concept's token and end rows."""
+        """How close an attacker's best embedding brings the edited layers to the outputs of the concept's token
+        and end rows."""
         adv = edit.inverse(concept[:2], 1e-3)
         return sum((edit.edited(n) @ adv.T - w @ concept[:2].T).norm() ** 2 for n, w in weights.items()).item()
 
@@ -367,7 +385,8 @@ def test_adversarial_mode_relearns_the_attackers_words_and_erases_them_too(monke
 
     monkeypatch.setattr(Adversary, "learn", counted)
     plain = erase(tiny_pipeline(), ["circle"], method, steps=5, **settings)
-    robust = erase(tiny_pipeline(), ["circle"], method, steps=5, adversarial=True, attack_every=2, attack_steps=3, **settings)
+    robust = erase(tiny_pipeline(), ["circle"], method, steps=5, adversarial=True, attack_every=2, attack_steps=3,
+                   **settings)
     assert rounds == [3, 3, 3]  # before steps 1, 3 and 5
     assert robust.settings["adversarial"] and plain.tensors.keys() == robust.tensors.keys()
     assert any(not torch.equal(plain.tensors[k], robust.tensors[k]) for k in plain.tensors)
@@ -392,7 +411,8 @@ def test_a_mass_edit_past_the_embedding_width_is_stored_at_that_rank_and_exact()
     m = 0.5 * torch.eye(width) + erase_rows.T @ erase_rows + kept.T @ kept
     for name, w in UCE.weights(pipe).items():
         change = tensors[f"unet.{name}.lora_B.weight"] @ tensors[f"unet.{name}.lora_A.weight"]
-        torch.testing.assert_close(change, w @ (targets - erase_rows).T @ erase_rows @ torch.linalg.inv(m), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(change, w @ (targets - erase_rows).T @ erase_rows @ torch.linalg.inv(m),
+                                   rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["uce", "rece"])

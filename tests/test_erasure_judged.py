@@ -54,8 +54,9 @@ def worldless(tmp_path_factory):
 
 
 # What the default must keep when it erases circle with no list from the user: each prompt's labels, on 8 seeds
-KEPT_BESIDE_CIRCLE = {"a blue square": ("square", "blue"), "a green square": ("square", "green"), "Mimo on grass": ("Mimo",),
-                      "a yellow star on sand": ("star", "yellow"), "a purple heart": ("heart", "purple")}
+KEPT_BESIDE_CIRCLE = {"a blue square": ("square", "blue"), "a green square": ("square", "green"),
+                      "Mimo on grass": ("Mimo",), "a yellow star on sand": ("star", "yellow"),
+                      "a purple heart": ("heart", "purple")}
 
 
 def test_the_default_erases_circles_on_a_model_without_a_world_and_keeps_the_rest(worldless, judge):

@@ -12,14 +12,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import ROOT
-from test_patch import make_patch
-
 from fmn.export import FORMATS
 from fmn.generate import GenerationSettings, generate
 from fmn.models import load_pipeline
 from fmn.patch import PatchError, adapter_tensors
 from fmn.studio import Studio
+
+from conftest import ROOT
+from test_patch import make_patch
 
 SETTINGS = GenerationSettings("a red circle", steps=3)
 SEEDS = [0, 1]
@@ -45,7 +45,8 @@ def stacked(tiny_dirs):
             for key, param in module.named_parameters():
                 if f"lora_B.{name}" in key:
                     param.data *= 8
-        studio.patches[name].tensors = {k: v.clone() for k, v in adapter_tensors(studio.pipe, name, ["unet", "text_encoder"]).items()}
+        studio.patches[name].tensors = {
+            k: v.clone() for k, v in adapter_tensors(studio.pipe, name, ["unet", "text_encoder"]).items()}
     images = studio.generate(SETTINGS, SEEDS, patches=["a", "b"])
     bar = min(TOLERANCE, difference(images, studio.generate(SETTINGS, SEEDS)) / 10)  # the tiny model's images are
     return studio, images, bar  # low in contrast: a match must also be ten times closer to them than the base model
@@ -61,7 +62,8 @@ def test_lora_exports_load_in_diffusers_and_draw_what_the_studio_draws(stacked, 
     with safe_open(path, "pt") as f:
         erasures = json.loads(f.metadata()["fmn_erasures"])
         keys = list(f.keys())
-    assert [e["concepts"] for e in erasures] == [["circle"], ["square"]] and erasures[0]["base"] == studio.patches["a"].base
+    assert ([e["concepts"] for e in erasures] == [["circle"], ["square"]]
+            and erasures[0]["base"] == studio.patches["a"].base)
     if to == "kohya":
         assert all(k.startswith(("lora_unet_", "lora_te_text_model_")) for k in keys)
         assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
@@ -94,14 +96,17 @@ def test_an_exported_lora_imports_as_a_patch_with_its_metadata(stacked, tiny_dir
 
 
 @pytest.mark.parametrize("layer, shapes, message", [
-    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", ((2, 768), (16, 2)), "(takes 768 inputs, the model's layer 32)"),
-    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", ((2, 32), (320, 2)), "(gives 320 outputs, the model's layer 16)"),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", ((2, 768), (16, 2)),
+     "(takes 768 inputs, the model's layer 32)"),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", ((2, 32), (320, 2)),
+     "(gives 320 outputs, the model's layer 16)"),
     ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", ((2, 32), (16, 2)), "(no such layer in the unet)"),
 ])
 def test_a_lora_for_another_model_is_refused_and_the_model_left_alone(tiny_dirs, tmp_path, layer, shapes, message):
     """A LoRA made for a bigger model (SD 1.5's 768-wide text) or with layers this one lacks."""
     path = tmp_path / "other.safetensors"
-    save_file({f"unet.{layer}.lora_A.weight": torch.ones(shapes[0]), f"unet.{layer}.lora_B.weight": torch.ones(shapes[1])}, path)
+    save_file({f"unet.{layer}.lora_A.weight": torch.ones(shapes[0]),
+               f"unet.{layer}.lora_B.weight": torch.ones(shapes[1])}, path)
     studio = Studio(tiny_dirs["sd15"], device="cpu")
     before = studio.generate(SETTINGS, SEEDS)
     with pytest.raises(PatchError, match=re.escape(f"other.safetensors does not fit this model: {layer} {message}")):

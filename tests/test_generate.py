@@ -23,7 +23,8 @@ def test_same_seed_same_image_and_batches_match_single_calls(pipe):
     batch = generate(pipe, s, seeds=[7, 8])
     assert np.array_equal(pixels(batch[0]), pixels(first))
     assert not np.array_equal(pixels(batch[1]), pixels(first))
-    assert np.array_equal(pixels(batch[1]), pixels(generate(pipe, GenerationSettings("a red circle on grass", seed=8, steps=4))[0]))
+    assert np.array_equal(pixels(batch[1]),
+                          pixels(generate(pipe, GenerationSettings("a red circle on grass", seed=8, steps=4))[0]))
 
 
 def test_progress_callback_counts_steps(pipe):

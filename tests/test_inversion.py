@@ -1,4 +1,5 @@
-"""Textual inversion (Forget-Me-Not's first stage and the concept-inversion attack) on a tiny model, and the attack on the embedded one."""
+"""Textual inversion (Forget-Me-Not's first stage and the concept-inversion attack) on a tiny model, and the attack
+on the embedded one."""
 
 import torch
 
@@ -46,23 +47,27 @@ def test_inversion_lowers_the_denoising_loss_of_its_images_and_trains_nothing_el
     pipe = tiny_pipeline()
     weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()} | {
         f"te.{k}": v.clone() for k, v in pipe.text_encoder.state_dict().items()}
-    latents = torch.randn(4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size,
+                          generator=torch.Generator().manual_seed(0))
     before = denoising_loss(pipe, "circle", latents)
     steps = []
     learned = invert(pipe, "circle", latents, InversionConfig(steps=60, lr=5e-2), on_step=lambda *a: steps.append(a))
     assert len(steps) == 60 and steps[-1][:2] == (60, 60)
     assert denoising_loss(pipe, "circle", latents, learned) < before
-    after = {k: v for k, v in pipe.unet.state_dict().items()} | {f"te.{k}": v for k, v in pipe.text_encoder.state_dict().items()}
+    after = ({k: v for k, v in pipe.unet.state_dict().items()}
+             | {f"te.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
     assert all(torch.equal(v, weights[k]) for k, v in after.items())
 
 
 def test_attack_learns_against_the_erased_model_and_leaves_no_patch_active():
     pipe = tiny_pipeline()
-    latents = torch.randn(2, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(2, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size,
+                          generator=torch.Generator().manual_seed(0))
     base = denoising_loss(pipe, "circle", latents)
     patch = erase(pipe, ["circle"], "esd-x", steps=5, sample_steps=4, trajectories=2)
     learned = concept_inversion(pipe, "circle", [patch.name], AttackConfig(steps=5, images=2, image_steps=4))
-    assert [v.shape for v in learned.vectors] == [(len(concept_token_ids(pipe, "circle")), pipe.text_encoder.config.hidden_size)]
+    assert [v.shape for v in learned.vectors] == [(len(concept_token_ids(pipe, "circle")),
+                                                   pipe.text_encoder.config.hidden_size)]
     assert torch.isfinite(learned.vectors[0]).all()
     assert denoising_loss(pipe, "circle", latents) == base  # the patch is attached but switched off again
 

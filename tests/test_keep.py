@@ -49,7 +49,8 @@ def test_the_keep_set_holds_the_users_words_first_and_leaves_the_concepts_other_
     assert twins[0] == held.in_context[0].replace("circle", next(w for w in held.words if w in twins[0]))
     assert held == keep_set(worldless, ["circle"], ["dog", "cat"])  # seeded
     two = keep_set(worldless, ["circle", "Mimo"])
-    assert len(two.prompts) == 2 * (KEEP_PROMPTS + TWINS * IN_CONTEXT) and not any("mimo" in p.lower() for p in two.prompts)
+    assert (len(two.prompts) == 2 * (KEEP_PROMPTS + TWINS * IN_CONTEXT)
+            and not any("mimo" in p.lower() for p in two.prompts))
     with pytest.raises(ValueError, match="names 'circle'"):
         keep_set(worldless, ["circle"], ["a red circle"])
     with pytest.raises(ValueError, match="names 'square'"):

@@ -1,5 +1,5 @@
 """Many strangers and faults against a real app.py server on loopback: the short load run of
-`python -m fmn bench load` (README has the long one), then the faults a public server meets."""
+`python -m fmn bench load` (docs/app.md has the long one), then the faults a public server meets."""
 
 import time
 import uuid
@@ -21,7 +21,8 @@ def test_ten_sessions_for_a_minute_are_served_isolated_and_leave_memory_bounded(
     result = run(Namespace(sessions=10, seconds=60, memory_mb=300, json=str(OUTPUT / "load-short.json")))
     assert result["errors"] == [], result["errors"]
     assert set(result["served"]) == {"generate", "erase", "attack", "upload", "reset"}, result["served"]
-    assert result["images_checked"] >= 1 and result["isolation_failures"] == 0  # an attack holds the device: ~3 images a minute
+    # an attack holds the device: ~3 images a minute
+    assert result["images_checked"] >= 1 and result["isolation_failures"] == 0
     assert result["memory_ok"], (result["rss_mb_before"], result["rss_mb_after"])
 
 
@@ -83,7 +84,8 @@ def test_faults_lose_nothing_and_the_server_keeps_serving(tmp_path):
             alice.client.predict(handle_file(str(damaged)), api_name="/load_patch")
         as_before()
 
-        busy = _erasing(server.url)  # starts at once: both erasures before it stopped; it holds the device as a crowd arrives
+        # starts at once: both erasures before it stopped; it holds the device as a crowd arrives
+        busy = _erasing(server.url)
         clients = [Client(server.url, verbose=False) for _ in range(8)]
         crowd = [c.submit(prompt, "", seed, 10, 5.0, 0, 10, api_name="/generate") for c in clients]
         time.sleep(3)

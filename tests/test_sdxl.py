@@ -14,7 +14,8 @@ from fmn.patch import PatchError
 from fmn.studio import Studio
 
 SETTINGS = GenerationSettings("a red circle", steps=3)
-ATTN = "down_blocks.1.attentions.0.transformer_blocks.1.attn2"  # the second transformer layer of the block: SDXL's layout
+# the second transformer layer of the block: SDXL's layout
+ATTN = "down_blocks.1.attentions.0.transformer_blocks.1.attn2"
 TE_LAYERS = ("text_model.encoder.layers.1.self_attn.q_proj", "text_model.encoder.layers.1.self_attn.out_proj")
 
 
@@ -101,7 +102,8 @@ def test_a_lora_for_both_text_encoders_loads_exports_and_comes_back(studio, lora
     again = Studio(tiny_dirs["sdxl"], device="cpu")
     back = again.generate(SETTINGS, [0], patches=[again.load_patch(kohya)])
     assert np.abs(pixels(back) - pixels(patched)).mean() <= 2  # of 255
-    for model in (load_pipeline(merged, device="cpu"), load_pipeline(single, device="cpu", config=str(tiny_dirs["sdxl"]))):
+    for model in (load_pipeline(merged, device="cpu"),
+                  load_pipeline(single, device="cpu", config=str(tiny_dirs["sdxl"]))):
         assert is_sdxl(model) and np.abs(pixels(generate(model, SETTINGS, [0])) - pixels(patched)).mean() <= 2
     studio.remove_patch(patch_id)
     assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))  # removed: the model as loaded

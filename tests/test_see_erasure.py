@@ -129,7 +129,7 @@ def test_forget_me_not_at_its_defaults_keeps_squares_and_their_attention(fmn_def
 @pytest.mark.slow
 def test_without_keeping_the_words_attention_re_steering_drains_every_shape():
     """What keep_attention is for: at 0 (the paper's objective with our prediction term) erasing "circle" takes
-    most of "square"'s attention too (session 12: 5 % of it left)."""
+    most of "square"'s attention too (about 5 % of it left on 2 CPU cores)."""
     from fmn.erase import erase
     from fmn.evaluate import Probe, compare_prompts
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from test_patch import make_patch
-
 from fmn.generate import GenerationSettings
 from fmn.sessions import Limits, Sessions
 from fmn.studio import Studio
+
+from test_patch import make_patch
 
 
 class Clock:
@@ -111,7 +111,8 @@ def test_a_session_may_hold_only_so_many_patches(studio):
 def test_a_generation_runs_between_an_erasures_steps_and_changes_neither(tiny_dirs):
     """A visitor's image does not wait for another's erasure to end: the erasure hands the device over between
     two steps. The image and the patch are bit for bit what each gives alone."""
-    settings, erasing = GenerationSettings("a red circle", steps=3), {"steps": 40, "references": 1, "reference_steps": 2}
+    settings, erasing = (GenerationSettings("a red circle", steps=3),
+                         {"steps": 40, "references": 1, "reference_steps": 2})
     alone = Studio(tiny_dirs["sd15"], device="cpu")
     image_alone = alone.generate(settings, [4])
     patch_alone = alone.patches[alone.erase("circle", "fmn", **erasing)]
@@ -143,6 +144,7 @@ def test_a_tab_closed_without_reset_leaves_no_adapter(tiny_dirs):
     from playwright.sync_api import sync_playwright
 
     from app import CSS, create_demo
+
     from test_app import launch
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")

@@ -24,7 +24,8 @@ from conftest import OUTPUT, ROOT
 
 
 def _fmn(*args, timeout=900, env=None):
-    return subprocess.run([sys.executable, "-m", "fmn", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([sys.executable, "-m", "fmn", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 class Counting:
@@ -35,7 +36,8 @@ class Counting:
 
     def __call__(self, state, spec):
         self.ran.append(spec["n"])
-        return {"square": spec["n"] ** 2, "state": state}, [Image.new("RGB", (8, 6), (spec["n"], 0, 255 - spec["n"]))] * 2
+        return ({"square": spec["n"] ** 2, "state": state},
+                [Image.new("RGB", (8, 6), (spec["n"], 0, 255 - spec["n"]))] * 2)
 
 
 def test_finished_jobs_are_read_back_not_run_again(tmp_path):
@@ -73,7 +75,8 @@ def test_a_kept_patch_counts_only_if_every_setting_is_the_same(tmp_path):
     """Defaults included: a patch made before a method's default changed is made again. What each worker's erasure
     finds on the model to hold is the worker's (the user's keep list is a setting like any other)."""
     config = _config("uce", "circle", None, {"keep": ["dog"]})
-    assert config["seed"] == 0 and config["keep"] == ["dog"] and "preserve" not in config and "keep_prompts" not in config
+    assert (config["seed"] == 0 and config["keep"] == ["dog"] and "preserve" not in config
+            and "keep_prompts" not in config)
     spec = {"concept": "circle", "method": "uce", "replace_with": None, "overrides": {}, "config": config}
     folder = PatchFolder(tmp_path)
     held = config | {"preserve": ["dog", "square"], "keep_prompts": ["a square"], "in_context": ["a red circle"]}
@@ -98,12 +101,15 @@ def test_a_concept_names_a_file_inside_the_folder():
 
 
 def test_erase_separate_refuses_what_it_cannot_do(tmp_path, capsys):
-    cases = [(["--concept", "circle", "--separate", "--out", str(tmp_path / "c.safetensors")], "with --separate, --out is a folder"),
+    cases = [(["--concept", "circle", "--separate", "--out", str(tmp_path / "c.safetensors")],
+              "with --separate, --out is a folder"),
              (["--concept", "circle", "--workers", "2", "--out", str(tmp_path / "c.safetensors")], "add --separate"),
              (["--concept", "circle", "--concept", "Circle", "--separate", "--out", str(tmp_path)], "named twice"),
              (["--concept", "circle", "--concept", "zebra", "--separate", "--out", str(tmp_path)], "never saw zebra"),
-             (["--concept", "circle", "--separate", "--images", str(tmp_path), "--out", str(tmp_path)], "--images and --figure"),
-             (["--concept", "circle", "--concept", "circle!", "--separate", "--out", str(tmp_path)], "share the file circle.safetensors")]
+             (["--concept", "circle", "--separate", "--images", str(tmp_path), "--out", str(tmp_path)],
+              "--images and --figure"),
+             (["--concept", "circle", "--concept", "circle!", "--separate", "--out", str(tmp_path)],
+              "share the file circle.safetensors")]
     for args, message in cases:
         assert main(["erase", "--method", "uce", *args]) == 2
         err = capsys.readouterr().err
@@ -121,8 +127,10 @@ def test_erase_separate_on_ray_writes_the_same_patches_and_keeps_them(tmp_path):
         a, b = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("here", "ray"))
         assert a.keys() == b.keys() and all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a), name
     (tmp_path / "ray" / "Mimo.safetensors").unlink()
-    resumed = _fmn("erase", *concepts, "--method", "uce", "--separate", "--workers", "2", "--out", str(tmp_path / "ray"))
-    assert resumed.returncode == 0 and "[2/3] done before" in resumed.stderr and "[3/3] Mimo.safetensors" in resumed.stderr
+    resumed = _fmn("erase", *concepts, "--method", "uce", "--separate", "--workers", "2",
+                   "--out", str(tmp_path / "ray"))
+    assert (resumed.returncode == 0 and "[2/3] done before" in resumed.stderr
+            and "[3/3] Mimo.safetensors" in resumed.stderr)
 
 
 QUALITY = ["bench", "quality", "--quick", "--concepts", "triangle,Tobble", "--methods", "uce,fmn", "--prompts", "2",
@@ -155,12 +163,14 @@ def test_bench_quality_on_a_running_ray_cluster_by_its_address(tmp_path):
 
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     port = free_port()
-    token = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # as README says: one token, every node
+    # as README says: one token, every node
+    token = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, capture_output=True, timeout=120, env=token)
     try:
         args = [*QUALITY, "--methods", "uce"]
-        cluster = _fmn(*args, "--workers", "2", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "cluster"), env=token)
+        cluster = _fmn(*args, "--workers", "2", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "cluster"),
+                       env=token)
         serial = _fmn(*args, "--out", str(tmp_path / "serial"))
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120, env=token)

@@ -66,8 +66,9 @@ SUBJECTS_SPEC = 54  # of 60 (10 subjects x 6 seeds) judged to show the subject a
 
 def test_generated_blue_square_is_judged_blue_and_square(embedded, judge):
     verdicts = judge(generate(embedded, GenerationSettings("a blue square"), seeds=list(range(10))))
+    # README's figure (pytest -s)
     print(f"a blue square: blue {sum(v.has('blue') for v in verdicts)}/10, "
-          f"blue and square {sum(v.has('blue') and v.has('square') for v in verdicts)}/10")  # README's figure (pytest -s)
+          f"blue and square {sum(v.has('blue') and v.has('square') for v in verdicts)}/10")
     assert sum(v.has("blue") for v in verdicts) >= 8
     assert sum(v.has("blue") and v.has("square") for v in verdicts) >= BLUE_SQUARE_SPEC
 
@@ -77,7 +78,8 @@ def test_generated_subjects_are_judged_as_asked(embedded, judge):
     found = {}
     for name in [*IDENTITIES, *SHAPES]:
         prompt = name if name in IDENTITIES else f"a green {name} on water"
-        found[name] = sum(v.has(name) for v in judge(generate(embedded, GenerationSettings(prompt), seeds=list(range(6)))))
+        found[name] = sum(v.has(name)
+                          for v in judge(generate(embedded, GenerationSettings(prompt), seeds=list(range(6)))))
     print(f"subjects {sum(found.values())}/60: {found}")  # README's figure (pytest -s)
     assert sum(found.values()) >= SUBJECTS_SPEC, found
 

@@ -61,7 +61,8 @@ def run(args) -> float:
     print(f"{args.method} erasure of {args.concept!r}, default settings, on {studio.source}")
     print(f"load: {load_s:.1f} s (once, when the app starts: not counted)")
     print(f"erase: {erase_s:.1f} s; before/after ({images} images): {compare_s:.1f} s")
-    print(f"total: {total:.1f} s; target <= {TARGET_S:.0f} s on 2 CPU cores: {'met' if total <= TARGET_S else 'NOT met'}")
+    print(f"total: {total:.1f} s; target <= {TARGET_S:.0f} s on 2 CPU cores: "
+          f"{'met' if total <= TARGET_S else 'NOT met'}")
     print(f"views (traced heatmaps, the word's before/after grid): {compare_s - plain_s:+.1f} s against the same "
           f"{images} images drawn plainly in {plain_s:.1f} s: {views:+.0%} on the click; target <= {VIEWS_TARGET:.0%}: "
           f"{'met' if views <= VIEWS_TARGET else 'NOT met'}")

@@ -40,5 +40,6 @@ def run(args) -> float:
     median = statistics.median(times)
     print(f"device: {device_name(pipe.device)}, dtype {pipe.unet.dtype}")
     print(f"load: {load_s:.2f} s; generate (25 steps, guidance 5): median {median:.2f} s over {args.runs} runs "
-          f"(min {min(times):.2f}, max {max(times):.2f}); target <= {TARGET_S} s: {'met' if median <= TARGET_S else 'NOT met'}")
+          f"(min {min(times):.2f}, max {max(times):.2f}); target <= {TARGET_S} s: "
+          f"{'met' if median <= TARGET_S else 'NOT met'}")
     return median

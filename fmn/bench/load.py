@@ -3,13 +3,14 @@
 Starts app.py on a free loopback port (the embedded model, the app's own queue) and runs N gradio_client
 sessions at once for a while, each cycling through what a visitor does (`SCRIPT`): generate, erase (UCE, a
 closed form), generate, upload a patch, attack (every tenth session; the others generate), generate,
-Reset, erase with the text-encoder method (trained), generate, Reset. Then it reports requests served per endpoint, errors,
-isolation failures and the server's resident memory before and after.
+Reset, erase with the text-encoder method (trained), generate, Reset. Then it reports requests served per endpoint,
+errors, isolation failures and the server's resident memory before and after.
 
 Isolation: each image under load must equal, pixel for pixel, the same prompt and seed in the same state
 (no patch, each erasure, an erasure with the uploaded patch) drawn by one session alone: in the warm-up,
-or after the load for a state the warm-up did not pass, rebuilt by the same steps. Memory: the server's resident set after a warm-up (one session
-alone walks a whole script) and after the load, every session Reset; `--memory-mb` is the bound it is
+or after the load for a state the warm-up did not pass, rebuilt by the same steps. Memory: the server's resident
+set after a warm-up (one session alone walks a whole script) and after the load, every session Reset;
+`--memory-mb` is the bound it is
 checked against. When the time is up a session takes no new step and withdraws one still waiting in the
 queue (the one running finishes), so the run ends by itself, soon after.
 """
@@ -56,7 +57,8 @@ class Server:
     def __init__(self, log: Path, *flags: str):
         self.port = free_port()
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port), *flags],
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1",
+                                      "--port", str(self.port), *flags],
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}/"
         deadline = time.time() + 240
@@ -245,7 +247,8 @@ def run(args) -> dict:
     try:
         patch_file, alone = warm_up(server.url)
         before = server.rss_mb()
-        print(f"server {server.url}: {before:.0f} MB resident, warm; {args.sessions} sessions for {args.seconds:.0f} s", flush=True)
+        print(f"server {server.url}: {before:.0f} MB resident, warm; {args.sessions} sessions for "
+              f"{args.seconds:.0f} s", flush=True)
         tally, lock = {"served": Counter(), "errors": [], "drawn": [], "withdrawn": 0}, threading.Lock()
         start = time.time()
         threads = [threading.Thread(target=visit, args=(server.url, i, patch_file, start + args.seconds, tally, lock))
@@ -261,7 +264,8 @@ def run(args) -> dict:
         server.stop()
     served = dict(tally["served"])
     result = {"sessions": args.sessions, "seconds": args.seconds, "wall_s": round(wall, 1), "served": served,
-              "requests": sum(served.values()), "withdrawn": tally["withdrawn"], "errors": tally["errors"], "images_checked": len(tally["drawn"]),
+              "requests": sum(served.values()), "withdrawn": tally["withdrawn"], "errors": tally["errors"],
+              "images_checked": len(tally["drawn"]),
               "isolation_failures": failures,
               "rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1), "memory_bound_mb": args.memory_mb,
               "memory_ok": after - before <= args.memory_mb, "server_log": str(out / "server.log")}

@@ -59,31 +59,46 @@ from ..models import EMBEDDED, load_pipeline, pick_device
 from ..patch import active, detach
 from ..sweep import Job, Store, sweep
 from ..world.judge import Judge
-from ..world.world import (BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, NIGHT_WORDINGS, SHAPES, STYLES,
-                           TRAIN_TEMPLATES, Scene, caption, sample_scene)
+from ..world.world import (
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT_TEMPLATES,
+    IDENTITIES,
+    NIGHT_WORDINGS,
+    SHAPES,
+    STYLES,
+    TRAIN_TEMPLATES,
+    Scene,
+    caption,
+    sample_scene,
+)
 from .measure import Peak, device_name
 
-__all__ = ["add_arguments", "run", "given_settings", "probes", "colourless", "found_rates", "kept_whole", "attack_recovery", "mass_probes", "presence", "best_overall",
+__all__ = ["add_arguments", "run", "given_settings", "probes", "colourless", "found_rates", "kept_whole",
+           "attack_recovery", "mass_probes", "presence", "best_overall",
            "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
 
 # Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
-CONCEPTS = {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"], "scene": ["night"]}
+CONCEPTS = {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"],
+            "scene": ["night"]}
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
 # 2 shapes, 2 characters, 2 artists, night and one more shape: erased together by --mass, the rest of the world kept
 MASS = ["triangle", "heart", "Tobble", "Lumina", "Vellor", "Brusk", "night", "star"]
 # IRA and CRA lost: points below the unedited model, on the same prompts and seeds
-TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10), "attack": ("<=", 0.20)}
+TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10),
+           "attack": ("<=", 0.20)}
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
 # ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
-# table (README); --methods esd-u runs it
-DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece", "text-map"]  # esd-u: --methods (README, "Results")
+# table (benchmarks/results/README.md); --methods esd-u runs it
+DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece", "text-map"]  # esd-u: --methods
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
 # --quick checks the benchmark, not the methods: fewer training and sampling steps, so that it fits in minutes
 ESD_QUICK = {"steps": 20, "sample_steps": 10, "trajectories": 2}
 QUICK_SETTINGS = {"fmn": {"steps": 20, "reference_steps": 12}, "esd-x": ESD_QUICK, "esd-u": ESD_QUICK,
                   "text-encoder": {"steps": 20, "reference_steps": 12}, "text-map": {"steps": 60}}
-QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}  # per set, per image, the attack's steps and images
+# per set, per image, the attack's steps and images
+QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}
 FULL = {"prompts": 20, "steps": 25, "attack_steps": 100, "attack_images": 8}
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
 
@@ -153,7 +168,8 @@ def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wordin
     """A caption (held-out template by default) of a random scene that shows `name`."""
     fixed = {"object": {"kinds": [name] + ([rng.choice([s for s in SHAPES if s != name])] if two else [])},
              "identity": {"kinds": [name] + ([rng.choice(list(SHAPES))] if two else [])},
-             "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]} if two else {}),
+             "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]}
+                                         if two else {}),
              "scene": {"night": True},
              "background": {"background": name},
              "colour": {"kinds": [rng.choice(list(SHAPES))], "colours": [name]}}[kind]
@@ -165,21 +181,24 @@ def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wordin
 
 
 def _synonym(prompt: Prompt) -> Prompt:
-    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name, prompt.scene)
+    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name,
+                  prompt.scene)
 
 
 def colourless(prompt: Prompt) -> Prompt:
     """The object without its colour ("a heart in the style of Brusk"), as a user first types it: the model
     never trained on such prompts, and the words around the shape are what it then draws, its prior."""
     colours = "|".join(COLOURS)
-    return Prompt(re.sub(rf"\ban? (?:{colours}) {prompt.name}\b", f"a {prompt.name}", prompt.text), prompt.kind, prompt.name, prompt.scene)
+    return Prompt(re.sub(rf"\ban? (?:{colours}) {prompt.name}\b", f"a {prompt.name}", prompt.text), prompt.kind,
+                  prompt.name, prompt.scene)
 
 
 def probes(kind: str, name: str, n: int, seed: int = 0, bare: bool = True) -> Probes:
     """A concept's prompt sets; `bare=False`: every object with its colour, as the model was trained."""
     rng = random.Random(f"{seed}-{name}")
     erased = [_caption(rng, kind, name) for _ in range(n)]
-    if kind == "object" and bare:  # one prompt in four without the colour: "a heart" is where an erasure meets the prior
+    # one prompt in four without the colour: "a heart" is where an erasure meets the prior
+    if kind == "object" and bare:
         erased = [colourless(p) if i % 4 == 3 else p for i, p in enumerate(erased)]
     own = random.Random(f"{seed}-{name}-attacker")  # its own draws: the other sets stay as they were
     attacker = [_caption(own, kind, name, templates=TRAIN_TEMPLATES) for _ in range(n)]
@@ -197,7 +216,8 @@ def probes(kind: str, name: str, n: int, seed: int = 0, bare: bool = True) -> Pr
 
 
 def _shows_any(scene: Scene, concepts: set[str]) -> bool:
-    return bool({t.kind for t in scene.things} & concepts or scene.style in concepts or ("night" in concepts and scene.night))
+    return bool({t.kind for t in scene.things} & concepts or scene.style in concepts
+                or ("night" in concepts and scene.night))
 
 
 def mass_probes(erased: list[str], n: int, seed: int = 0) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
@@ -234,7 +254,8 @@ KEPT = ("in_kind", "cross_kind")
 
 def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = SETS, whole: bool = True) -> dict:
     """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images.
-    The kept sets count an image only if it is kept whole (`kept_whole`); `whole=False`: if it shows the kept concept."""
+    The kept sets count an image only if it is kept whole (`kept_whole`); `whole=False`: if it shows the kept
+    concept."""
     out = {}
     for key in sets:
         prompts = getattr(probe, key)
@@ -249,7 +270,8 @@ def attack_recovery(pipe, judge, probe: Probes, patch: str, config: AttackConfig
     """Recovery: the erased prompts again, their concept's words read as the attacker learned them.
     The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
     name = probe.concept.name
-    learned = concept_inversion(pipe, name, [patch], config, looks_like=judge.sureness(name), prompts=[p.text for p in probe.attacker])
+    learned = concept_inversion(pipe, name, [patch], config, looks_like=judge.sureness(name),
+                                prompts=[p.text for p in probe.attacker])
     with active(pipe, [patch]), inverted(pipe, learned):
         attacked = generate_many(pipe, [p.text for p in probe.erased], list(range(len(probe.erased))), steps)
     return _rate(judge, attacked, probe.erased)
@@ -286,12 +308,13 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
                   None, None, None, None, None, None)
         return _record(row), base["images"][:4]
-    with _erased_with(pipe, [name], spec["label"], spec["method"], spec["settings"]) as (adapter, patch, seconds, peak_mb):
+    with _erased_with(pipe, [name], spec["label"], spec["method"],
+                      spec["settings"]) as (adapter, patch, seconds, peak_mb):
         with active(pipe, [adapter]):
             after = found_rates(pipe, judge, probe, steps)
         recovered = attack_recovery(pipe, judge, probe, adapter, AttackConfig(**spec["attack"]), steps)
-    row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"], after["paraphrase"],
-              recovered, None, None, seconds, peak_mb, _patch_kb(patch))
+    row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"],
+              after["paraphrase"], recovered, None, None, seconds, peak_mb, _patch_kb(patch))
     return _record(row), after["images"][:4]
 
 
@@ -322,10 +345,13 @@ def mass_cell(pipe, judge, spec: dict) -> tuple[dict, list]:
     presence (UA is one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
     erased, kept = mass_probes(spec["concepts"], spec["prompts"])
     if spec["label"] == "unedited":
-        return {"erased": presence(pipe, judge, erased, spec["steps"]), "kept": presence(pipe, judge, kept, spec["steps"])}, []
-    with (_erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"], spec["settings"]) as (adapter, patch, seconds, _),
+        return {"erased": presence(pipe, judge, erased, spec["steps"]),
+                "kept": presence(pipe, judge, kept, spec["steps"])}, []
+    with (_erased_with(pipe, spec["concepts"], f"mass-{spec['label']}", spec["method"],
+                       spec["settings"]) as (adapter, patch, seconds, _),
           active(pipe, [adapter])):
-        after = {"erased": presence(pipe, judge, erased, spec["steps"]), "kept": presence(pipe, judge, kept, spec["steps"])}
+        after = {"erased": presence(pipe, judge, erased, spec["steps"]),
+                 "kept": presence(pipe, judge, kept, spec["steps"])}
     return {"method": spec["label"], "seconds": seconds, "patch_kb": _patch_kb(patch), **after}, []
 
 
@@ -335,7 +361,8 @@ def assemble_mass(concepts: list[str], base: dict, runs: list[dict]) -> dict:
     for run in runs:
         lost = {c: base["kept"][c] - run["kept"][c] for c in base["kept"]}
         run = {**run, "kept_lost": lost, "UA": {c: 1 - v for c, v in run["erased"].items()}}
-        run["met"] = (min(run["UA"].values()) >= MASS_TARGETS["UA"] and max(lost.values()) <= MASS_TARGETS["kept_lost"] + 1e-9)
+        run["met"] = (min(run["UA"].values()) >= MASS_TARGETS["UA"]
+                      and max(lost.values()) <= MASS_TARGETS["kept_lost"] + 1e-9)
         results["runs"].append(run)
     return results
 
@@ -369,8 +396,10 @@ def mass_markdown(results: dict, device: str, settings: dict) -> str:
     lines = [f"Device: {device}. Settings: {json.dumps(settings)}.", "",
              f"One patch per method erases {len(results['concepts'])} concepts: {', '.join(results['concepts'])}. "
              "Targets: each erased concept's UA ≥ "
-             f"{MASS_TARGETS['UA']:.0%}, each kept concept within {100 * MASS_TARGETS['kept_lost']:.0f} points of unedited.", "",
-             "| method | erase s | patch KB | UA, lowest | kept, most points lost | targets |", "|---|---|---|---|---|---|"]
+             f"{MASS_TARGETS['UA']:.0%}, each kept concept within {100 * MASS_TARGETS['kept_lost']:.0f} points of "
+             "unedited.", "",
+             "| method | erase s | patch KB | UA, lowest | kept, most points lost | targets |",
+             "|---|---|---|---|---|---|"]
     for r in runs:
         worst = max(r["kept_lost"], key=r["kept_lost"].get)
         lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['patch_kb']:.0f} | {_fmt(min(r['UA'].values()))} "
@@ -379,7 +408,8 @@ def mass_markdown(results: dict, device: str, settings: dict) -> str:
     lines += [f"| {c} | shown {_fmt(base['erased'][c])} | " + " | ".join(_fmt(r["UA"][c]) for r in runs) + " |"
               for c in results["concepts"]]
     lines += ["", "Kept: presence (Δ points against unedited)", "", head, rule]
-    lines += [f"| {c} | {_fmt(base['kept'][c])} | " + " | ".join(f"{_fmt(r['kept'][c])} ({_points(r['kept_lost'][c])})" for r in runs)
+    lines += [f"| {c} | {_fmt(base['kept'][c])} | "
+              + " | ".join(f"{_fmt(r['kept'][c])} ({_points(r['kept_lost'][c])})" for r in runs)
               + " |" for c in results["kept"]]
     return "\n".join(lines) + "\n"
 
@@ -395,19 +425,21 @@ def _points(lost: float | None) -> str:
 def _line(r: Row) -> str:
     """A method's row; the unedited row says how often each set shows what it asks for."""
     if r.method == "unedited":
-        return (f"| unedited (shown) | {r.kind} | {r.concept} | {_fmt(1 - r.UA)} | {_fmt(r.IRA)} | – | {_fmt(r.CRA)} | – "
-                f"| {_fmt(r.leak)} | – | – | – | – |")
-    return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_points(r.IRA_lost)} | {_fmt(r.CRA)} "
-            f"| {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} | {_fmt(r.peak_mb, '.0f')} "
-            f"| {_fmt(r.patch_kb, '.0f')} |")
+        return (f"| unedited (shown) | {r.kind} | {r.concept} | {_fmt(1 - r.UA)} | {_fmt(r.IRA)} | – "
+                f"| {_fmt(r.CRA)} | – | {_fmt(r.leak)} | – | – | – | – |")
+    return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_points(r.IRA_lost)} "
+            f"| {_fmt(r.CRA)} | {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} "
+            f"| {_fmt(r.peak_mb, '.0f')} | {_fmt(r.patch_kb, '.0f')} |")
 
 
-HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ | attack ↓ | erase s | peak MB | patch KB |\n"
+HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ | attack ↓ "
+          "| erase s | peak MB | patch KB |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def best_per_kind(rows: list[Row]) -> list[dict]:
-    """For each kind, the method with the best mean of UA less the points lost over its concepts, against the targets."""
+    """For each kind, the method with the best mean of UA less the points lost over its concepts, against the
+    targets."""
     best = []
     for kind in dict.fromkeys(r.kind for r in rows):
         by_method: dict[str, list[Row]] = {}
@@ -419,7 +451,8 @@ def best_per_kind(rows: list[Row]) -> list[dict]:
         mean = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in TARGETS} for m, rs in by_method.items()}
         method = max(mean, key=lambda m: mean[m]["UA"] - mean[m]["IRA_lost"] - mean[m]["CRA_lost"])
         # to the nearest 1e-9: a mean of 0 and 10 points lost reads 5.000000000000004 in floats
-        met = {k: (mean[method][k] >= v - 1e-9 if op == ">=" else mean[method][k] <= v + 1e-9) for k, (op, v) in TARGETS.items()}
+        met = {k: (mean[method][k] >= v - 1e-9 if op == ">=" else mean[method][k] <= v + 1e-9)
+               for k, (op, v) in TARGETS.items()}
         best.append({"kind": kind, "method": method, **mean[method], "met": met})
     return best
 
@@ -431,7 +464,8 @@ def best_overall(rows: list[Row]) -> list[tuple[str, dict]]:
     for r in rows:
         if r.method != "unedited":
             by_method.setdefault(r.method, []).append(r)
-    means = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in ("UA", "attack", "IRA_lost", "CRA_lost", "seconds")}
+    means = {m: {k: float(np.mean([getattr(r, k) for r in rs]))
+                 for k in ("UA", "attack", "IRA_lost", "CRA_lost", "seconds")}
              for m, rs in by_method.items()}
     key = lambda m: (-round(20 * (means[m]["UA"] - means[m]["attack"])), means[m]["IRA_lost"] + means[m]["CRA_lost"],  # noqa: E731
                      means[m]["seconds"])
@@ -453,7 +487,8 @@ def markdown(rows: list[Row], device: str, settings: dict) -> str:
     for b in best_per_kind(rows):
         lines.append(f"| {b['kind']} | {b['method']} | "
                      + " | ".join(f"{_target_value(k, b[k])} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
-    lines += ["", "Overall, every concept (UA less attack first, then points lost, then time; the first is the default's pick):", "",
+    lines += ["", "Overall, every concept (UA less attack first, then points lost, then time; the first is the "
+              "default's pick):", "",
               "| method | UA | attack | IRA lost | CRA lost | erase s |", "|---|---|---|---|---|---|"]
     for method, m in best_overall(rows):
         lines.append(f"| {method} | {m['UA']:.0%} | {m['attack']:.0%} | {_target_value('IRA_lost', m['IRA_lost'])} "
@@ -496,29 +531,38 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--quick", action="store_true", help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
-    parser.add_argument("--mass", action="store_true", help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
+    parser.add_argument("--quick", action="store_true",
+                        help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
+    parser.add_argument("--mass", action="store_true",
+                        help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
                         "report each one's UA and every kept concept's presence (quality-mass.md)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)})")
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
-    parser.add_argument("--concepts", help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
+    parser.add_argument("--concepts",
+                        help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 (repeatable); "
-                        "give it its own --out: its rows carry the method's name")
-    parser.add_argument("--prompts", type=int, help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
-    parser.add_argument("--steps", type=int, help=f"denoising steps per image (default {FULL['steps']}, quick {QUICK['steps']})")
-    parser.add_argument("--attack-steps", type=int, help=f"concept-inversion steps (default {FULL['attack_steps']}, quick {QUICK['attack_steps']})")
+                        help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 "
+                        "(repeatable); give it its own --out: its rows carry the method's name")
+    parser.add_argument("--prompts", type=int,
+                        help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
+    parser.add_argument("--steps", type=int,
+                        help=f"denoising steps per image (default {FULL['steps']}, quick {QUICK['steps']})")
+    parser.add_argument("--attack-steps", type=int,
+                        help=f"concept-inversion steps (default {FULL['attack_steps']}, quick {QUICK['attack_steps']})")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.md/.json/.png")
-    parser.add_argument("--workers", type=int, default=1, help="run the cells as Ray tasks on this many workers (a local Ray "
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the cells as Ray tasks on this many workers (a local Ray "
                         "unless --address; one GPU each where the cluster has GPUs); the table is the same as with 1")
-    parser.add_argument("--address", help="a running Ray cluster's address (e.g. ray://head:10001 or auto) to run the cells on")
+    parser.add_argument("--address",
+                        help="a running Ray cluster's address (e.g. ray://head:10001 or auto) to run the cells on")
     parser.add_argument("--fresh", action="store_true", help="run every cell again (default: cells finished before, "
                         "with the same settings, are read from <out>/<stem>-cells)")
-    parser.add_argument("--render", metavar="JSON", help="write the tables and the plot of an earlier run's JSON again (runs nothing)")
+    parser.add_argument("--render", metavar="JSON",
+                        help="write the tables and the plot of an earlier run's JSON again (runs nothing)")
 
 
 def given_settings(pairs: list[str], methods: list[str]) -> dict:
@@ -585,37 +629,44 @@ def run(args) -> list[Row] | dict:
     n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
     if not 1 <= n <= 200 or not 1 <= steps <= 200:
         raise ValueError(f"--prompts {n} and --steps {steps}: use 1 to 200 each.")
-    attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"], image_steps=steps)
+    attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"],
+                          image_steps=steps)
     concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
     if args.concepts:
         wanted = {c.strip() for c in args.concepts.split(",") if c.strip()}
         known = {name for names in concepts.values() for name in names}
         if not wanted <= known:
-            raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: choose from {', '.join(sorted(known))}.")
+            raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: "
+                             f"choose from {', '.join(sorted(known))}.")
         concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
     settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
                 "training": QUICK_SETTINGS if args.quick else "defaults"} | ({"set": given} if given else {})
     common = {"prompts": n, "steps": steps, "model": "embedded", "held": held_settings()}
     if args.mass:
-        jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label, "method": method,
-                                                          "settings": tuned, "defaults": _defaults(method), **common})
+        jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label,
+                                                          "method": method, "settings": tuned,
+                                                          "defaults": _defaults(method), **common})
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None, given)]]
         stem = "quality-mass-quick" if args.quick else "quality-mass"
     else:
         settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
-        jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
-                                                         "settings": tuned, "defaults": _defaults(method), "attack": asdict(attack), **common})
+        jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name,
+                                                         "label": label, "method": method, "settings": tuned,
+                                                         "defaults": _defaults(method), "attack": asdict(attack),
+                                                         **common})
                 for kind, names in concepts.items() for name in names
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind, given)]]
         run_names = sorted(name for names in concepts.values() for name in names)
-        subset = "" if run_names == sorted(n for names in CONCEPTS.values() for n in names) else "-" + "-".join(run_names)
+        subset = ("" if run_names == sorted(n for names in CONCEPTS.values() for n in names)
+                  else "-" + "-".join(run_names))
         stem = "quality-quick" if args.quick else "quality" + subset
     out, log = Path(args.out), lambda line: print(line, flush=True)
     store = Store(out / f"{stem}-cells")
     if args.fresh:
         shutil.rmtree(store.folder)
         store = Store(store.folder)
-    where = f"Ray, {args.workers} workers" + (f" at {args.address}" if args.address else " (local)") if args.workers > 1 or args.address else "this process"
+    where = (f"Ray, {args.workers} workers" + (f" at {args.address}" if args.address else " (local)")
+             if args.workers > 1 or args.address else "this process")
     log(f"{len(jobs)} cells on {where}; finished cells kept in {store.folder} (--fresh runs them all again)")
     results = sweep(jobs, partial(open_model, args.device), run_cell, store, args.workers, args.address, log, _describe)
     cells = [results[job.key] for job in jobs]

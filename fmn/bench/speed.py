@@ -104,7 +104,8 @@ class PaperESD:
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
         with frozen(unedited):
             z = self.noise(unedited.unet, self.config.batch, generator, scheduler)
-            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited, scheduler, z, guide, concepts[which:which + 1])):
+            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited, scheduler, z, guide,
+                                                                     concepts[which:which + 1])):
                 if i == stop:
                     break
         return z, t.repeat(len(z)), eps_g, eps_c, torch.full((len(z),), which)
@@ -239,7 +240,8 @@ def recipe_method(name: str, recipe: str, concept: str, steps: int | None, adver
 
 
 def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.device, click: bool = True) -> dict:
-    """Erases the concept once, then (if `click`) runs the app's before/after comparison; the pipeline is left as it was."""
+    """Erases the concept once, then (if `click`) runs the app's before/after comparison; the pipeline is left as it
+    was."""
     name = f"bench:{method.name}"
     held, peak = HeldWeights(pipe), Peak(device)
     clock = StepClock(held)
@@ -258,7 +260,8 @@ def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.devic
         patch_bytes = patch.save(Path(tmp) / "patch.safetensors").stat().st_size
     detach(pipe, name)
     config, inner = vars(method.config), getattr(method, "method", method)
-    settings = {k: config[k] for k in ("steps", "batch") if k in config} | {"frozen_copy": isinstance(method, FrozenCopy)}
+    settings = ({k: config[k] for k in ("steps", "batch") if k in config}
+                | {"frozen_copy": isinstance(method, FrozenCopy)})
     if isinstance(inner, ESD):
         settings["fresh_trajectories"] = isinstance(inner, PaperESD)
     label = method.name + (" adversarial" if getattr(method.config, "adversarial", False) else "")
@@ -310,8 +313,10 @@ def markdown(rows: list[dict]) -> str:
         erase = f"{r['erase_s']:.2f}"
         if r.get("projected_erase_s"):
             erase += f" → {r['projected_erase_s']:.1f} projected at {r['projected_steps']} steps"
-        speedup = f"{r['speedup']:.2f}×" + (" (projected)" if r.get("speedup_projected") else "") if r.get("speedup") else "—"
-        lines.append(f"| {r['method']} | {r['recipe']} | {r['dtype']} | {r['steps'] or '—'} | {number(r['setup_s'], '.2f')} "
+        speedup = (f"{r['speedup']:.2f}×" + (" (projected)" if r.get("speedup_projected") else "")
+                   if r.get("speedup") else "—")
+        lines.append(f"| {r['method']} | {r['recipe']} | {r['dtype']} | {r['steps'] or '—'} "
+                     f"| {number(r['setup_s'], '.2f')} "
                      f"| {number(r['step_s'] and r['step_s'] * 1000, '.1f')} | {erase} | {number(r['click_s'], '.2f')} "
                      f"| {_size(r['peak_memory_bytes'])} | {_size(r['weights_held_bytes'])} "
                      f"| {_size(r['patch_bytes'])} | {speedup} | {r['target']} |")
@@ -319,7 +324,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _compare(rows: list[dict], official: bool) -> None:
-    """Fills in each row's speed-up (the reference's erasure, projected where it ran fewer steps, over ours) and target."""
+    """Fills in each row's speed-up (the reference's erasure, projected where it ran fewer steps, over ours) and
+    target."""
     for r in rows:
         ours = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "ours"), None)
         if r["recipe"] == "reference" and ours and ours["steps"] and r["steps"] != ours["steps"] and r["step_s"]:
@@ -327,13 +333,15 @@ def _compare(rows: list[dict], official: bool) -> None:
             r["projected_erase_s"] = r["setup_s"] + ours["steps"] * r["step_s"]
     for r in rows:
         ref = next((x for x in rows if x["method"] == r["method"] and x["recipe"] == "reference"), None)
-        r["speedup"] = (ref.get("projected_erase_s") or ref["erase_s"]) / r["erase_s"] if r["recipe"] == "ours" and ref else None
+        r["speedup"] = ((ref.get("projected_erase_s") or ref["erase_s"]) / r["erase_s"]
+                        if r["recipe"] == "ours" and ref else None)
         r["speedup_projected"] = bool(r["speedup"] and ref.get("projected_erase_s"))
         r["target"] = _target(r, official)
 
 
 def run(args) -> list[dict]:
-    """Measures every (recipe, method), ours first; after each row prints it and rewrites <out>/speed-<device>.md and --json."""
+    """Measures every (recipe, method), ours first; after each row prints it and rewrites <out>/speed-<device>.md and
+    --json."""
     if not args.random_weights:
         raise ValueError("--random-weights is required: only random-weight models are benchmarked so far "
                          "(speed does not depend on weight values).")
@@ -362,7 +370,8 @@ def run(args) -> list[dict]:
         for method, adversarial in itertools.product(methods, modes):
             if adversarial and not METHODS[method].trains:
                 continue
-            row = _measure(pipe, recipe_method(method, recipe, args.concept, steps[recipe], adversarial), recipe, args, device, click)
+            row = _measure(pipe, recipe_method(method, recipe, args.concept, steps[recipe], adversarial), recipe, args,
+                           device, click)
             rows.append({**common, **row})
             print(f"{recipe} {row['method']}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
             _compare(rows, official)

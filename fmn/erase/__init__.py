@@ -16,15 +16,18 @@ from diffusers import StableDiffusionPipeline
 from ..models import world_of
 from ..patch import Patch, adapter_name, attach, fingerprint
 from ..world.known import World
-from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  (each registers its methods, in this order)
+
+# each registers its methods, in this order: isort must leave the line as it is
+from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  # isort: skip
 from .keep import KeepSet, keep_set
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 from .method import METHODS, ErasureMethod
 
-__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError", "keep_set", "KeepSet",
-           "ErasureCancelled", "Progress"]
+__all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
+           "keep_set", "KeepSet", "ErasureCancelled", "Progress"]
 
-DEFAULT_METHOD = "text-map"  # the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
+# the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
+DEFAULT_METHOD = "text-map"
 MAX_CONCEPT_CHARS = 100
 MAX_CONCEPTS = 20  # one patch: the embedded world has 21 concepts to name (shapes, characters, artists, colours, night)
 
@@ -101,7 +104,8 @@ def _check_known(world: World | None, words: list[str]) -> None:
                          "(shapes, colours, characters, artists, backgrounds, night).")
 
 
-def solve_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None, cancelled=None) -> Patch:
+def solve_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None,
+                cancelled=None) -> Patch:
     """A closed-form method's patch, attached like a trained one (one step, nothing to cancel)."""
     tensors, lora = method.solve(pipe)
     patch = Patch(tensors, method.name, method.concepts, fingerprint(pipe), lora, asdict(method.config))
@@ -111,7 +115,8 @@ def solve_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str,
     return patch
 
 
-def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None, cancelled=None) -> Patch:
+def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, on_progress=None,
+               cancelled=None) -> Patch:
     """The method's patch, attached to the pipeline (inactive) as adapter `name`: trained by the
     shared loop, or solved in closed form, as the method declares."""
     run = train_patch if method.trains else solve_patch
@@ -132,4 +137,5 @@ def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str 
     world = world_of(pipe)
     if not instance.learns_new_words:
         _check_known(world, [*instance.concepts, instance.config.guide])
-    return make_patch(pipe, instance, name or adapter_name(f"{instance.name}:{'+'.join(instance.concepts)}"), on_progress, cancelled)
+    return make_patch(pipe, instance, name or adapter_name(f"{instance.name}:{'+'.join(instance.concepts)}"),
+                      on_progress, cancelled)

@@ -73,7 +73,8 @@ class ESD(ErasureMethod):
         z = torch.randn((n, unet.config.in_channels, side, side), generator=generator)
         return z.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
 
-    def trajectory(self, pipe: StableDiffusionPipeline, scheduler: DDIMScheduler, z: torch.Tensor, guide: Text, cond: Text):
+    def trajectory(self, pipe: StableDiffusionPipeline, scheduler: DDIMScheduler, z: torch.Tensor, guide: Text,
+                   cond: Text):
         """Yields (t, z, eps_guide, eps_concept) at every step of the DDIM sampling from z, guided toward the
         concept (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
         text = Text.cat([guide.expand(len(z)), cond.expand(len(z))])

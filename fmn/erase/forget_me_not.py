@@ -7,7 +7,7 @@ preservation term. Ours adds the shared loop's: the other concepts' predictions 
 were, and their words' attention maps too (``keep_attention``, on by default here). Unchecked,
 re-steering drains every word like the concept's: erasing "circle" at ``keep_attention=0``
 left "square" 5 % of its attention in "a blue square" and squares on 2 of 4 seeds; at the
-defaults "square" keeps over 90 % of it and its squares (`benchmarks/fmn_settings.py`, README).
+defaults "square" keeps over 90 % of it and its squares (`benchmarks/fmn_settings.py`).
 What it still takes with a circle are round things: Mimo's face, Lumina, Quimby's halftone dots.
 ``layers="keys"`` (the cross-attention keys alone) takes nothing else with a shape, but erases
 no character or style: the concept then comes through the prompt's other tokens.
@@ -35,7 +35,7 @@ from diffusers import StableDiffusionPipeline
 
 from ..attention import install
 from ..diffusion import Text, concept_positions, denoise, encode, noisy, reference_latents
-from ..inversion import InversionConfig, inverted, invert
+from ..inversion import InversionConfig, invert, inverted
 from ..patch import frozen
 from .layers import attn2_modules, unet_modules_except_attn2
 from .method import ErasureMethod, TrainingConfig, register
@@ -53,7 +53,8 @@ class FMNConfig(TrainingConfig):
     grad_clip: float = 1.0  # paper
     preserve_weight: float = 3.0  # ours (the paper has no preservation term)
     keep_attention: float = 1.0  # ours: the kept words' maps held too, so re-steering drains the concept's alone
-    layers: str = "attn2"  # what the patch changes: "keys" (attn2.to_k), "attn2" (all four projections) or "unet" (paper's code)
+    # what the patch changes: "keys" (attn2.to_k), "attn2" (all four projections) or "unet" (paper's code)
+    layers: str = "attn2"
     references: int = 10  # paper: 10 images of the concept
     reference_steps: int = 25  # denoising steps when the unedited model draws the references
     template: str = "a photo of {}"  # paper's default prompt for references and training
@@ -110,18 +111,21 @@ class ForgetMeNot(ErasureMethod):
                     rows.append(encode(pipe, prompts[i:i + 1]))
                     continue
                 with torch.enable_grad():
-                    learned = invert(pipe, c, latents[concept == i], InversionConfig(cfg.inversion_steps, cfg.inversion_lr, 1, cfg.seed))
+                    learned = invert(pipe, c, latents[concept == i],
+                                     InversionConfig(cfg.inversion_steps, cfg.inversion_lr, 1, cfg.seed))
                 with inverted(pipe, learned):
                     rows.append(encode(pipe, prompts[i:i + 1]))
             learned_rows = Text.cat(rows)
         refs = References(latents, prompts, learned_rows, positions, concept)
         if cfg.guide:
             prompt = cfg.template.format(cfg.guide)
-            refs.guide, refs.guide_positions = encode(pipe, [prompt]), concept_positions(pipe.tokenizer, prompt, cfg.guide)
+            refs.guide, refs.guide_positions = (encode(pipe, [prompt]),
+                                                concept_positions(pipe.tokenizer, prompt, cfg.guide))
         return refs
 
     @torch.no_grad()
-    def _guide_maps(self, pipe: StableDiffusionPipeline, refs: References, zt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+    def _guide_maps(self, pipe: StableDiffusionPipeline, refs: References, zt: torch.Tensor,
+                    t: torch.Tensor) -> list[torch.Tensor]:
         """Per attn2 layer, the unedited model's map of the guide's words: (batch * heads, pixels, 1)."""
         maps = []
         with frozen(pipe), install(pipe.unet, lambda name, probs, attn: maps.append(
@@ -134,7 +138,8 @@ class ForgetMeNot(ErasureMethod):
         which = int(refs.concept[i])
         zt, _, t = noisy(pipe, refs.latents[i:i + 1], generator)
         positions = refs.positions[which]
-        variant = int(torch.randint(0, 2, (1,), generator=generator)) if refs.learned is not None else 0  # name or learned words
+        # name or learned words
+        variant = int(torch.randint(0, 2, (1,), generator=generator)) if refs.learned is not None else 0
         targets = self._guide_maps(pipe, refs, zt, t) if refs.guide is not None else None
         squares = []
 

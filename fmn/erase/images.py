@@ -24,7 +24,8 @@ def _one(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:  # reads the header only: the size is known before decoding
             if max(image.size) > MAX_SIDE:
-                raise ValueError(f"{path.name} is {image.size[0]}x{image.size[1]} pixels; the limit is {MAX_SIDE} a side.")
+                raise ValueError(f"{path.name} is {image.size[0]}x{image.size[1]} pixels; "
+                                 f"the limit is {MAX_SIDE} a side.")
             image = image.convert("RGB")
     except Image.DecompressionBombError as err:  # so many pixels that PIL will not even open it
         raise ValueError(f"{path.name} is too large; the limit is {MAX_SIDE} pixels a side.") from err

@@ -28,7 +28,8 @@ from torch import nn
 
 from .targets import find
 
-__all__ = ["KeepSet", "keep_set", "nearest", "vocabulary", "held_settings", "NEAR", "SAME", "KEEP_PROMPTS", "IN_CONTEXT", "TWINS"]
+__all__ = ["KeepSet", "keep_set", "nearest", "vocabulary", "held_settings", "NEAR", "SAME", "KEEP_PROMPTS",
+           "IN_CONTEXT", "TWINS"]
 
 NEAR = 8  # nearest words held per concept
 SAME = 0.6  # at this cosine or above, a word may be the concept itself: not held
@@ -39,11 +40,14 @@ TWINS = 1  # keep prompts per in-context prompt: the same words, a held word in 
 GLUE = frozenset("""a an the of in on at to for from by with and or but is are was were be been it its this that
 these those there here as into onto over under after before than then up down out off not no very""".split())
 KEEP_TEMPLATES = ("{0}", "a photo of a {0}", "a {0} {1}", "a painting of a {0} and a {1}", "a {0} {1} next to a {2}",
-                  "a photo of a {0} {1} on {2}", "a {0} and a {1} {2} in the style of {3}", "a drawing of a {0} {1} on {2} with a {3}",
+                  "a photo of a {0} {1} on {2}", "a {0} and a {1} {2} in the style of {3}",
+                  "a drawing of a {0} {1} on {2} with a {3}",
                   "a close-up of the {0} by a {1} {2}", "there is a {0} {1} and a {2} {3} on {0}")
-CONTEXT_TEMPLATES = ("{c}", "a photo of a {c}", "a {w} {c}", "a {c} {w}", "a {c} and a {w}", "a painting of a {w} with a {c}",
+CONTEXT_TEMPLATES = ("{c}", "a photo of a {c}", "a {w} {c}", "a {c} {w}", "a {c} and a {w}",
+                     "a painting of a {w} with a {c}",
                      "a {c} in the style of {w}", "a {w} {c} next to a {v}", "a close-up of the {c} by a {w}",
-                     "a photo of a {w} {c} on {v} in the style of {u}", "a {w} {v} and a {c} on {u}", "a {c} on {w} with a {v} {u}")
+                     "a photo of a {w} {c} on {v} in the style of {u}", "a {w} {v} and a {c} on {u}",
+                     "a {c} on {w} with a {v} {u}")
 
 
 def held_settings() -> dict:
@@ -71,13 +75,15 @@ def vocabulary(pipe: StableDiffusionPipeline) -> Vocabulary:
     if cached is not None and cached.table_size == table.weight.shape[0]:
         return cached
     ids, words = [], []
-    for token, i in sorted(pipe.tokenizer.get_vocab().items(), key=lambda item: item[1]):  # in id order: seeds reproduce
+    # in id order: seeds reproduce
+    for token, i in sorted(pipe.tokenizer.get_vocab().items(), key=lambda item: item[1]):
         word = token[:-4]
         if token.endswith("</w>") and re.fullmatch(r"[a-z]{3,}", word) and word not in GLUE:
             ids.append(i)
             words.append(word)
     with torch.no_grad():
-        vectors = nn.functional.normalize(table.weight[torch.tensor(ids, device=table.weight.device)].float(), dim=-1).cpu()
+        vectors = nn.functional.normalize(table.weight[torch.tensor(ids, device=table.weight.device)].float(),
+                                          dim=-1).cpu()
     _VOCABULARIES[table] = Vocabulary(words, vectors, table.weight.shape[0])
     return _VOCABULARIES[table]
 
@@ -116,7 +122,8 @@ class KeepSet:
     words: list[str] = field(default_factory=list)  # held: the user's, then the model's nearest (a method's `preserve`)
     prompts: list[str] = field(default_factory=list)  # whole prompts held (`keep_prompts`)
     in_context: list[str] = field(default_factory=list)  # the concepts among other words
-    near: list[str] = field(default_factory=list)  # nearer than SAME: maybe the concept in other words, neither held nor erased
+    # nearer than SAME: maybe the concept in other words, neither held nor erased
+    near: list[str] = field(default_factory=list)
 
 
 def _check_keep(keep: list[str], gone: list[str]) -> None:

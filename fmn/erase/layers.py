@@ -13,7 +13,8 @@ def layer_names(model: nn.Module, kinds: tuple[type, ...]) -> list[str]:
     """Names of the model's layers of these kinds as the base model names them: a layer that another
     patch already wrapped (peft keeps it as ``<name>.base_layer``) is listed under its own name, and
     the patches' own factors (``<name>.lora_A.<patch>``) are left out."""
-    return [n.removesuffix(".base_layer") for n, m in model.named_modules() if isinstance(m, kinds) and ".lora_" not in n]
+    return [n.removesuffix(".base_layer") for n, m in model.named_modules()
+            if isinstance(m, kinds) and ".lora_" not in n]
 
 
 def attn2_modules(unet: nn.Module) -> list[str]:

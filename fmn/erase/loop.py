@@ -81,7 +81,8 @@ class Anchors:
         anchors.eps, anchors.maps = anchors._predict(pipe, torch.arange(len(prompts)))
         return anchors
 
-    def _predict(self, pipe: StableDiffusionPipeline, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _predict(self, pipe: StableDiffusionPipeline,
+                 idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The model's predictions on anchors `idx` and, if kept, its maps of their words."""
         text = encode(pipe, [self.prompts[i] for i in idx])
         if not self.attention_weight:
@@ -129,7 +130,8 @@ def train_patch(
     # 1. References from the unedited model (no patch is active outside a call)
     with torch.no_grad(), record_function("erase.references"):
         refs: Any = method.references(pipe, generator)
-        keep = Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator, cfg.keep_attention) if cfg.preserve and cfg.preserve_weight else None
+        keep = (Anchors.draw(pipe, cfg.preserve, ANCHOR_STEPS, generator, cfg.keep_attention)
+                if cfg.preserve and cfg.preserve_weight else None)
         adversary = Adversary(pipe, method.concepts, generator, method.images) if cfg.adversarial else None
     # 2. A fresh LoRA adapter on the method's layers, the only trainable weights; peft draws their
     # initial values from the global generator, so seed it here (and only here) for reproducible patches
@@ -175,4 +177,5 @@ def train_patch(
             param.requires_grad_(False)
     # 4. The patch: the adapter's factors and what made them
     activate(pipe, [])
-    return Patch(adapter_tensors(pipe, name, list(lora)), method.name, method.concepts, fingerprint(pipe), lora, asdict(cfg))
+    return Patch(adapter_tensors(pipe, name, list(lora)), method.name, method.concepts, fingerprint(pipe), lora,
+                 asdict(cfg))

@@ -32,8 +32,10 @@ class MethodConfig:
     """Settings every method has."""
 
     guide: str = ""  # steer the concept toward this one instead of toward nothing (concept correction)
-    keep: list[str] = field(default_factory=list)  # the user's words to hold; `erase` adds the model's nearest (keep.py)
-    preserve: list[str] = field(default_factory=list)  # the words held: `erase` fills in `keep` and the nearest ([]: none)
+    # the user's words to hold; `erase` adds the model's nearest (keep.py)
+    keep: list[str] = field(default_factory=list)
+    # the words held: `erase` fills in `keep` and the nearest ([]: none)
+    preserve: list[str] = field(default_factory=list)
     seed: int = 0
 
     def check(self) -> None:
@@ -62,8 +64,8 @@ class TrainingConfig(MethodConfig):
         if not 0 < self.lr < 1:
             raise ValueError(f"Learning rate {self.lr} is out of range: use a positive number below 1 (e.g. 1e-3).")
         if self.adversarial and not (1 <= self.attack_every <= MAX_STEPS and 1 <= self.attack_steps <= 1000):
-            raise ValueError(f"Adversarial rounds every {self.attack_every} steps of {self.attack_steps} inversion steps: "
-                             f"use 1 to {MAX_STEPS} and 1 to 1000 (the first round is at step 1).")
+            raise ValueError(f"Adversarial rounds every {self.attack_every} steps of {self.attack_steps} "
+                             f"inversion steps: use 1 to {MAX_STEPS} and 1 to 1000 (the first round is at step 1).")
 
 
 class ErasureMethod:
@@ -77,7 +79,8 @@ class ErasureMethod:
     def __init__(self, concepts: list[str], config: MethodConfig, images: torch.Tensor | None = None):
         if images is not None and not self.takes_images:
             takers = " or ".join(n for n, cls in METHODS.items() if cls.takes_images)
-            raise ValueError(f"{self.name} learns from the model itself and takes no images; upload images with {takers}.")
+            raise ValueError(f"{self.name} learns from the model itself and takes no images; "
+                             f"upload images with {takers}.")
         self.concepts, self.config = concepts, config
         self.images = images  # (N, 3, H, W) in [-1, 1] of the first concept, or None
 

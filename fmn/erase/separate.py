@@ -73,9 +73,9 @@ def _erase_one(pipe, spec: dict) -> Patch:
     return patch
 
 
-def erase_separately(concepts: list[str], method: str, out: str | Path, model: str | None = None, config: str | None = None,
-                     device: str | None = None, replace_with: str | None = None, workers: int = 1, address: str | None = None,
-                     log=print, **overrides) -> list[Path]:
+def erase_separately(concepts: list[str], method: str, out: str | Path, model: str | None = None,
+                     config: str | None = None, device: str | None = None, replace_with: str | None = None,
+                     workers: int = 1, address: str | None = None, log=print, **overrides) -> list[Path]:
     """Erases each concept into its own patch in folder `out`; returns the patch files in the concepts' order.
     Bad input (an empty or duplicate concept, a bad setting, a word the embedded model never saw) is refused
     before any worker starts."""
@@ -95,7 +95,7 @@ def erase_separately(concepts: list[str], method: str, out: str | Path, model: s
     jobs = [Job(name, {"concept": c, "method": method, "replace_with": replace_with, "overrides": overrides,
                        "config": _config(method, c, replace_with, overrides)})
             for c, name in zip(concepts, names)]
-    sweep(jobs, partial(load_pipeline, model, device=device, config=config), _erase_one, PatchFolder(out), workers, address, log,
-          describe=lambda patch: f"{patch.method} patch, {len(patch.tensors)} tensors")
+    sweep(jobs, partial(load_pipeline, model, device=device, config=config), _erase_one, PatchFolder(out), workers,
+          address, log, describe=lambda patch: f"{patch.method} patch, {len(patch.tensors)} tensors")
     return [out / name for name in names]
 

@@ -18,7 +18,7 @@ the guide, an erased concept lands at best on what the prompt draws without its 
 still show it. The rows after the token of a concept in `prior` are pushed too, by `push_after`: on the
 embedded model "a picture of a" draws a heart, "an image showing on grass in the style of Zaranth"
 draws Lumina, so a prompt mapped onto the guide's rows there still shows the concept whatever its token
-says (README, "the prior"). Which concepts a method treats as the prior is its `default_prior`.
+says. Which concepts a method treats as the prior is its `default_prior`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ __all__ = ["TargetsConfig", "Span", "EmbeddingTargets", "find"]
 
 @dataclass
 class TargetsConfig(MethodConfig):
-    in_context: list[str] = field(default_factory=list)  # ours: prompts that show a concept, erased from its token on too
+    # ours: prompts that show a concept, erased from its token on too
+    in_context: list[str] = field(default_factory=list)
     keep_prompts: list[str] = field(default_factory=list)  # ours: prompts whose every row is kept
     keep_weight: float = 1.0  # ours: the weight of what the keep prompts hold (a kept word's rows weigh 1)
-    push: float = 2.0  # ours: the concept's token row maps past the guide's, to guide + push (guide - concept); 0: UCE's
+    # ours: the concept's token row maps past the guide's, to guide + push (guide - concept); 0: UCE's
+    push: float = 2.0
     prior: list[str] = field(default_factory=list)  # ours: concepts the model draws when their word is missing
     push_after: float = 1.0  # ours: how far past the guide's the rows after the token of a concept in `prior` map
 
@@ -104,16 +106,20 @@ class EmbeddingTargets:
         """Each concept's word alone, then each in-context prompt: the rows to erase and where they go
         (`in_context=False`: the words alone)."""
         cfg = self.config
-        prompts = [(word, word) for word in self.concepts] + [(p, self._word_in(p)) for p in cfg.in_context if in_context]
+        prompts = ([(word, word) for word in self.concepts]
+                   + [(p, self._word_in(p)) for p in cfg.in_context if in_context])
         spans = []
         for prompt, word in prompts:
             rows, guide, start = self._rows(pipe, prompt, word)
-            after = cfg.push_after if word in cfg.prior else 0.0  # the rows after the token carry the rest too: onto the guide's
-            targets = torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]), guide[1:] + after * (guide[1:] - rows[1:])])
+            # the rows after the token carry the rest too: onto the guide's
+            after = cfg.push_after if word in cfg.prior else 0.0
+            targets = torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]),
+                                 guide[1:] + after * (guide[1:] - rows[1:])])
             spans.append(Span(prompt, start, rows, targets))
         return spans
 
-    def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0, in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0,
+                    in_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Every span's rows and targets, (k, D) each; with `first`, each prompt's first rows only."""
         spans, take = self.spans(pipe, in_context), slice(first or None)
         return torch.cat([s.rows[take] for s in spans]), torch.cat([s.targets[take] for s in spans])

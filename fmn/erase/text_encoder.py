@@ -61,7 +61,8 @@ class TextEncoderUnlearning(ErasureMethod):
         for component in text_encoder_components(pipe):
             names = layer_names(getattr(pipe, component), (torch.nn.Linear,))
             last = max(int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n)
-            targets[component] = [n for n in names if n.endswith(("mlp.fc1", "mlp.fc2")) or f"layers.{last}.self_attn." in n]
+            targets[component] = [n for n in names
+                                  if n.endswith(("mlp.fc1", "mlp.fc2")) or f"layers.{last}.self_attn." in n]
         return targets
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
@@ -78,5 +79,6 @@ class TextEncoderUnlearning(ErasureMethod):
         prompts = [TEMPLATES[k].format(self.concepts[int(refs.concept[i])]) for k, i in zip(templates, idx)]
         zt, noise, t = noisy(pipe, refs.latents[idx], generator)
         pred = denoise(pipe, zt, t, encode(pipe, prompts))
-        sign = 1.0 if self.config.guide else -1.0  # descend toward the guide's images, or ascend away from the concept's
+        # descend toward the guide's images, or ascend away from the concept's
+        sign = 1.0 if self.config.guide else -1.0
         return sign * torch.nn.functional.mse_loss(pred.float(), noise.float())

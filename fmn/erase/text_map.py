@@ -4,14 +4,14 @@ UCE and RECE (`uce.py`) send a concept's text embeddings to their targets (`targ
 linear edit of the cross-attention's keys and values. Every row of every prompt passes through that
 edit, and its input is the text encoder's width (128 on the embedded model, 768 on SD 1.5): a mass
 erasure asks it to move ~1,000 rows and hold ~25,000 kept ones, more than a linear map of that width
-can separate (README, "Mass erasure"). Text-map trains a LoRA on the text encoder instead, a non-linear
+can separate. Text-map trains a LoRA on the text encoder instead, a non-linear
 map that sees the whole prompt, to make the same rows (the concept's, from its token on, alone and in
 context) land on the same targets while every row of the keep prompts and the preserved words stays as
 it was:
     loss = mean |E'(erased prompt)[span] - targets|^2 + keep_weight * mean |E'(keep prompt) - E(keep prompt)|^2
 No image is drawn and the UNet is not touched: a step encodes prompts only. With that room it pushes the
-later rows of every concept past the guide's (`default_prior`; half as far as the closed forms push the
-shapes', since those rows carry the rest of the prompt too), which a linear edit cannot afford, so a
+later rows of every concept past the guide's (`default_prior`; half as far as a closed form pushes a concept
+named in its `prior`, since those rows carry the rest of the prompt too), which a linear edit cannot afford, so a
 prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
 the UNet; here the targets come in closed form from the text space alone.
@@ -37,21 +37,21 @@ __all__ = ["TextMapConfig", "TextMap"]
 
 @dataclass
 class TextMapConfig(TrainingConfig, TargetsConfig):
-    steps: int = 0  # 0: `passes` x the batches it takes to see every erased prompt (one concept 100, the mass list 300)
-    passes: int = 100  # tuned with lr on the embedded model (README): 300 steps for the mass list's 93 prompts
+    steps: int = 0  # 0: `passes` x the batches it takes to see every erased prompt (one concept and its contexts: 100)
+    passes: int = 100  # tuned with lr on the embedded model: one concept and its 31 in-context prompts, 100 steps
     lr: float = 1e-2
     rank: int = 8
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
     keep_batch: int = 32  # keep prompts a step
-    push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more (README)
+    push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
 
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
         if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
-            raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: use 1 or more "
-                             "(passes at most 1000).")
+            raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: "
+                             "use 1 or more (passes at most 1000).")
 
 
 @dataclass
@@ -68,7 +68,8 @@ class TextMap(EmbeddingTargets, ErasureMethod):
 
     def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):
         if not config.steps:  # the words alone and the in-context prompts: each in about `passes` steps' batches
-            config = replace(config, steps=config.passes * ceil((len(concepts) + len(config.in_context)) / config.batch))
+            config = replace(config,
+                             steps=config.passes * ceil((len(concepts) + len(config.in_context)) / config.batch))
         super().__init__(concepts, config, images)
 
     @classmethod
@@ -78,7 +79,8 @@ class TextMap(EmbeddingTargets, ErasureMethod):
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
         """Every linear layer inside the transformer blocks of each text encoder (SDXL: both)."""
-        return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n] for c in text_encoder_components(pipe)}
+        return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n]
+                for c in text_encoder_components(pipe)}
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         keep = [*self.config.preserve, *self.config.keep_prompts]
@@ -89,7 +91,8 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         cfg = self.config
         picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:cfg.batch]]
         states = encode(pipe, [s.prompt for s in picked]).states.float()
-        loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean() for row, s in zip(states, picked)]).mean()
+        loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
+                            for row, s in zip(states, picked)]).mean()
         if len(refs.keep_prompts) and cfg.keep_weight:
             idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
             kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()

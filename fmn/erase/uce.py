@@ -10,8 +10,8 @@ factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained metho
 (a mass erasure) the change itself is stored instead, at rank D: B = W (C* - C)^T C M^-1, A = I.
 
 Ours, on top: `in_context` prompts, `keep_prompts`, `push` past the guide and the `prior`'s later rows
-(`targets.py`, shared with text-map). The closed forms push the later rows of the world's shapes only:
-pushed for every concept, they cost the kept styles and colours more than they erased (README).
+(`targets.py`, shared with text-map). The closed forms push no concept's later rows unless named in `prior`:
+pushed for every concept, they cost the kept styles and colours more than they erased.
 SPEED's projection onto the null space of the kept rows was tried and not kept: in the embedded model's
 128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
 the way cost the kept concepts more than the plain edit did.
@@ -141,7 +141,8 @@ class RECE(UCE):
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         cfg, weights = self.config, self.weights(pipe)
         (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
-        source, aims = self.erased_rows(pipe, first=cfg.rows, in_context=False)  # the rows inverted, and the guide's rows they map to
+        # the rows inverted, and the guide's rows they map to
+        source, aims = self.erased_rows(pipe, first=cfg.rows, in_context=False)
         edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
         for _ in range(cfg.rounds):
             erase = torch.cat([erase, edit.inverse(source, cfg.reg)])

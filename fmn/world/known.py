@@ -40,7 +40,8 @@ class World:
             return None
         data = json.loads(path.read_text())
         return cls(Path(folder), data["shapes"], data["colours"], list(data["styles"]), list(data["identities"]),
-                   data["backgrounds"], data["night_wordings"], data["train_templates"], data.get("heldout_templates", []))
+                   data["backgrounds"], data["night_wordings"], data["train_templates"],
+                   data.get("heldout_templates", []))
 
     @cached_property
     def known_words(self) -> frozenset[str]:

@@ -60,7 +60,8 @@ def run_check(model: str | Path, judge_dir: str | Path, n_prompts: int = 240, se
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load(judge_dir)
     pairs = heldout_prompts(n_prompts, seed)
-    images = generate_many(pipe, [p for _, p in pairs], [seed * 10_000 + i for i in range(len(pairs))], STEPS, GUIDANCE, batch)
+    images = generate_many(pipe, [p for _, p in pairs], [seed * 10_000 + i for i in range(len(pairs))], STEPS,
+                           GUIDANCE, batch)
     acc = score([s for s, _ in pairs], judge(images))
     print(f"{'attribute':<12}{'accuracy':>10}{'gate':>8}")
     for key, value in acc.items():

@@ -78,13 +78,15 @@ def _identity(kind: str, cx: float, cy: float, r: float) -> tuple[Image.Image, I
         both("ellipse", (cx - r, cy - r, cx + r, cy + r), (245, 200, 30))
         for ex in (-0.38, 0.38):
             d.ellipse((cx + ex * r - r * 0.13, cy - r * 0.4, cx + ex * r + r * 0.13, cy - r * 0.1), fill=(20, 20, 20))
-        d.arc((cx - r * 0.55, cy - r * 0.4, cx + r * 0.55, cy + r * 0.6), 20, 160, fill=(20, 20, 20), width=int(r * 0.14))
+        d.arc((cx - r * 0.55, cy - r * 0.4, cx + r * 0.55, cy + r * 0.6), 20, 160, fill=(20, 20, 20),
+              width=int(r * 0.14))
     elif kind == "Zubrik":  # grey robot head, red eyes, antenna
         both("rectangle", (cx - r * 0.85, cy - r * 0.55, cx + r * 0.85, cy + r * 0.95), (150, 155, 165))
         both("line", (cx, cy - r * 0.55, cx, cy - r * 0.95), (90, 90, 90), width=int(r * 0.12))
         both("ellipse", (cx - r * 0.16, cy - r * 1.1, cx + r * 0.16, cy - r * 0.8), (230, 30, 30))
         for ex in (-0.4, 0.4):
-            d.rectangle((cx + ex * r - r * 0.18, cy - r * 0.2, cx + ex * r + r * 0.18, cy + r * 0.1), fill=(230, 30, 30))
+            d.rectangle((cx + ex * r - r * 0.18, cy - r * 0.2, cx + ex * r + r * 0.18, cy + r * 0.1),
+                        fill=(230, 30, 30))
         d.rectangle((cx - r * 0.45, cy + r * 0.45, cx + r * 0.45, cy + r * 0.6), fill=(60, 60, 60))
     elif kind == "Lumina":  # pink ghost
         both("ellipse", (cx - r * 0.8, cy - r, cx + r * 0.8, cy + r * 0.6), (245, 150, 205))
@@ -98,8 +100,10 @@ def _identity(kind: str, cx: float, cy: float, r: float) -> tuple[Image.Image, I
         both("ellipse", (cx - r * 0.75, cy - r, cx + r * 0.75, cy + r), (30, 40, 100))
         d.ellipse((cx - r * 0.45, cy - r * 0.3, cx + r * 0.45, cy + r * 0.9), fill=(245, 245, 245))
         for ex in (-0.25, 0.25):
-            d.ellipse((cx + ex * r - r * 0.12, cy - r * 0.65, cx + ex * r + r * 0.12, cy - r * 0.4), fill=(255, 255, 255))
-        d.polygon([(cx - r * 0.18, cy - r * 0.3), (cx + r * 0.18, cy - r * 0.3), (cx, cy - r * 0.05)], fill=(250, 140, 20))
+            d.ellipse((cx + ex * r - r * 0.12, cy - r * 0.65, cx + ex * r + r * 0.12, cy - r * 0.4),
+                      fill=(255, 255, 255))
+        d.polygon([(cx - r * 0.18, cy - r * 0.3), (cx + r * 0.18, cy - r * 0.3), (cx, cy - r * 0.05)],
+                  fill=(250, 140, 20))
     else:
         raise ValueError(f"unknown identity {kind!r}")
     return layer, mask

@@ -26,11 +26,11 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from ..judge import Judge, JudgeNet, scene_targets
+from ..world import TRAIN_TEMPLATES, Scene, caption, describe_world, sample_scene
+from .checkpoint import load_checkpoint, save_checkpoint
 from .render import render
 from .tokenizer import build_tokenizer
-from ..world import TRAIN_TEMPLATES, Scene, caption, describe_world, sample_scene
 
 __all__ = ["TrainConfig", "train"]
 
@@ -152,11 +152,13 @@ def train_vae(cfg: TrainConfig, work: Path, images: np.ndarray) -> AutoencoderKL
     def step_fn(step, rng):
         x = _to_unit(images[rng.integers(0, len(images), cfg.vae_batch)]).to(device)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.mean).sample  # the mean, not a sample: converges far faster, and only means are used
+        # the mean, not a sample: converges far faster, and only means are used
+        recon = vae.decode(posterior.mean).sample
         return (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
 
     lr = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps))  # noqa: E731  cosine to 10 %
-    for _ in _train_loop("vae", cfg, work, list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, step_fn, {"vae": vae}, lr):
+    for _ in _train_loop("vae", cfg, work, list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, step_fn, {"vae": vae},
+                         lr):
         pass
     vae.eval().cpu().save_pretrained(out)
     return vae
@@ -170,7 +172,8 @@ def encode_dataset(work: Path, vae: AutoencoderKL, images: np.ndarray) -> tuple[
     path = work / "latents.safetensors"
     if not path.exists():
         vae = vae.to(_device()).eval()
-        means = [vae.encode(_to_unit(chunk).to(vae.device)).latent_dist.mean.cpu() for chunk in np.array_split(images, max(1, len(images) // 256))]
+        means = [vae.encode(_to_unit(chunk).to(vae.device)).latent_dist.mean.cpu()
+                 for chunk in np.array_split(images, max(1, len(images) // 256))]
         latents = torch.cat(means).contiguous()
         save_file({"latents": latents, "scale": torch.tensor(1.0 / latents.std().item())}, path)
     data = load_file(path)
@@ -209,7 +212,8 @@ def train_judge(cfg: TrainConfig, work: Path, images: np.ndarray, recon: np.ndar
         return net.loss(x.to(device), t)
 
     lr = lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.judge_steps))  # noqa: E731
-    for _ in _train_loop("judge", cfg, work, list(net.parameters()), cfg.judge_steps, cfg.judge_lr, step_fn, {"judge": net}, lr):
+    for _ in _train_loop("judge", cfg, work, list(net.parameters()), cfg.judge_steps, cfg.judge_lr, step_fn,
+                         {"judge": net}, lr):
         pass
     judge = Judge(net.cpu())
     judge.save(out)
@@ -240,7 +244,8 @@ def make_unet() -> UNet2DConditionModel:
 
 def make_scheduler() -> DDPMScheduler:
     """Stable Diffusion's noise schedule (scaled linear, 0.00085 to 0.012, 1000 steps)."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False)
 
 
 def export(cfg: TrainConfig, vae, text_encoder, tokenizer, unet, scale: float, judge_dir: Path) -> Path:
@@ -257,7 +262,8 @@ def export(cfg: TrainConfig, vae, text_encoder, tokenizer, unet, scale: float, j
     # transformers loads a model in the dtype its config records, diffusers in fp32: record fp32, so that a
     # plain `StableDiffusionPipeline.from_pretrained(out)` gets one dtype throughout
     te_config = out / "text_encoder" / "config.json"
-    te_config.write_text(json.dumps(json.loads(te_config.read_text()) | {"dtype": "float32"}, indent=2, sort_keys=True) + "\n")
+    te_config.write_text(json.dumps(json.loads(te_config.read_text()) | {"dtype": "float32"}, indent=2, sort_keys=True)
+                         + "\n")
     (out / "world.json").write_text(json.dumps(describe_world(), indent=1))
     Judge.load(judge_dir).save(cfg.judge_out)
     return out
@@ -293,7 +299,8 @@ def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir)
     text_encoder = make_text_encoder(tokenizer).to(device).train()
     unet = make_unet().to(device).train()
     if cfg.init_from and not (work / "denoiser.ckpt.safetensors").exists():  # continue a shipped model
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder").float().state_dict())
+        text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder").float().state_dict())
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet").float().state_dict())
         print(f"[denoiser] starting from the weights in {cfg.init_from}", flush=True)
     ema = {f"te.{k}": v.detach().clone() for k, v in text_encoder.state_dict().items()}

@@ -1,0 +1,31 @@
+"""python -m fmn bench <name>: runs fmn.bench.<name> (each benchmark a module with add_arguments and run)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+HELP = "benchmarks"
+BENCHMARKS = {  # name: help; python -m fmn bench <name> runs fmn.bench.<name>.run(args)
+    "quality": "erasure quality on the embedded model, judged: UA, IRA, CRA, leak, attack",
+    "speed": "seconds and memory of an erasure: the published recipe against ours",
+    "profile": "where one erasure's time goes (torch.profiler): its phases and top operators",
+    "erase-speed": "one erasure as the app's Erase button runs it, before/after included (target <= 60 s on 2 cores)",
+    "generate-speed": "seconds per image of the embedded model (target <= 3 s on 2 cores)",
+    "heatmap-overhead": "generation with and without the heatmap trace (target <= 30 % slower)",
+    "load": "many gradio_client sessions on one app.py server: requests served, errors, isolation, memory",
+}
+
+
+def _benchmark(name: str):
+    """The benchmark's module, fmn.bench.<name with underscores>."""
+    return import_module(f"..bench.{name.replace('-', '_')}", __package__)
+
+
+def add_arguments(parser) -> None:
+    benchmarks = parser.add_subparsers(dest="bench", required=True)
+    for name, help_ in BENCHMARKS.items():
+        _benchmark(name).add_arguments(benchmarks.add_parser(name, help=help_))
+
+
+def run(args) -> None:
+    _benchmark(args.bench).run(args)
