@@ -202,9 +202,9 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
             raise ValueError("Nothing to export: erase a concept or upload a patch first.")
         progress(0, desc=f"writing {to}")
         folder = Path(tempfile.mkdtemp())
-        if to == "merged":
-            merged = studio.export(session, to, folder / "erased-model")
-            return shutil.make_archive(str(merged), "zip", merged)
+        if FORMATS[to].folder:
+            written = studio.export(session, to, folder / "erased-model")
+            return shutil.make_archive(str(written), "zip", written)
         return str(studio.export(session, to, folder / f"erasure-{to}.safetensors"))
 
     def reset(session, request: gr.Request = None):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,14 +40,8 @@ from .models import load_pipeline
 from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .single_file import save_single_file
 
-__all__ = ["FORMATS", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
+__all__ = ["FORMATS", "Format", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
 
-FORMATS = {
-    "diffusers-lora": "a LoRA file for diffusers' load_lora_weights (.safetensors)",
-    "kohya": "a LoRA file for ComfyUI and A1111, kohya's key layout (.safetensors)",
-    "merged": "a diffusers folder with the erasure folded into the weights",
-    "single-file": "one original-layout checkpoint with the erasure folded in (.safetensors)",
-}
 # SDXL's first: lora_te1_
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 KOHYA_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's added
@@ -117,7 +113,7 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         if patch.base != base:
             raise PatchError(f"{patch.name} was made for another model (fingerprint {patch.base}, this one is {base}): "
                              "export it with the model it was made on (--model).")
-    if to == "merged":
+    if FORMATS[to].folder:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValueError(f"{out} exists and is not an empty folder: a merged model is written to a new folder.")
     elif out.suffix != ".safetensors":
@@ -135,6 +131,49 @@ def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str,
     return merged
 
 
+def _write_lora(convert):
+    """A LoRA format's writer: the stacked factors under `convert`'s keys, in fp16, with the erasures' metadata."""
+    def write(patches: list[Patch], staged: Path, source: str, merge) -> None:
+        save_file({k: v.to(torch.float16).contiguous() for k, v in convert(patches).items()}, staged,
+                  metadata=metadata(patches))
+    return write
+
+
+def _write_merged(patches: list[Patch], staged: Path, source: str, merge) -> None:
+    """The merged model as a diffusers folder, with erasure.json (and the shapes world, whose vocabulary and judge
+    still apply to the edited model)."""
+    merge().save_pretrained(staged, safe_serialization=True)
+    world = Path(source) / "world.json"
+    if world.is_file():
+        shutil.copy(world, staged / "world.json")
+    (staged / "erasure.json").write_text(json.dumps(json.loads(metadata(patches)["fmn_erasures"]), indent=1))
+
+
+def _write_single_file(patches: list[Patch], staged: Path, source: str, merge) -> None:
+    save_single_file(merge(), staged, metadata(patches))
+
+
+@dataclass(frozen=True)
+class Format:
+    """A way out, registered by name like the erasure methods: what it writes and how."""
+
+    description: str
+    folder: bool  # writes a new folder; otherwise one .safetensors file
+    # (patches, where to write, the base model's source, merge: the merged model, made when called)
+    write: Callable[[list[Patch], Path, str, Callable[[], StableDiffusionPipeline]], None]
+
+
+FORMATS: dict[str, Format] = {
+    "diffusers-lora": Format("a LoRA file for diffusers' load_lora_weights (.safetensors)", False,
+                             _write_lora(diffusers_lora)),
+    "kohya": Format("a LoRA file for ComfyUI and A1111, kohya's key layout (.safetensors)", False,
+                    _write_lora(kohya_lora)),
+    "merged": Format("a diffusers folder with the erasure folded into the weights", True, _write_merged),
+    "single-file": Format("one original-layout checkpoint with the erasure folded in (.safetensors)", False,
+                          _write_single_file),
+}
+
+
 def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: str | Path, source: str,
            config: str | None = None) -> Path:
     """Writes the patches, stacked, as `to` at `out`; `source` (and `config`) name the base model, reloaded for
@@ -143,18 +182,7 @@ def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: st
     _check(pipe, patches, to, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with written(out) as staged:
-        if to == "merged":
-            _merged(pipe, patches, source, config).save_pretrained(staged, safe_serialization=True)
-            world = Path(source) / "world.json"
-            if world.is_file():  # the shapes world's vocabulary and judge still apply to the edited model
-                shutil.copy(world, staged / "world.json")
-            (staged / "erasure.json").write_text(json.dumps(json.loads(metadata(patches)["fmn_erasures"]), indent=1))
-        elif to == "single-file":
-            save_single_file(_merged(pipe, patches, source, config), staged, metadata(patches))
-        else:
-            state = diffusers_lora(patches) if to == "diffusers-lora" else kohya_lora(patches)
-            save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, staged,
-                      metadata=metadata(patches))
+        FORMATS[to].write(patches, staged, source, lambda: _merged(pipe, patches, source, config))
     return out
 
 

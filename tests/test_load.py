@@ -49,7 +49,7 @@ def _leave_mid_erasure(url, timeout=60):
     fn_index = Client(url, verbose=False)._infer_fn_index("/erase", None)
     session = uuid.uuid4().hex
     with httpx.Client(base_url=url, timeout=timeout) as http:
-        http.post("gradio_api/queue/join", json={"data": [*ERASE, None, False], "fn_index": fn_index,
+        http.post("gradio_api/queue/join", json={"data": [*ERASE, None, False, ""], "fn_index": fn_index,
                                                  "session_hash": session}).raise_for_status()
         with http.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as events:
             for line in events.iter_lines():

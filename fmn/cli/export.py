@@ -12,7 +12,7 @@ HELP = "write patches, stacked, as a LoRA for diffusers, ComfyUI or A1111, or a 
 
 def add_arguments(parser) -> None:
     parser.add_argument("patch", nargs="+", help="the patch file(s) to export")
-    parser.add_argument("--to", required=True, help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    parser.add_argument("--to", required=True, help="; ".join(f"{k}: {f.description}" for k, f in FORMATS.items()))
     add_model_options(parser, model_help="the model the patches were made on (default: embedded)", device=False)
     parser.add_argument("--out", required=True, help="a .safetensors file, or a new folder for --to merged")
 
