@@ -283,7 +283,7 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                                               value="")
                     keep = gr.Textbox(label="Keep (optional: words to hold as they are, comma separated)", value="",
                                       max_length=500, elem_id="keep")
-                    held = gr.Markdown(show_held("circle", "", ""), elem_id="held")
+                    held = gr.Markdown(show_held(concept.value, "", ""), elem_id="held")
                     erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
                     with gr.Row():
                         erase_button = gr.Button("Erase", variant="primary", elem_id="erase")

@@ -115,7 +115,7 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
                              "export it with the model it was made on (--model).")
     if FORMATS[to].folder:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and is not an empty folder: a merged model is written to a new folder.")
+            raise ValueError(f"{out} exists and is not an empty folder: a {to} export is written to a new folder.")
     elif out.suffix != ".safetensors":
         raise ValueError(f"{out.name}: a {to} export is one .safetensors file.")
 
