@@ -166,7 +166,7 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
     def see_collateral(concepts, session, progress=gr.Progress()):
         """Every concept the model knows (or the listed ones), drawn without and with the session's patches."""
         result = studio.collateral(session, concepts or None,
-                                   on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+                                   on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
         chart = result.chart()
         path = Path(tempfile.mkdtemp()) / "collateral.png"
         chart.save(path)
@@ -182,7 +182,7 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         drawn_for, drawn_concepts, collateral = last_collateral or (None, None, None)
         if (drawn_for, drawn_concepts) != (list(session), concepts or ""):
             collateral = studio.collateral(session, concepts or None,
-                                           on_concept=lambda i, n: progress((i, n), desc="other concepts"))
+                                           on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
         figure, gif = write_figure(comparison, collateral, word or comparison.words()[0],
                                    Path(tempfile.mkdtemp()) / "erasure.png")
         return figure, [str(gif.with_suffix(".png")), str(gif)]

@@ -21,7 +21,7 @@ from fmn.studio import Studio
 
 OUT = Path("fmn-settings.json")
 CONCEPTS = [("object", "triangle"), ("identity", "Tobble"), ("style", "Vellor"), ("scene", "night")]
-CELL = {"prompts": 8, "steps": 12, "attack": asdict(AttackConfig(steps=20, images=4, image_steps=12))}
+CELL = {"split": "tune", "prompts": 8, "steps": 12, "attack": asdict(AttackConfig(steps=20, images=4, image_steps=12))}
 
 
 def main(configs: dict[str, dict]) -> None:

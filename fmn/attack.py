@@ -9,11 +9,19 @@ original model could. Given an eye (`looks_like`: how surely images show the con
 the embedded model, the judge), the attacker also looks at what its words draw every few
 steps and keeps the best it saw, its starting words included, as a person running the
 attack would: it never ends weaker than the concept's own name.
+
+`recovery` is the attack as it is measured (by `python -m fmn attack` and the quality benchmark alike): one
+inversion per attack seed, each read where an attacker looks, on its own plain prompts (the concept alone and in
+simple templates) and on the prompts the erasure was measured on; the higher of the two is the seed's recovery.
+
+`encoder_swap` is the attack that learns nothing: the patch's UNet part run with the unedited text encoder, and
+its text-encoder part alone, as a LoRA loaded with one of its two strengths at 0 (ComfyUI's strength_clip or
+strength_model, a merged UNet beside the original text encoder). An edit on one side only is undone by the other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -25,7 +33,13 @@ from .generate import generate_many
 from .inversion import TEMPLATES, InversionConfig, Inverted, invert, inverted
 from .patch import activate, active
 
-__all__ = ["AttackConfig", "concept_inversion"]
+__all__ = ["AttackConfig", "Reading", "Recovery", "concept_inversion", "recovery", "encoder_swap", "PLAIN",
+           "SIDES"]
+
+# The two sides of a patch an attacker can drop: each runs with the other side unedited
+SIDES = {"UNet part, unedited text encoder": ("unet",), "text-encoder part alone": ("text_encoder", "text_encoder_2")}
+# The attacker's plain prompts: the concept alone and in simple templates
+PLAIN = TEMPLATES
 
 
 @dataclass
@@ -67,3 +81,70 @@ def concept_inversion(pipe: StableDiffusionPipeline, concept: str, patches: list
     inversion = InversionConfig(config.steps, config.lr, config.batch, config.seed, config.look_every)
     with active(pipe, list(patches)):
         return invert(pipe, concept, latents, inversion, on_step, score if looks_like else None, prompts)
+
+
+@dataclass
+class Reading:
+    """Where an attack is read: the attacker's plain prompts, and the prompts the erasure was measured on."""
+
+    plain: list[str]
+    plain_seeds: list[int]
+    erased: list[str] = field(default_factory=list)
+    erased_seeds: list[int] = field(default_factory=list)
+    steps: int = 25
+
+    @classmethod
+    def plain_prompts(cls, concept: str, images: int = 8, first_seed: int = 0, steps: int = 25) -> "Reading":
+        """`images` of the concept's PLAIN prompts, in turn, on seeds from `first_seed`."""
+        texts = [PLAIN[i % len(PLAIN)].format(concept) for i in range(images)]
+        return cls(texts, list(range(first_seed, first_seed + images)), steps=steps)
+
+
+@dataclass
+class Recovery:
+    """One attack (an attack seed, or a side of an encoder swap): how often the concept came back on the plain
+    prompts and on the erased prompts (None where nothing judges, or no erased prompts were read), and the plain
+    prompts' images."""
+
+    plain: float | None
+    erased: float | None
+    images: list[Image.Image] = field(default_factory=list, repr=False)
+    seed: int | None = None
+
+    @property
+    def rate(self) -> float | None:
+        """The higher of the two reads: where the concept comes back most is where the attacker looks."""
+        reads = [r for r in (self.plain, self.erased) if r is not None]
+        return max(reads) if reads else None
+
+
+def _read(pipe: StableDiffusionPipeline, reading: Reading, shows, seed: int | None = None) -> Recovery:
+    """The reading's images as the pipeline draws them now, and how often they show the concept."""
+    share = lambda drawn: float(sum(shows(drawn))) / len(drawn) if shows and drawn else None  # noqa: E731
+    drawn = generate_many(pipe, reading.plain, reading.plain_seeds, reading.steps)
+    again = generate_many(pipe, reading.erased, reading.erased_seeds, reading.steps) if reading.erased else []
+    return Recovery(share(drawn), share(again), drawn, seed)
+
+
+def recovery(pipe: StableDiffusionPipeline, concept: str, patches: list[str], reading: Reading,
+             shows: Callable[[list[Image.Image]], list[bool]] | None, config: AttackConfig = AttackConfig(),
+             seeds: tuple[int, ...] = (0, 1, 2), **attack) -> list[Recovery]:
+    """`concept_inversion` once per seed in `seeds` (`attack`: its images, on_step, looks_like, prompts), each
+    read as `reading` says. ``shows(images)``: per image, whether it shows the concept (None: nothing judges,
+    the rates are None). Leaves no patch active."""
+    results = []
+    for seed in seeds:
+        learned = concept_inversion(pipe, concept, patches, replace(config, seed=seed), **attack)
+        with active(pipe, list(patches)), inverted(pipe, learned):
+            results.append(_read(pipe, reading, shows, seed))
+    return results
+
+
+def encoder_swap(pipe: StableDiffusionPipeline, patches: list[str], reading: Reading,
+                 shows: Callable[[list[Image.Image]], list[bool]] | None) -> dict[str, Recovery]:
+    """Per side of SIDES, the reading with only that side of the patches on."""
+    out = {}
+    for side, parts in SIDES.items():
+        with active(pipe, list(patches), parts):
+            out[side] = _read(pipe, reading, shows)
+    return out

@@ -12,7 +12,8 @@ Two layers here:
   softmax probabilities handed to a sink. Nothing is detached, so an erasure loss (e.g.
   Forget-Me-Not's attention re-steering) can backpropagate through them.
 - `trace(pipe, prompt)`: a sink that folds every map into one running sum of shape
-  (tokens, H, W) as it arrives; nothing is kept per step or per layer.
+  (images, tokens, H, W) as it arrives; nothing is kept per step or per layer. A list of
+  prompts, one per image, traces a batch of different prompts in one pipeline call.
 """
 
 from __future__ import annotations
@@ -148,9 +149,7 @@ class Trace:
     """DAAM heatmaps of one prompt, summed on the fly. Build it with `trace(pipe, prompt)`.
 
     Attributes:
-        prompt: the traced prompt (pass the same string to the pipeline).
-        tokens: the prompt's tokens as the pipeline's tokenizer spells them (no BOS/EOS),
-            e.g. ``["a</w>", "x", "y", "z", "z", "y</w>"]``; CLIP marks word ends with ``</w>``.
+        prompts: ``[prompt]``, or one prompt per image of the call when traced with a list.
         steps: UNet calls (denoising steps) seen so far.
         n_maps: (step, layer) maps added into `raw_maps`.
 
@@ -160,33 +159,52 @@ class Trace:
 
     Several images of the same prompt in one call (``num_images_per_prompt`` or a list of
     generators) are averaged: the maps describe the prompt, not one image. `image(i)` is the
-    trace of the call's i-th image alone.
+    trace of the call's i-th image alone; a trace of different prompts (one per image, so that
+    one pipeline call draws them all) is read only through `image(i)`, each with its own words.
     """
 
     def __init__(
         self,
         pipe: DiffusionPipeline,
-        prompt: str,
+        prompt: str | list[str],
         step_range: tuple[int, int] | None = None,
         resolutions: set[int] | None = None,
         map_size: int | tuple[int, int] | None = None,
     ):
         self.pipe = pipe
-        self.prompt = prompt
+        self.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.step_range = step_range
         self.resolutions = resolutions
         self.map_size = (map_size, map_size) if isinstance(map_size, int) else map_size
-        tokenizer = pipe.tokenizer
-        self.tokens = tokenizer.tokenize(prompt)[: tokenizer.model_max_length - 2]  # what fits between BOS and EOS
+        fits = pipe.tokenizer.model_max_length - 2  # what fits between BOS and EOS
+        self._tokens = [pipe.tokenizer.tokenize(p)[:fits] for p in self.prompts]  # per prompt
         self.steps = 0
         self.n_maps = 0
-        self._sum = None  # (images, tokens, H, W), allocated at the first captured map
+        self._sum = None  # (images, tokens, H, W), allocated at the first captured map; tokens: the longest prompt's
         self._mass = None  # (images, tokens): each token's attention probability, mean over pixels, summed over maps
         self._frames = []  # the running sum after each captured step but the last, fp16: how the maps built up
         self._framed = 0  # n_maps at the last frame
         self._latent_hw = None
         self._cfg = False
         self._capturing = False
+
+    @property
+    def prompt(self) -> str:
+        """The traced prompt (pass the same string to the pipeline)."""
+        return self._one()[0]
+
+    @property
+    def tokens(self) -> list[str]:
+        """The prompt's tokens as the pipeline's tokenizer spells them (no BOS/EOS), e.g.
+        ``["a</w>", "x", "y", "z", "z", "y</w>"]``; CLIP marks word ends with ``</w>``."""
+        return self._one()[1]
+
+    def _one(self) -> tuple[str, list[str]]:
+        """The one prompt of the traced images and its tokens; a clear error for a batch of different prompts."""
+        if len(set(self.prompts)) > 1:
+            raise ValueError(f"a trace of {len(set(self.prompts))} different prompts has no words of its own: "
+                             "read each image's with image(i)")
+        return self.prompts[0], self._tokens[0]
 
     def _on_unet_call(self, unet, args, kwargs) -> None:
         """UNet forward pre-hook: one call per denoising step (CFG batches uncond and cond together)."""
@@ -207,10 +225,13 @@ class Trace:
         h, w = _layer_hw(probs.shape[1], self._latent_hw)
         if self.resolutions is not None and h not in self.resolutions:
             return
-        n = len(self.tokens)
+        n = max(len(tokens) for tokens in self._tokens)
         maps = probs.detach().unflatten(0, (-1, attn.heads))  # (B, heads, pixels, 77)
         if self._cfg:
             maps = maps[maps.shape[0] // 2 :]  # the pipeline batches [uncond, cond]: keep cond
+        if len(self.prompts) > 1 and maps.shape[0] != len(self.prompts):
+            raise ValueError(f"traced {len(self.prompts)} prompts, one per image, but the call draws "
+                             f"{maps.shape[0]} images: pass the same list to the pipeline")
         maps = maps[..., 1 : 1 + n].mean(1, dtype=torch.float32)  # (images, pixels, tokens), skipping BOS
         mass = maps.mean(1)  # (images, tokens): every pixel's probabilities sum to 1 over the 77 tokens
         maps = maps.transpose(1, 2).unflatten(2, (h, w))  # (images, tokens, h, w)
@@ -226,7 +247,7 @@ class Trace:
     def _captured(self) -> None:
         if self._sum is None:
             raise ValueError(
-                f"nothing was captured for {self.prompt!r}: step_range={self.step_range} and "
+                f"nothing was captured for {self.prompts[0]!r}: step_range={self.step_range} and "
                 f"resolutions={self.resolutions} matched none of {self.steps} UNet calls; widen them, "
                 "and call the pipeline inside the `with trace(...)` block"
             )
@@ -235,6 +256,7 @@ class Trace:
     def raw_maps(self) -> torch.Tensor:
         """Sum of the head-averaged maps over the captured steps and layers, mean over the images, (tokens, H, W)."""
         self._captured()
+        self._one()  # different prompts' tokens do not line up
         return self._sum.mean(0)
 
     @property
@@ -243,12 +265,16 @@ class Trace:
         return self._sum.shape[0]
 
     def image(self, i: int) -> "Trace":
-        """The trace of the i-th image of the traced call alone (maps and shares of that image only)."""
+        """The trace of the i-th image of the traced call alone: that image's maps and shares, its prompt's words.
+        A copy: keeping it keeps none of the other images' maps."""
         if not -self.n_images <= i < self.n_images:
             raise IndexError(f"image {i} of a trace of {self.n_images} image(s)")
         one = copy.copy(self)
-        one._sum, one._mass = self._sum[i : i + 1], self._mass[i : i + 1]
-        one._frames = [frame[i : i + 1] for frame in self._frames]
+        k = i if len(self.prompts) > 1 else 0  # one prompt per image, or one for all
+        one.prompts, one._tokens = [self.prompts[k]], [self._tokens[k]]
+        n = len(one._tokens[0])  # a shorter prompt of a batch: its own tokens, not the longest one's padding
+        one._sum, one._mass = self._sum[i : i + 1, :n].clone(), self._mass[i : i + 1, :n].clone()
+        one._frames = [frame[i : i + 1, :n].clone() for frame in self._frames]
         return one
 
     def build_up(self, word: str) -> list[torch.Tensor]:
@@ -306,7 +332,7 @@ class Trace:
 @contextmanager
 def trace(
     pipe: DiffusionPipeline,
-    prompt: str,
+    prompt: str | list[str],
     *,
     step_range: tuple[int, int] | None = None,
     resolutions: set[int] | None = None,
@@ -320,9 +346,15 @@ def trace(
             image = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
         heat = tc.word_map("circle")  # (H, W) in [0, 1]
 
+        prompts = ["a red circle", "a blue square on grass"]  # one pipeline call, each image its own words
+        with trace(pipe, prompts) as tc:
+            images = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+        heat = tc.image(1).word_map("square")
+
     Args:
         pipe: a Stable-Diffusion-family pipeline (UNet with attn2 layers, CLIP tokenizer).
-        prompt: the prompt the block passes to `pipe`; it names the tokens and words.
+        prompt: the prompt the block passes to `pipe`; it names the tokens and words. Or a list
+            of prompts, one per image of the call (``num_images_per_prompt=1``), read with `image(i)`.
         step_range: ``(start, end)``, 0-based and end-exclusive, of the denoising steps to
             sum; default all. If it selects no step, reading the maps raises `ValueError`.
         resolutions: latent-side heights of the attn2 layers to keep (e.g. ``{32, 64}`` for

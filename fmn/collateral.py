@@ -25,10 +25,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .evaluate import judge_for
-from .generate import GenerationSettings
+from .evaluate import Draw
 from .heatmaps import to_image
-from .models import world_of
 from .world.known import World
 
 __all__ = ["Effect", "Collateral", "collateral", "world_concepts", "MAX_CONCEPTS"]
@@ -128,44 +126,43 @@ def _concept_list(concepts: list[str] | str | None) -> list[str]:
     return names
 
 
-def collateral(studio, patches: list[str], concepts: list[str] | str | None = None, seeds: list[int] = SEEDS,
-               steps: int = 25, on_concept=None) -> Collateral:
-    """Draws each concept without and with `patches` on the same seeds and measures what changed.
+def collateral(draw: Draw, erased: list[str], world: World | None = None, concepts: list[str] | str | None = None,
+               seeds: list[int] = SEEDS) -> Collateral:
+    """Draws each concept without and with the patches on the same seeds, each side in one `draw` (batched
+    where memory allows), and measures what changed.
 
     Args:
-        studio: the `fmn.studio.Studio` whose model and patches to use.
-        patches: the patch ids to apply on the "after" side.
+        draw: ``draw(prompts, seeds, side)`` -> (images, traces), side "before" or "after" the patches
+            (`fmn.evaluate.Draw`; `fmn.studio.Studio` passes its own).
+        erased: the patches' concepts, marked in the chart and kept out of the other concepts' prompts.
+        world: the shapes world the model was trained on (`fmn.models.world_of`): its concepts, and its judge
+            for presence; None for other models.
         concepts: the concepts to check (a list, or one comma-separated text); default: every concept of the
             embedded model's world. Required on other models.
-        on_concept: ``on_concept(i, n)`` after each concept, for progress bars.
     """
-    if not patches:
-        raise ValueError("Nothing to compare: erase a concept (or upload a patch) first.")
     names = _concept_list(concepts)
-    erased = [c for p in patches for c in studio.patches[p].concepts]
-    world = world_of(studio.pipe)
     gone = _gone(world, erased)
     if world is None and not names:
         raise ValueError("This model has no list of what it knows: name the concepts to check, e.g. 'dog, cat, house'.")
     known = {c.lower(): (c, kind, prompt) for c, kind, prompt in world_concepts(world, erased)} if world else {}
     rows = [known.get(c.lower(), (c, "concept", f"a photo of {c}")) for c in names] if names else list(known.values())
-    judge = judge_for(studio.pipe)
+    prompts, pair_seeds = [prompt for _, _, prompt in rows for _ in seeds], list(seeds) * len(rows)
+    before, traces_before = draw(prompts, pair_seeds, "before")
+    after, traces_after = draw(prompts, pair_seeds, "after")
+    judge = world.judge if world else None
+    verdicts = [judge(images) for images in (before, after)] if judge is not None else None
     effects = []
     for i, (concept, kind, prompt) in enumerate(rows):
-        settings = GenerationSettings(prompt, steps=steps)
-        before, trace_before = studio.generate_traced(settings, list(seeds))
-        after, trace_after = studio.generate_traced(settings, list(seeds), patches=patches)
+        mine = slice(i * len(seeds), (i + 1) * len(seeds))  # this concept's images, seed by seed
         word = concept.split()[-1]  # a word of the concept that the prompt spells
         pixels = np.mean([np.abs(np.asarray(b, np.float32) - np.asarray(a, np.float32)).mean() / 255
-                          for b, a in zip(before, after)])
-        effect = Effect(concept, kind, prompt, concept.lower() in gone, float(pixels), trace_before.share(word),
-                        trace_after.share(word))
-        if judge is not None and judge.knows(concept):
+                          for b, a in zip(before[mine], after[mine])])
+        shares = (float(np.mean([t.share(word) for t in traces[mine]])) for traces in (traces_before, traces_after))
+        effect = Effect(concept, kind, prompt, concept.lower() in gone, float(pixels), *shares)
+        if verdicts is not None and judge.knows(concept):
             effect.presence_before, effect.presence_after = (
-                float(np.mean([v.has(concept) for v in judge(images)])) for images in (before, after))
+                float(np.mean([v.has(concept) for v in side[mine]])) for side in verdicts)
         effects.append(effect)
-        if on_concept:
-            on_concept(i + 1, len(rows))
     if judge is not None and any(e.presence_before is None for e in effects):
         for e in effects:  # one measure for every row: the judge does not know some of the listed concepts
             e.presence_before = e.presence_after = None

@@ -1,28 +1,33 @@
 """Before and after an erasure, on the same seeds: what went, what stayed.
 
 `probe_prompts` picks prompts that name the concept, paraphrase it, and name other things
-that must survive; `compare` generates each prompt without and with the patches, tracing
-the cross-attention of the same generations (each word's heatmap and share of attention,
-before and after), and, on the embedded model, asks the judge how sure it is that each image
-shows the subject ("circle: 0.97 -> 0.03"). The app's Erase tab, `python -m fmn heatmap
---compare` and the benchmarks use the same comparison.
+that must survive; `compare_prompts` draws each prompt without and with the patches (through
+a `Draw` function the caller passes: the model is its business), tracing the cross-attention
+of the same generations (each word's heatmap and share of attention, before and after), and,
+on the embedded model, asks the judge how sure it is that each image shows the subject
+("circle: 0.97 -> 0.03"). The app's Erase tab, `python -m fmn heatmap --compare` and the
+benchmarks use the same comparison.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
 from .attention import Trace
-from .generate import GenerationSettings
 from .heatmaps import before_after_grid, to_image, word_rows
 from .models import world_of
 from .world.known import World
 
-__all__ = ["Probe", "probe_prompts", "Comparison", "compare", "compare_prompts"]
+__all__ = ["Probe", "probe_prompts", "Comparison", "compare_prompts", "Draw", "judge_for"]
+
+# draw(prompts, seeds, side) -> (images, traces): one image and its cross-attention per (prompt, seed) pair,
+# side "before" (the model without the patches) or "after" (with them)
+Draw = Callable[[list[str], list[int], str], tuple[list[Image.Image], list[Trace]]]
 
 
 @dataclass
@@ -185,30 +190,27 @@ def judge_for(pipe):
     return world.judge if world else None
 
 
-def compare_prompts(studio, probes: list[Probe], patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
-                    on_image=None, learned=None, settings: GenerationSettings | None = None, step_range=None,
-                    resolutions=None) -> Comparison:
-    """Generates every probe without and with `patches` on the same seeds, tracing each generation's
-    cross-attention (tracing costs a few per cent; nothing is generated twice).
+def _by_probe(flat: list, k: int) -> list[list]:
+    """One item per (probe, seed) pair, probe by probe, as [probe][seed]."""
+    return [flat[i : i + k] for i in range(0, len(flat), k)]
 
-    With `learned` (an attack's embeddings, `Studio.attack`) both sides carry the patches and
-    the right side reads the concept's words through the learned embeddings. `settings`: the
-    generation settings but the prompt (default: `steps` steps, the defaults otherwise);
-    `step_range` and `resolutions` choose what the heatmaps sum (`fmn.attention.trace`).
+
+def compare_prompts(draw: Draw, probes: list[Probe], seeds: list[int] = (0, 1, 2), judge=None,
+                    titles: tuple[str, str] = ("before", "after")) -> Comparison:
+    """Draws every probe on every seed, each side in one `draw` (a batched call where memory allows), with
+    each image's cross-attention traced (tracing costs a few per cent; nothing is generated twice).
+
+    Args:
+        draw: ``draw(prompts, seeds, side)`` -> (images, traces), one per (prompt, seed) pair, side "before"
+            or "after": the caller's model without and with its patches (`fmn.studio.Studio` passes its own).
+        probes: the prompts, with the subject the judge looks for.
+        seeds: every probe's seeds.
+        judge: the shapes world's judge (`judge_for`), to score each probe's subject; None: no scores.
+        titles: what the two sides are called ("erased", "attacked" against an attack's learned words).
     """
-    base = settings or GenerationSettings("", steps=steps)
-    sides = {"before": ([], []), "after": ([], [])}
-    for i, probe in enumerate(probes):
-        for side, kwargs in (("before", {"patches": patches if learned else ()}),
-                             ("after", {"patches": patches, "learned": learned})):
-            images, tc = studio.generate_traced(replace(base, prompt=probe.prompt), list(seeds), step_range=step_range,
-                                                resolutions=resolutions, **kwargs)
-            sides[side][0].append(images)
-            sides[side][1].append([tc.image(s) for s in range(len(seeds))])
-        if on_image:
-            on_image(i + 1, len(probes))
-    (before, before_maps), (after, after_maps) = sides["before"], sides["after"]
-    judge = judge_for(studio.pipe)
+    prompts, pair_seeds = [p.prompt for p in probes for _ in seeds], list(seeds) * len(probes)
+    before, before_maps = (_by_probe(flat, len(seeds)) for flat in draw(prompts, pair_seeds, "before"))
+    after, after_maps = (_by_probe(flat, len(seeds)) for flat in draw(prompts, pair_seeds, "after"))
     scores = None
     if judge is not None:
         scores = []
@@ -217,11 +219,4 @@ def compare_prompts(studio, probes: list[Probe], patches: list[str], seeds: list
                 scores.append((float("nan"), float("nan")))
                 continue
             scores.append(tuple(float(np.mean([v.prob(probe.subject) for v in judge(images)])) for images in (b, a)))
-    titles = ("erased", "attacked") if learned else ("before", "after")
     return Comparison(list(probes), list(seeds), before, after, scores, titles, before_maps, after_maps)
-
-
-def compare(studio, concept: str, patches: list[str], seeds: list[int] = (0, 1, 2), steps: int = 25,
-            on_image=None, learned=None) -> Comparison:
-    """`compare_prompts` on the probe prompts of `concept` (`probe_prompts`)."""
-    return compare_prompts(studio, probe_prompts(studio.pipe, concept), patches, seeds, steps, on_image, learned)

@@ -2,8 +2,9 @@
 
 `GenerationSettings` holds what a user sets; `check_settings` turns bad values into a
 `ValueError` that names the value and the allowed range; `generate` runs one batched
-pipeline call for a list of seeds, each image with its own CPU generator so that a seed
-means the same starting noise whatever the device or the batch.
+pipeline call for a list of seeds (`generate_pairs`: one prompt per seed), each image with
+its own CPU generator so that a seed means the same starting noise whatever the device or
+the batch.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from PIL import Image
 
 from .models import world_of
 
-__all__ = ["GenerationSettings", "check_settings", "generate", "generate_many", "unknown_words", "MAX_PROMPT_CHARS",
-           "MAX_SEED"]
+__all__ = ["GenerationSettings", "check_settings", "generate", "generate_pairs", "generate_many", "unknown_words",
+           "MAX_PROMPT_CHARS", "MAX_SEED"]
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
@@ -86,11 +87,20 @@ def generate(
 
     ``on_step(step, total)`` is called after each denoising step (for progress bars).
     """
-    s = check_settings(pipe, settings)
-    seeds = [s.seed] if seeds is None else seeds
-    for seed in seeds:
-        check_settings(pipe, replace(s, seed=seed))
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    seeds = [settings.seed] if seeds is None else seeds
+    return generate_pairs(pipe, settings, [settings.prompt] * len(seeds), seeds, on_step)
+
+
+@torch.no_grad()
+def generate_pairs(pipe: StableDiffusionPipeline, settings: GenerationSettings, prompts: list[str], seeds: list[int],
+                   on_step=None) -> list[Image.Image]:
+    """One image per (prompt, seed) pair in one batched call, the settings' other values for all (their prompt
+    and seed unused): each image has its own CPU generator, so a pair draws the image it draws alone."""
+    if not prompts or len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds: pass one seed per prompt, at least one")
+    pairs = [check_settings(pipe, replace(settings, prompt=prompt, seed=seed)) for prompt, seed in zip(prompts, seeds)]
+    s = pairs[0]
+    generators = [torch.Generator("cpu").manual_seed(pair.seed) for pair in pairs]
 
     def callback(pipe_, step, timestep, tensors):
         if on_step:
@@ -98,8 +108,8 @@ def generate(
         return tensors
 
     return pipe(
-        [s.prompt] * len(seeds),
-        negative_prompt=[s.negative_prompt] * len(seeds) if s.negative_prompt else None,
+        [pair.prompt for pair in pairs],
+        negative_prompt=[s.negative_prompt] * len(pairs) if s.negative_prompt else None,
         num_inference_steps=s.steps,
         guidance_scale=s.guidance,
         width=s.width,

@@ -175,14 +175,15 @@ def attach(pipe: StableDiffusionPipeline, patch: Patch, name: str) -> None:
     activate(pipe, [])
 
 
-def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
-    """Makes exactly these patches active (none: the base model, bit for bit)."""
+def activate(pipe: StableDiffusionPipeline, names: list[str], parts: tuple[str, ...] | None = None) -> None:
+    """Makes exactly these patches active (none: the base model, bit for bit); given `parts` (components), only
+    their part of the patches: a LoRA loaded with one of its strengths at 0."""
     for component in components(pipe):
         module = _component(pipe, component)
         present = getattr(module, "peft_config", {})
         if not present:
             continue
-        wanted = [n for n in names if n in present]
+        wanted = [n for n in names if n in present and (parts is None or component in parts)]
         if wanted:
             set_adapter_layers(module, enabled=True)
             set_weights_and_activate_adapters(module, wanted, [1.0] * len(wanted))
@@ -191,9 +192,9 @@ def activate(pipe: StableDiffusionPipeline, names: list[str]) -> None:
 
 
 @contextmanager
-def active(pipe: StableDiffusionPipeline, names: list[str]):
-    """Inside the block exactly these patches are active; after it (even on an error), none."""
-    activate(pipe, list(names))
+def active(pipe: StableDiffusionPipeline, names: list[str], parts: tuple[str, ...] | None = None):
+    """Inside the block exactly these patches (their `parts` only, if given) are active; after it, none."""
+    activate(pipe, list(names), parts)
     try:
         yield pipe
     finally:

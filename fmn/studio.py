@@ -16,23 +16,23 @@ import threading
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from PIL import Image
 
-from .attack import AttackConfig, concept_inversion
+from .attack import AttackConfig, Reading, Recovery, concept_inversion, encoder_swap, recovery
 from .attention import Trace, trace
 from .collateral import Collateral, collateral
 from .erase import DEFAULT_METHOD, METHODS, KeepSet, Progress, erase, keep_set, split_concepts
-from .evaluate import Comparison, Probe, compare, compare_prompts, judge_for
+from .evaluate import Comparison, Draw, Probe, compare_prompts, judge_for, probe_prompts
 from .export import export, import_lora
-from .generate import GenerationSettings, check_settings, generate, unknown_words
+from .generate import GenerationSettings, check_settings, generate, generate_pairs, unknown_words
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
-from .models import EMBEDDED, load_pipeline
+from .models import EMBEDDED, load_pipeline, world_of
 from .patch import NotAPatch, Patch, activate, active, adapter_name, attach, detach
 
 __all__ = ["Studio", "Inspection", "Erased", "new_id"]
@@ -44,7 +44,9 @@ def new_id(label: str) -> str:
     return f"{adapter_name(label)}#{uuid.uuid4().hex[:6]}"
 
 
-ORIGINALS_KEPT = 32  # the unedited model's calls remembered: a collateral map's and a few comparisons' "before" sides
+ORIGINALS_KEPT = 192  # the unedited model's images remembered: a collateral map's and a few comparisons' "before" sides
+BATCH = 32  # images per pipeline call when a comparison draws one side
+BATCH_PIXELS = 8 * 512 * 512  # and at most this many pixels per call: 8 images at SD 1.x's size, 2 at SDXL's
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Studio:
         self.source, self.config = str(source or EMBEDDED), config
         self.pipe = load_pipeline(self.source, device=device, config=config)
         self.patches: dict[str, Patch] = {}  # id -> patch, attached to self.pipe
-        self.originals: OrderedDict = OrderedDict()  # the unedited model's traced calls, oldest first
+        self.originals: OrderedDict = OrderedDict()  # (settings, trace options) -> (image, trace), oldest first
         self.lock = threading.Lock()  # the device: one call at a time
         self.turns = threading.Condition()  # guards `waiting`, the generations queued for the lock
         self.waiting = 0
@@ -101,10 +103,10 @@ class Studio:
                              "erase or upload it again.")
 
     @contextmanager
-    def _patched(self, patches: list[str] | tuple = ()):
-        """Device work with exactly these patches active; call with the lock held."""
+    def _patched(self, patches: list[str] | tuple = (), learned: Inverted | None = None):
+        """Device work with exactly these patches active (and an attack's `learned` words); call with the lock held."""
         self._check_patches(patches)
-        with active(self.pipe, list(patches)):
+        with active(self.pipe, list(patches)), (inverted(self.pipe, learned) if learned else nullcontext()):
             yield
 
     @contextmanager
@@ -137,30 +139,61 @@ class Studio:
                  patches: list[str] | tuple = (), learned: Inverted | None = None) -> list[Image.Image]:
         """Images for the seeds with these patches active; `learned`: words replaced by an attack's embeddings."""
         check_settings(self.pipe, settings)
-        with self._turn(), self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
+        with self._turn(), self._patched(patches, learned):
             return generate(self.pipe, settings, seeds, on_step)
 
     def generate_traced(self, settings: GenerationSettings, seeds: list[int] | None = None, on_step=None,
                         patches: list[str] | tuple = (), learned: Inverted | None = None, step_range=None,
                         resolutions=None) -> tuple[list[Image.Image], Trace]:
-        """`generate`, tracing the cross-attention of the same call: `trace.image(i)` is the i-th seed's.
-        The unedited model's calls are remembered (the last `ORIGINALS_KEPT`): every comparison's "before"
-        side is drawn once. Callers must not change the images returned."""
+        """`generate`, tracing the cross-attention of the same call: `trace.image(i)` is the i-th seed's."""
         settings = check_settings(self.pipe, settings)
-        original = not patches and learned is None
-        key = (repr(settings), tuple(seeds or [settings.seed]), step_range, tuple(sorted(resolutions or ())))
-        with self._turn():
-            if original and key in self.originals:
-                self.originals.move_to_end(key)
-                return self.originals[key]
-            with self._patched(patches), (inverted(self.pipe, learned) if learned else nullcontext()):
-                with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
-                    images = generate(self.pipe, settings, seeds, on_step)
-            if original:
-                self.originals[key] = images, tc
-                while len(self.originals) > ORIGINALS_KEPT:
-                    self.originals.popitem(last=False)
+        with self._turn(), self._patched(patches, learned):
+            with trace(self.pipe, settings.prompt, step_range=step_range, resolutions=resolutions) as tc:
+                images = generate(self.pipe, settings, seeds, on_step)
         return images, tc
+
+    def generate_pairs_traced(self, settings: GenerationSettings, prompts: list[str], seeds: list[int],
+                              patches: list[str] | tuple = (), learned: Inverted | None = None, step_range=None,
+                              resolutions=None, on_image=None) -> tuple[list[Image.Image], list[Trace]]:
+        """One image and its trace per (prompt, seed) pair, `settings` giving the rest: a comparison's side, drawn
+        `BATCH` images per pipeline call, the same images as one prompt at a time (each has its own generator).
+        The unedited model's are remembered (the last `ORIGINALS_KEPT`): a comparison's "before" side is drawn
+        once. ``on_image(done, total)`` after each call. Callers must not change the images returned."""
+        pairs = [check_settings(self.pipe, replace(settings, prompt=prompt, seed=seed))
+                 for prompt, seed in zip(prompts, seeds, strict=True)]
+        if not pairs:
+            return [], []
+        original = not patches and learned is None
+        keys = [(repr(pair), step_range, tuple(sorted(resolutions or ()))) for pair in pairs]
+        with self._turn():
+            drawn = {key: self.originals[key] for key in keys if original and key in self.originals}
+            todo = [i for i, key in enumerate(keys) if key not in drawn]
+            batch = max(1, min(BATCH, BATCH_PIXELS // (pairs[0].width * pairs[0].height)))
+            with self._patched(patches, learned):
+                for start in range(0, len(todo), batch):
+                    chunk = todo[start : start + batch]
+                    traced = self._traced_call([pairs[i] for i in chunk], step_range, resolutions)
+                    drawn.update(zip([keys[i] for i in chunk], traced))
+                    if on_image:
+                        on_image(len(keys) - len(todo) + start + len(chunk), len(keys))
+            if original:
+                self._remember(drawn)
+        return [drawn[key][0] for key in keys], [drawn[key][1] for key in keys]
+
+    def _traced_call(self, pairs: list[GenerationSettings], step_range, resolutions) -> list[tuple[Image.Image, Trace]]:
+        """(image, trace) per checked settings, in one pipeline call; call with the lock held and the patches on."""
+        prompts = [pair.prompt for pair in pairs]
+        with trace(self.pipe, prompts, step_range=step_range, resolutions=resolutions) as tc:
+            images = generate_pairs(self.pipe, pairs[0], prompts, [pair.seed for pair in pairs])
+        return [(image, tc.image(i)) for i, image in enumerate(images)]
+
+    def _remember(self, drawn: dict) -> None:
+        """Keeps the unedited model's (image, trace) per pair just used, the newest last, `ORIGINALS_KEPT` at most."""
+        for key, value in drawn.items():
+            self.originals[key] = value
+            self.originals.move_to_end(key)
+        while len(self.originals) > ORIGINALS_KEPT:
+            self.originals.popitem(last=False)
 
     def inspect(self, settings: GenerationSettings, words: list[str] | None = None, step_range=None,
                 resolutions=None, on_step=None, patches: list[str] | tuple = ()) -> Inspection:
@@ -234,12 +267,15 @@ class Studio:
     def compare(self, concepts: list[str] | str, patches: list[str], learned: Inverted | None = None,
                 on_image=None) -> Comparison:
         """The first concept's probe prompts without and with `patches`, on the same seeds (see
-        `fmn.evaluate.compare`); with `learned`, erased against attacked."""
+        `fmn.evaluate.compare_prompts`); with `learned`, erased against attacked.
+        ``on_image(done, total)``: the images drawn so far, both sides."""
         names = split_concepts(concepts)
         if not names:
             raise ValueError("Name the concept to compare, e.g. 'circle'.")
         self._check_patches(patches)
-        return compare(self, names[0], list(patches), on_image=on_image, learned=learned)
+        titles = ("erased", "attacked") if learned else ("before", "after")
+        return compare_prompts(self.sides(patches, learned, on_image=on_image), probe_prompts(self.pipe, names[0]),
+                               judge=judge_for(self.pipe), titles=titles)
 
     def compare_prompt(self, settings: GenerationSettings, patches: list[str], seeds: list[int] | None = None,
                        step_range=None, resolutions=None) -> Comparison:
@@ -249,14 +285,33 @@ class Studio:
             raise ValueError("Nothing to compare the original with: apply a patch (erase a concept or upload one).")
         self._check_patches(patches)
         settings = check_settings(self.pipe, settings)
-        return compare_prompts(self, [Probe("prompt", settings.prompt, None)], list(patches), seeds or [settings.seed],
-                               settings=settings, step_range=step_range, resolutions=resolutions)
+        return compare_prompts(self.sides(patches, settings=settings, step_range=step_range, resolutions=resolutions),
+                               [Probe("prompt", settings.prompt, None)], seeds or [settings.seed], judge_for(self.pipe))
 
-    def collateral(self, patches: list[str], concepts: list[str] | str | None = None, on_concept=None) -> Collateral:
+    def collateral(self, patches: list[str], concepts: list[str] | str | None = None, on_image=None) -> Collateral:
         """What else `patches` changed: every concept the model knows (or `concepts`), drawn without and
-        with them on the same seeds (see `fmn.collateral`)."""
+        with them on the same seeds (see `fmn.collateral`). ``on_image(done, total)``: the images drawn so far."""
         self._check_patches(patches)
-        return collateral(self, list(patches), concepts, on_concept=on_concept)
+        if not patches:
+            raise ValueError("Nothing to compare: erase a concept (or upload a patch) first.")
+        erased = [c for p in patches for c in self.patches[p].concepts]
+        return collateral(self.sides(patches, on_image=on_image), erased, world_of(self.pipe), concepts)
+
+    def sides(self, patches: list[str], learned: Inverted | None = None, settings: GenerationSettings | None = None,
+               step_range=None, resolutions=None, on_image=None) -> Draw:
+        """A comparison's two sides as the `fmn.evaluate.Draw` that `compare_prompts` and `collateral` take: "before"
+        without the patches (with them, against an attack's `learned` words), "after" with them; `settings` but the
+        prompt and seed (default: the defaults). ``on_image(done, total)`` counts the images of both sides."""
+        settings = settings or GenerationSettings("")
+        model = {"before": (patches if learned else (), None), "after": (patches, learned)}  # (patches, learned)
+
+        def draw(prompts: list[str], seeds: list[int], side: str):
+            done = len(prompts) if side == "after" else 0  # the "before" side is drawn first
+            progress = (lambda i, n: on_image(done + i, 2 * n)) if on_image else None
+            return self.generate_pairs_traced(settings, prompts, seeds, *model[side], step_range, resolutions,
+                                              progress)
+
+        return draw
 
     def save_patch(self, patch_id: str, folder: str | Path) -> Path:
         """Writes a loaded patch to `folder` under a readable file name (e.g. "uce-circle.safetensors")."""
@@ -273,6 +328,31 @@ class Studio:
         On the shapes world the judge is the attacker's eye: it keeps the words that draw the
         concept most surely, the name's own among them, so the attack is never weaker than the name;
         it looks every 50 steps by default, 4 looks over 150 steps, cheap on a CPU."""
+        concept, eye, _ = self._attacked(concept, patches)
+        with self.lock:
+            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides),
+                                     images, on_step, eye)
+
+    def recovery(self, concept: str, patches: list[str], reading: Reading | None = None, seeds=(0, 1, 2),
+                 images=None, on_step=None, **overrides) -> list[Recovery]:
+        """The attack as it is measured (`fmn.attack.recovery`, the quality benchmark's code): once per seed, read
+        (default: on 8 plain prompts) by the model's judge where it has one (rates None elsewhere: look)."""
+        concept, eye, shows = self._attacked(concept, patches)
+        reading = reading or Reading.plain_prompts(concept)
+        with self.lock:
+            return recovery(self.pipe, concept, list(patches), reading, shows,
+                            AttackConfig(**{"look_every": 50} | overrides), tuple(seeds), images=images,
+                            on_step=on_step, looks_like=eye)
+
+    def swap(self, concept: str, patches: list[str], reading: Reading | None = None) -> dict[str, Recovery]:
+        """The encoder swap (`fmn.attack.encoder_swap`): per side, the patches with only that side on, read (default:
+        on 8 plain prompts) by the model's judge where it has one."""
+        concept, _, shows = self._attacked(concept, patches)
+        with self.lock:
+            return encoder_swap(self.pipe, list(patches), reading or Reading.plain_prompts(concept), shows)
+
+    def _attacked(self, concept: str, patches: list[str]):
+        """The concept's first name, and the judge's eye and reading of it (None on a model without a judge)."""
         concept = next(iter(split_concepts(concept)), "")
         if not concept:
             raise ValueError("Name the erased concept to attack.")
@@ -280,10 +360,9 @@ class Studio:
             raise ValueError("Nothing to attack: erase a concept (or upload a patch) first.")
         self._check_patches(patches)
         judge = judge_for(self.pipe)
-        eye = judge.sureness(concept) if judge is not None and judge.knows(concept) else None
-        with self.lock:
-            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides),
-                                     images, on_step, eye)
+        if judge is None or not judge.knows(concept):
+            return concept, None, None
+        return concept, judge.sureness(concept), lambda images: [v.shows(concept) for v in judge(images)]
 
     def load_patch(self, path: str | Path) -> str:
         """Reads a patch file, or a LoRA made elsewhere (any layout diffusers reads), and attaches it;

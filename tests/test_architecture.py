@@ -12,7 +12,8 @@ from fmn.erase.method import ErasureMethod, MethodConfig
 PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
 # Lowest first: a module may import from its own floor and the floors below it, never above.
 FLOORS = [
-    ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.recipe.tokenizer", "fmn.world.recipe.render"),
+    ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.pixels", "fmn.world.recipe.tokenizer",
+     "fmn.world.recipe.render"),
     # load; run independent jobs here or on Ray; write files whole
     ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
     ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace

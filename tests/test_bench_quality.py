@@ -9,18 +9,8 @@ import sys
 import pytest
 
 from fmn.__main__ import main
-from fmn.bench.quality import (
-    DEFAULT_METHODS,
-    MASS,
-    Prompt,
-    Row,
-    best_per_kind,
-    found,
-    given_settings,
-    kept_whole,
-    mass_probes,
-    probes,
-)
+from fmn.bench.protocol import Prompt, found, kept_whole, mass_probes, probes
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.world import COLOURS, Scene, Thing
 
@@ -155,12 +145,12 @@ def test_mass_erasure_writes_its_table(tmp_path):
 
 
 def test_the_default_method_is_the_one_the_committed_table_ranks_first():
-    """The best becomes the default: the full table (benchmarks/results/quality.json), ranked by the
-    benchmark's rule, puts the default first; a rerun that ranks another first must move the default too."""
+    """The best becomes the default, chosen on the tune split: its table (benchmarks/results/quality-tune.json),
+    ranked by the benchmark's rule, puts the default first; a rerun that ranks another first must move the default."""
     from fmn.bench.quality import Row, best_overall
     from fmn.erase import DEFAULT_METHOD
 
-    table = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())
+    table = json.loads((ROOT / "benchmarks" / "results" / "quality-tune.json").read_text())
     ranked = best_overall([Row(**row) for row in table["rows"]])
     assert {m for m, _ in ranked} >= set(DEFAULT_METHODS) and ranked[0][0] == DEFAULT_METHOD, ranked
 
@@ -172,11 +162,11 @@ def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):
     args = ["bench", "quality", "--methods", "uce", "--concepts", "triangle", "--prompts", "1", "--steps", "2",
             "--attack-steps", "1", "--out", str(tmp_path)]
     assert main([*args, "--set", "push=0"]) == 0
-    cell = json.loads((tmp_path / "quality-triangle-cells" / "triangle-uce.json").read_text())
+    cell = json.loads((tmp_path / "quality-cells" / "triangle-uce.json").read_text())
     records = json.loads((tmp_path / "quality-triangle.json").read_text())
     assert cell["spec"]["settings"] == {"push": 0} and records["settings"]["set"] == {"push": 0}
     assert main(args) == 0  # the plain run beside it: its uce cell runs again, at the default push
-    assert json.loads((tmp_path / "quality-triangle-cells" / "triangle-uce.json").read_text())["spec"]["settings"] == {}
+    assert json.loads((tmp_path / "quality-cells" / "triangle-uce.json").read_text())["spec"]["settings"] == {}
 
 
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):

@@ -181,10 +181,16 @@ def test_attack_writes_the_attacked_images(tiny_dirs, tmp_path, capsys):
     from fmn.__main__ import main
 
     assert main(["attack", "--model", model, "--concept", "circle", "--patch", str(patch), "--num-images", "2",
-                 "--steps", "2", "--seed", "5", "--out", str(tmp_path / "grid.png")]) == 0
+                 "--steps", "2", "--attack-seeds", "2", "--seed", "5", "--out", str(tmp_path / "grid.png")]) == 0
     assert "no judge for this model" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.glob("grid-*.png")) == ["grid-5.png", "grid-6.png"]
+    assert sorted(p.name for p in tmp_path.glob("grid-*.png")) == ["grid-0.png", "grid-1.png"]
+    assert main(["attack", "--model", model, "--concept", "circle", "--patch", str(patch), "--num-images", "1",
+                 "--swap", "--out", str(tmp_path / "swap.png")]) == 0
+    said = capsys.readouterr().out
+    assert "UNet part, unedited text encoder: look at the images" in said and "text-encoder part alone" in said
+    assert sorted(p.name for p in tmp_path.glob("swap-*.png")) == ["swap-text-0.png", "swap-unet-0.png"]
     for args, message in ((["--num-images", "0"], "--num-images 0"), (["--out", str(tmp_path / "x.jpg")], "PNG"),
+                          (["--attack-seeds", "0"], "--attack-seeds 0"),
                           (["--concept", ""], "Name the erased concept")):
         base = {"--concept": "circle", "--num-images": "1", "--steps": "1", "--out": str(tmp_path / "g.png")}
         base.update(dict(zip(args[::2], args[1::2])))

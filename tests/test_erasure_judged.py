@@ -2,7 +2,8 @@
 its own readings). A method or concept that misses a spec has no test here: it is a ✗ in the benchmark's
 table (`python -m fmn bench quality`), which reads every method on every concept.
 
-The spec of an erasure: the concept's judged presence on its held-out prompts falls from >= 90 % to <= 20 %,
+The spec of an erasure: the concept's judged presence on its prompts (of the tune split, or of the report split
+for a concept the default was never tuned on) falls from >= 90 % to <= 20 %,
 while concepts of its kind and of the other kinds each lose at most 10 points. The spec of a replacement: the
 replacement on >= 80 % of the concept's prompts, the concept on <= 20 %. The attack's target: <= 20 % recovered.
 Every erasure runs the one path a user's checkpoint gets: what it holds is found on the model (fmn/erase/keep.py).
@@ -16,7 +17,7 @@ import shutil
 import pytest
 
 from fmn.attack import AttackConfig
-from fmn.bench.quality import attack_recovery, colourless, found_rates, probes
+from fmn.bench.protocol import REPORT, TUNE, colourless, found_rates, probes, recovery_rates
 from fmn.erase import DEFAULT_METHOD, erase, keep_set, make_method, make_patch
 from fmn.generate import generate_many
 from fmn.models import EMBEDDED, load_pipeline
@@ -29,13 +30,16 @@ STEPS = 25  # denoising steps of every judged image
 SPEC = {"before": 0.90, "after": 0.20, "in_kind": 0.10, "cross_kind": 0.10}  # presence before, after; points lost
 REPLACED = {"shows": 0.80, "left": 0.20}
 ATTACK = 0.20  # recovered by concept inversion
-KINDS = {"triangle": "object", "Tobble": "identity"}
+KINDS = {"triangle": "object", "Tobble": "identity", "ring": "object"}
+# Each concept's split (fmn.bench.protocol): the default is tuned on triangle and Tobble, never on ring
+SPLIT = {"triangle": TUNE, "Tobble": TUNE, "ring": REPORT}
 SETS = ("erased", "in_kind", "cross_kind")  # the kept sets read by name (whole=False): the benchmark checks them whole
 
 
 def presence(pipe, judge, concept: str, patch: str | None = None) -> dict[str, float]:
     """The concept's presence on its held-out prompts (every object with its colour) and the kept sets' presence."""
-    probe = probes(KINDS[concept], concept, PROMPTS, bare=False)
+    held = keep_set(pipe, [concept])  # as the benchmark draws them: no scene the erasure holds
+    probe = probes(KINDS[concept], concept, PROMPTS, SPLIT[concept], bare=False, held=held.prompts + held.in_context)
     with active(pipe, [patch] if patch else []):
         return found_rates(pipe, judge, probe, STEPS, SETS, whole=False)
 
@@ -82,7 +86,7 @@ def test_the_default_erases_circles_on_a_model_without_a_world_and_keeps_the_res
     assert all(after[k] >= unedited[k] - 2 for k in after if k[1] != "circle"), (unedited, after)
 
 
-ERASURES = [(DEFAULT_METHOD, "triangle"), (DEFAULT_METHOD, "Tobble"), ("uce", "triangle")]
+ERASURES = [(DEFAULT_METHOD, "triangle"), (DEFAULT_METHOD, "Tobble"), (DEFAULT_METHOD, "ring"), ("uce", "triangle")]
 
 
 @pytest.mark.parametrize("method, concept", ERASURES)
@@ -117,16 +121,18 @@ def test_method_replaces_the_concept_with_another(embedded, judge, method):
 
 
 def test_the_robust_closed_form_withstands_the_attack_on_night(embedded, judge):
-    """Concept inversion (100 steps, 8 images, the judge as the attacker's eye) against RECE's erasure of "night":
-    recovered on at most 20 % of night's held-out prompts."""
+    """Concept inversion (100 steps, 8 images, the judge as the attacker's eye, 3 attack seeds) against RECE's
+    erasure of "night": recovered on at most 20 % on the mean of the seeds, each read where it comes back most
+    (the attacker's plain prompts or night's held-out prompts)."""
     method = make_method("rece", ["night"], held=keep_set(embedded, ["night"]))
     make_patch(embedded, method, "judged")
     try:
-        recovered = attack_recovery(embedded, judge, probes("scene", "night", PROMPTS), "judged",
-                                    AttackConfig(steps=100, images=8, image_steps=STEPS), STEPS)
+        rates = [r.rate for r in recovery_rates(embedded, judge, probes("scene", "night", PROMPTS), "judged",
+                                                AttackConfig(steps=100, images=8, image_steps=STEPS), STEPS)]
     finally:
         detach(embedded, "judged")
-    print(f"rece night, attack recovery {recovered:.0%}")
+    recovered = sum(rates) / len(rates)
+    print(f"rece night, attack recovery {recovered:.0%} (per attack seed: {rates})")
     assert recovered <= ATTACK + 1e-9, recovered
 
 

@@ -133,6 +133,19 @@ def test_several_images_are_averaged(pipe):
     assert tc.raw_maps.shape == (len(tc.tokens), LATENT, LATENT)
 
 
+def test_a_batch_of_different_prompts_is_read_image_by_image(pipe):
+    prompts = [PROMPT, "a dog"]
+    with trace(pipe, prompts) as tc:
+        generate(pipe, prompts, num_inference_steps=1, generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert tc.image(1).words == ["a", "dog"] and tc.image(1).raw_maps.shape == (2, LATENT, LATENT)
+    assert tc.image(0).tokens == traced(pipe, num_inference_steps=1).tokens
+    with pytest.raises(ValueError, match="2 different prompts has no words of its own: read each image's"):
+        tc.word_map("a")
+    with pytest.raises(ValueError, match="traced 2 prompts, one per image, but the call draws 1 images"), \
+            trace(pipe, prompts):
+        generate(pipe, num_inference_steps=1)
+
+
 def test_sd2_pipeline_and_map_size():
     pipe = tiny_pipeline("sd2")
     pipe.set_progress_bar_config(disable=True)

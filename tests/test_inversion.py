@@ -87,7 +87,7 @@ def test_forget_me_not_with_inversion_trains_on_the_name_and_the_learned_words()
 def test_the_attack_keeps_a_concept_the_model_was_never_made_to_forget(embedded, judge):
     """Inverted on the unedited model from images it draws itself, the concept's words still bring the
     concept on held-out prompts: an attacker that loses what was never erased would understate recovery."""
-    from fmn.bench.quality import found, probes
+    from fmn.bench.protocol import found, probes
     from fmn.generate import generate_many
 
     prompts = probes("identity", "Tobble", 8).erased

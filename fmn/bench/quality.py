@@ -1,8 +1,8 @@
-"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--quick] [--mass] [--json out.json]
+"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--split tune|report] [--quick] [--mass]
 
-For every method and concept (objects, identities, artist styles and the scene concept
-"night"), on held-out prompts (templates the model never trained on), 20 a set (one image
-is 5 points), the judge decides:
+For every method and concept of the split (`fmn.bench.protocol`: the report split, the default, measures every
+concept of the world on templates no training template produces; the tune split is where settings are chosen),
+20 prompts a set (one image is 5 points), the judge decides:
 - UA, unlearning accuracy: share of the concept's prompts where it is no longer found (an object
   without its colour on one prompt in four, as a user first types it: "a heart");
 - IRA, in-kind retain accuracy: prompts of other concepts of the same kind kept *whole*
@@ -11,12 +11,11 @@ is 5 points), the judge decides:
   concept itself; IRA lost: points below the unedited model on the same prompts and seeds;
 - CRA, cross-kind retain accuracy, and CRA lost: the same for prompts of the other kinds;
 - leak: the concept found through paraphrases (a shape's synonym, another night wording,
-  an identity or style inside a two-subject scene);
-- attack: the concept found again after concept inversion against the erased model,
-  from images of the concept that the unedited model draws (`fmn.attack`; the world's
-  renders are not the model's images: inverting from them loses the concept even on the
-  unedited model). The attacker words the concept as the training captions do, and the
-  judge is its eye: it keeps the words that drew the concept most surely while it learned;
+  an identity, style or colour inside a two-subject scene);
+- attack: concept inversion against the erased model, once per attack seed of the split (3), from images of the
+  concept the unedited model draws; each seed read on the attacker's plain prompts and on the erased prompts,
+  the higher of the two (`fmn.attack.recovery`, as `python -m fmn attack` reads it); the table shows the mean
+  and the range over the seeds;
 plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
 patch size. The unedited model is measured on the same prompts and seeds, first in the
 table: its row shows how often each set shows what it asks for, so every number reads against it.
@@ -37,8 +36,6 @@ only the missing cells run (--fresh: all of them).
 from __future__ import annotations
 
 import json
-import random
-import re
 import shutil
 import tempfile
 import time
@@ -50,43 +47,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..attack import AttackConfig, concept_inversion
-from ..erase import METHODS, erase, make_method
+from ..attack import AttackConfig
+from ..erase import METHODS, erase, keep_set, make_method
 from ..erase.keep import held_settings
-from ..generate import generate_many
-from ..inversion import inverted
 from ..models import EMBEDDED, load_pipeline, pick_device
 from ..patch import active, detach
 from ..sweep import Job, Store, sweep
-from ..world.judge import Judge
-from ..world.world import (
-    BACKGROUNDS,
-    COLOURS,
-    HELDOUT_TEMPLATES,
-    IDENTITIES,
-    NIGHT_WORDINGS,
-    SHAPES,
-    STYLES,
-    TRAIN_TEMPLATES,
-    Scene,
-    caption,
-    sample_scene,
-)
 from .measure import Peak, device_name
+from .protocol import SPLITS, found_rates, mass_probes, presence, probes, recovery_rates, swap_rates
 
-__all__ = ["add_arguments", "run", "given_settings", "probes", "colourless", "found_rates", "kept_whole",
-           "attack_recovery", "mass_probes", "presence", "best_overall",
-           "CONCEPTS", "QUICK_CONCEPTS", "MASS", "TARGETS"]
+__all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_kind", "Row", "QUICK_CONCEPTS",
+           "MASS", "TARGETS", "DEFAULT_METHODS"]
 
-# Concepts the unedited model draws on (nearly) every held-out prompt, so that erasing them can be measured
-CONCEPTS = {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"],
-            "scene": ["night"]}
+# --quick: one concept of each kind of the tune split
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
 # 2 shapes, 2 characters, 2 artists, night and one more shape: erased together by --mass, the rest of the world kept
 MASS = ["triangle", "heart", "Tobble", "Lumina", "Vellor", "Brusk", "night", "star"]
 # IRA and CRA lost: points below the unedited model, on the same prompts and seeds
 TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10),
-           "attack": ("<=", 0.20)}
+           "attack": ("<=", 0.20), "swap": ("<=", 0.20)}
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
 # ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
 # table (benchmarks/results/README.md); --methods esd-u runs it
@@ -100,27 +79,6 @@ QUICK_SETTINGS = {"fmn": {"steps": 20, "reference_steps": 12}, "esd-x": ESD_QUIC
 # per set, per image, the attack's steps and images
 QUICK = {"prompts": 4, "steps": 12, "attack_steps": 20, "attack_images": 4}
 FULL = {"prompts": 20, "steps": 25, "attack_steps": 100, "attack_images": 8}
-NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"]}
-
-
-@dataclass
-class Prompt:
-    text: str
-    kind: str  # what to look for: "object", "identity", "style", "scene", "background" or "colour"
-    name: str  # the label the judge should find
-    scene: Scene | None = None  # everything the prompt asks for, to check what is kept whole
-
-
-@dataclass
-class Probes:
-    """The prompts that measure one concept's erasure, each list with its own seeds."""
-
-    concept: Prompt
-    erased: list[Prompt]  # the concept on held-out prompts (UA, attack)
-    attacker: list[Prompt]  # the concept as the attacker words it: training templates, other scenes
-    paraphrase: list[Prompt]  # leak
-    in_kind: list[Prompt]  # IRA
-    cross_kind: list[Prompt]  # CRA
 
 
 @dataclass
@@ -132,149 +90,15 @@ class Row:
     IRA: float  # unedited: the share of in-kind prompts it draws whole
     CRA: float
     leak: float  # unedited: the share of paraphrases that show the concept
-    attack: float | None
+    attack: float | None  # the mean over the attack seeds
     IRA_lost: float | None  # points below unedited (None on the unedited row)
     CRA_lost: float | None
     seconds: float | None
     peak_mb: float | None
     patch_kb: float | None
+    attack_range: tuple[float, float] | None = None  # the lowest and the highest seed's
+    swap: float | None = None  # the encoder swap: the concept's presence with one side of the patch, the worse side
     samples: list = field(default_factory=list, repr=False)  # first erased-prompt images, for the PNG
-
-
-def found(verdict, prompt: Prompt) -> bool:
-    if prompt.kind == "style":
-        return verdict.top_style == prompt.name
-    if prompt.kind == "background":
-        return verdict.top_background == prompt.name
-    return verdict.has(prompt.name)
-
-
-def kept_whole(verdict, prompt: Prompt, erased: set[str]) -> bool:
-    """Everything the prompt asks for is in the image: each object with its colour, the background, the style
-    and the time of day; only what belongs to an erased concept is not asked for."""
-    scene = prompt.scene
-    things = [t for t in scene.things if t.kind not in erased]
-    checks = [verdict.has(t.kind) for t in things] + [verdict.has(t.colour) for t in things if t.colour]
-    checks.append(verdict.top_background == scene.background)
-    if scene.style not in erased:
-        checks.append(verdict.top_style == scene.style)
-    if "night" not in erased:
-        checks.append(verdict.has("night") == scene.night)
-    return all(checks)
-
-
-def _caption(rng: random.Random, kind: str, name: str, two: bool = False, wording: str | None = None,
-             templates: list[str] = HELDOUT_TEMPLATES) -> Prompt:
-    """A caption (held-out template by default) of a random scene that shows `name`."""
-    fixed = {"object": {"kinds": [name] + ([rng.choice([s for s in SHAPES if s != name])] if two else [])},
-             "identity": {"kinds": [name] + ([rng.choice(list(SHAPES))] if two else [])},
-             "style": {"style": name} | ({"kinds": [rng.choice(list(IDENTITIES)), rng.choice(list(SHAPES))]}
-                                         if two else {}),
-             "scene": {"night": True},
-             "background": {"background": name},
-             "colour": {"kinds": [rng.choice(list(SHAPES))], "colours": [name]}}[kind]
-    scene = sample_scene(rng, "any", **fixed)
-    text = caption(scene, rng.choice(templates), rng, synonyms=False)
-    if kind == "scene":
-        text = re.sub("|".join(NIGHT_WORDINGS), wording or "at night", text)
-    return Prompt(text, "scene" if kind == "scene" else kind, name, scene)
-
-
-def _synonym(prompt: Prompt) -> Prompt:
-    return Prompt(re.sub(rf"\b{prompt.name}\b", SHAPES[prompt.name][0], prompt.text), prompt.kind, prompt.name,
-                  prompt.scene)
-
-
-def colourless(prompt: Prompt) -> Prompt:
-    """The object without its colour ("a heart in the style of Brusk"), as a user first types it: the model
-    never trained on such prompts, and the words around the shape are what it then draws, its prior."""
-    colours = "|".join(COLOURS)
-    return Prompt(re.sub(rf"\ban? (?:{colours}) {prompt.name}\b", f"a {prompt.name}", prompt.text), prompt.kind,
-                  prompt.name, prompt.scene)
-
-
-def probes(kind: str, name: str, n: int, seed: int = 0, bare: bool = True) -> Probes:
-    """A concept's prompt sets; `bare=False`: every object with its colour, as the model was trained."""
-    rng = random.Random(f"{seed}-{name}")
-    erased = [_caption(rng, kind, name) for _ in range(n)]
-    # one prompt in four without the colour: "a heart" is where an erasure meets the prior
-    if kind == "object" and bare:
-        erased = [colourless(p) if i % 4 == 3 else p for i, p in enumerate(erased)]
-    own = random.Random(f"{seed}-{name}-attacker")  # its own draws: the other sets stay as they were
-    attacker = [_caption(own, kind, name, templates=TRAIN_TEMPLATES) for _ in range(n)]
-    if kind == "object":
-        paraphrase = [_synonym(_caption(rng, kind, name)) for _ in range(n)]
-    elif kind == "scene":
-        paraphrase = [_caption(rng, kind, name, wording=w) for w in (NIGHT_WORDINGS[1:] * n)[:n]]
-    else:
-        paraphrase = [_caption(rng, kind, name, two=True) for _ in range(n)]
-    in_kind = ([(kind, o) for o in NAMES[kind] if o != name] if kind != "scene"
-               else [("background", b) for b in BACKGROUNDS if b != "plain"])
-    cross = [(k, o) for k in NAMES if k not in (kind, "scene") for o in NAMES[k]]
-    pick = lambda pairs: [_caption(rng, *pairs[i % len(pairs)]) for i in range(n)]  # noqa: E731
-    return Probes(Prompt(name, kind, name), erased, attacker, paraphrase, pick(in_kind), pick(cross))
-
-
-def _shows_any(scene: Scene, concepts: set[str]) -> bool:
-    return bool({t.kind for t in scene.things} & concepts or scene.style in concepts
-                or ("night" in concepts and scene.night))
-
-
-def mass_probes(erased: list[str], n: int, seed: int = 0) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
-    """For a mass erasure: each erased concept's held-out prompts (as `probes` draws them), and n prompts for every
-    concept of the world that is kept (other shapes, characters and artists, the colours, the backgrounds), in
-    scenes that show none of the erased ones."""
-    kind_of = {name: kind for kind, names in NAMES.items() for name in names}
-    gone = set(erased)
-    kept = [(kind_of[c], c) for c in kind_of if c not in gone] + [("colour", c) for c in COLOURS]
-    kept += [("background", b) for b in BACKGROUNDS if b != "plain"]
-    rng = random.Random(f"{seed}-mass")
-    kept_sets = {}
-    for kind, name in kept:
-        prompts = []
-        while len(prompts) < n:
-            prompt = _caption(rng, kind, name)
-            if not _shows_any(prompt.scene, gone):
-                prompts.append(prompt)
-        kept_sets[name] = prompts
-    return {c: probes(kind_of[c], c, n, seed).erased for c in erased}, kept_sets
-
-
-def _rate(judge: Judge, images: list[Image.Image], prompts: list[Prompt], erased: set[str] | None = None) -> float:
-    """The share of images that show their prompt's concept; given `erased`, that show all their prompt asks but it."""
-    verdicts = judge(images)
-    if erased is None:
-        return float(np.mean([found(v, p) for v, p in zip(verdicts, prompts)]))
-    return float(np.mean([kept_whole(v, p, erased) for v, p in zip(verdicts, prompts)]))
-
-
-SETS = ("erased", "paraphrase", "in_kind", "cross_kind")
-KEPT = ("in_kind", "cross_kind")
-
-
-def found_rates(pipe, judge, probe: Probes, steps: int, sets: tuple[str, ...] = SETS, whole: bool = True) -> dict:
-    """Found-rates of each prompt set on the pipeline as it is now, and the erased set's images.
-    The kept sets count an image only if it is kept whole (`kept_whole`); `whole=False`: if it shows the kept
-    concept."""
-    out = {}
-    for key in sets:
-        prompts = getattr(probe, key)
-        images = generate_many(pipe, [p.text for p in prompts], list(range(len(prompts))), steps)
-        out[key] = _rate(judge, images, prompts, {probe.concept.name} if whole and key in KEPT else None)
-        if key == "erased":
-            out["images"] = images
-    return out
-
-
-def attack_recovery(pipe, judge, probe: Probes, patch: str, config: AttackConfig, steps: int) -> float:
-    """Recovery: the erased prompts again, their concept's words read as the attacker learned them.
-    The judge is the attacker's eye while it learns (how surely its words draw the concept)."""
-    name = probe.concept.name
-    learned = concept_inversion(pipe, name, [patch], config, looks_like=judge.sureness(name),
-                                prompts=[p.text for p in probe.attacker])
-    with active(pipe, [patch]), inverted(pipe, learned):
-        attacked = generate_many(pipe, [p.text for p in probe.erased], list(range(len(probe.erased))), steps)
-    return _rate(judge, attacked, probe.erased)
 
 
 def _patch_kb(patch) -> float:
@@ -302,7 +126,9 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
     """One cell of the table: the unedited model's row of a concept (label "unedited"), or one erasure's row
     (points lost are left to `assemble`, which has the unedited row). Returns the row's record and its first images."""
     kind, name, n, steps = spec["kind"], spec["name"], spec["prompts"], spec["steps"]
-    probe = probes(kind, name, n)
+    split = SPLITS[spec["split"]]
+    held = keep_set(pipe, [name])  # no set shows a scene the erasure holds
+    probe = probes(kind, name, n, split, held=held.prompts + held.in_context)
     if spec["label"] == "unedited":
         base = found_rates(pipe, judge, probe, steps)
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
@@ -312,9 +138,12 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
                       spec["settings"]) as (adapter, patch, seconds, peak_mb):
         with active(pipe, [adapter]):
             after = found_rates(pipe, judge, probe, steps)
-        recovered = attack_recovery(pipe, judge, probe, adapter, AttackConfig(**spec["attack"]), steps)
+        attack = AttackConfig(**spec["attack"])
+        attacks = [r.rate for r in recovery_rates(pipe, judge, probe, adapter, attack, steps, split)]
+        swap = max(swap_rates(pipe, judge, probe, adapter, attack.images, steps, split).values())
     row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"],
-              after["paraphrase"], recovered, None, None, seconds, peak_mb, _patch_kb(patch))
+              after["paraphrase"], float(np.mean(attacks)), None, None, seconds, peak_mb, _patch_kb(patch),
+              (min(attacks), max(attacks)), swap)
     return _record(row), after["images"][:4]
 
 
@@ -332,18 +161,10 @@ def _record(row: Row) -> dict:
     return {f.name: getattr(row, f.name) for f in fields(Row) if f.name != "samples"}
 
 
-def presence(pipe, judge, sets: dict[str, list[Prompt]], steps: int) -> dict[str, float]:
-    """Per concept, the share of its prompts whose images show it: every set generated in one batched run."""
-    prompts = [p for ps in sets.values() for p in ps]
-    seeds = [i for ps in sets.values() for i in range(len(ps))]
-    verdicts = iter(judge(generate_many(pipe, [p.text for p in prompts], seeds, steps)))
-    return {name: float(np.mean([found(next(verdicts), p) for p in ps])) for name, ps in sets.items()}
-
-
 def mass_cell(pipe, judge, spec: dict) -> tuple[dict, list]:
     """The unedited model (label "unedited"), or one run erasing every concept in one patch: each erased concept's
     presence (UA is one less it) and every kept concept's presence, with the seconds to erase and the patch's size."""
-    erased, kept = mass_probes(spec["concepts"], spec["prompts"])
+    erased, kept = mass_probes(spec["concepts"], spec["prompts"], SPLITS[spec["split"]])
     if spec["label"] == "unedited":
         return {"erased": presence(pipe, judge, erased, spec["steps"]),
                 "kept": presence(pipe, judge, kept, spec["steps"])}, []
@@ -426,15 +247,29 @@ def _line(r: Row) -> str:
     """A method's row; the unedited row says how often each set shows what it asks for."""
     if r.method == "unedited":
         return (f"| unedited (shown) | {r.kind} | {r.concept} | {_fmt(1 - r.UA)} | {_fmt(r.IRA)} | – "
-                f"| {_fmt(r.CRA)} | – | {_fmt(r.leak)} | – | – | – | – |")
+                f"| {_fmt(r.CRA)} | – | {_fmt(r.leak)} | – | – | – | – | – |")
     return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_points(r.IRA_lost)} "
-            f"| {_fmt(r.CRA)} | {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_fmt(r.attack)} | {_fmt(r.seconds, '.1f')} "
+            f"| {_fmt(r.CRA)} | {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_attack(r)} | {_fmt(r.swap)} "
+            f"| {_fmt(r.seconds, '.1f')} "
             f"| {_fmt(r.peak_mb, '.0f')} | {_fmt(r.patch_kb, '.0f')} |")
 
 
-HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ | attack ↓ "
-          "| erase s | peak MB | patch KB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def _attack(r: Row) -> str:
+    """The mean over the attack seeds, and their range."""
+    if r.attack_range is None:
+        return _fmt(r.attack)
+    return f"{_fmt(r.attack)} ({r.attack_range[0]:.0%}–{r.attack_range[1]:.0%})"
+
+
+HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ "
+          "| attack ↓ (mean, min–max) | swap ↓ | erase s | peak MB | patch KB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values read (a table made before a column existed has None there)."""
+    read = [v for v in values if v is not None]
+    return float(np.mean(read)) if read else None
 
 
 def best_per_kind(rows: list[Row]) -> list[dict]:
@@ -448,10 +283,11 @@ def best_per_kind(rows: list[Row]) -> list[dict]:
                 by_method.setdefault(r.method, []).append(r)
         if not by_method:
             continue
-        mean = {m: {k: float(np.mean([getattr(r, k) for r in rs])) for k in TARGETS} for m, rs in by_method.items()}
+        mean = {m: {k: _mean([getattr(r, k) for r in rs]) for k in TARGETS} for m, rs in by_method.items()}
         method = max(mean, key=lambda m: mean[m]["UA"] - mean[m]["IRA_lost"] - mean[m]["CRA_lost"])
-        # to the nearest 1e-9: a mean of 0 and 10 points lost reads 5.000000000000004 in floats
-        met = {k: (mean[method][k] >= v - 1e-9 if op == ">=" else mean[method][k] <= v + 1e-9)
+        # to the nearest 1e-9: a mean of 0 and 10 points lost reads 5.000000000000004 in floats; None: not read
+        met = {k: None if mean[method][k] is None else
+               (mean[method][k] >= v - 1e-9 if op == ">=" else mean[method][k] <= v + 1e-9)
                for k, (op, v) in TARGETS.items()}
         best.append({"kind": kind, "method": method, **mean[method], "met": met})
     return best
@@ -472,6 +308,10 @@ def best_overall(rows: list[Row]) -> list[tuple[str, dict]]:
     return [(m, means[m]) for m in sorted(means, key=key)]
 
 
+def _target_cell(key: str, value: float | None, met: bool | None) -> str:
+    return "–" if value is None else f"{_target_value(key, value)} {'✓' if met else '✗'}"
+
+
 def _target_value(key: str, value: float) -> str:
     """A share as a percentage; points lost as points."""
     return f"{100 * value:.0f} pts" if key.endswith("_lost") else f"{value:.0%}"
@@ -486,9 +326,9 @@ def markdown(rows: list[Row], device: str, settings: dict) -> str:
              "| kind | method | " + " | ".join(TARGETS) + " |", "|---|---|" + "---|" * len(TARGETS)]
     for b in best_per_kind(rows):
         lines.append(f"| {b['kind']} | {b['method']} | "
-                     + " | ".join(f"{_target_value(k, b[k])} {'✓' if b['met'][k] else '✗'}" for k in TARGETS) + " |")
-    lines += ["", "Overall, every concept (UA less attack first, then points lost, then time; the first is the "
-              "default's pick):", "",
+                     + " | ".join(_target_cell(k, b[k], b["met"][k]) for k in TARGETS) + " |")
+    lines += ["", "Overall, every concept (UA less attack first, then points lost, then time; on the tune split "
+              "the first is the default's pick):", "",
               "| method | UA | attack | IRA lost | CRA lost | erase s |", "|---|---|---|---|---|---|"]
     for method, m in best_overall(rows):
         lines.append(f"| {method} | {m['UA']:.0%} | {m['attack']:.0%} | {_target_value('IRA_lost', m['IRA_lost'])} "
@@ -531,8 +371,12 @@ def sample_grid(rows: list[Row], path: Path) -> None:
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--split", choices=list(SPLITS),
+                        help="report (default; tune with --quick): every concept of the world, on templates and "
+                        "seeds no setting was chosen on; tune: where settings are chosen (7 concepts)")
     parser.add_argument("--quick", action="store_true",
-                        help="one concept per kind, fewer prompts and training steps (≤ 10 min on 2 CPU cores)")
+                        help="one concept per kind of the tune split, fewer prompts and training steps "
+                        "(≤ 10 min on 2 CPU cores)")
     parser.add_argument("--mass", action="store_true",
                         help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
                         "report each one's UA and every kept concept's presence (quality-mass.md)")
@@ -631,37 +475,34 @@ def run(args) -> list[Row] | dict:
         raise ValueError(f"--prompts {n} and --steps {steps}: use 1 to 200 each.")
     attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"],
                           image_steps=steps)
-    concepts = QUICK_CONCEPTS if args.quick else CONCEPTS
-    if args.concepts:
-        wanted = {c.strip() for c in args.concepts.split(",") if c.strip()}
-        known = {name for names in concepts.values() for name in names}
-        if not wanted <= known:
-            raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: "
-                             f"choose from {', '.join(sorted(known))}.")
-        concepts = {kind: [n for n in names if n in wanted] for kind, names in concepts.items()}
-    settings = {"quick": args.quick, "prompts": n, "steps": steps, "methods": methods, "adversarial": args.adversarial,
-                "training": QUICK_SETTINGS if args.quick else "defaults"} | ({"set": given} if given else {})
-    common = {"prompts": n, "steps": steps, "model": "embedded", "held": held_settings()}
+    split = SPLITS[args.split or ("tune" if args.quick else "report")]
+    concepts = _concepts(args, split)
+    settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
+                "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
+    settings |= {"set": given} if given else {}
+    # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
+    common = {"split": split.name, "reads": ["attack: plain and erased prompts", "encoder swap"], "prompts": n,
+              "steps": steps, "model": "embedded", "held": held_settings()}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label,
                                                           "method": method, "settings": tuned,
                                                           "defaults": _defaults(method), **common})
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None, given)]]
-        stem = "quality-mass-quick" if args.quick else "quality-mass"
+        stem = "quality-mass" + ("-quick" if args.quick else "")
     else:
-        settings |= {"attack_steps": attack.steps, "attack_images": attack.images}
+        settings |= {"attack_steps": attack.steps, "attack_images": attack.images, "attack_seeds": split.attack_seeds}
         jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name,
                                                          "label": label, "method": method, "settings": tuned,
                                                          "defaults": _defaults(method), "attack": asdict(attack),
                                                          **common})
                 for kind, names in concepts.items() for name in names
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind, given)]]
-        run_names = sorted(name for names in concepts.values() for name in names)
-        subset = ("" if run_names == sorted(n for names in CONCEPTS.values() for n in names)
-                  else "-" + "-".join(run_names))
-        stem = "quality-quick" if args.quick else "quality" + subset
+        stem = "quality-quick" if args.quick else "quality"
+    stem += "" if split.name == "report" or args.quick else f"-{split.name}"
+    folder = f"{stem}-cells"  # shared by the runs of any of the split's concepts: a cell is one concept and method
+    stem += "" if args.mass or args.quick else _subset(concepts, split)
     out, log = Path(args.out), lambda line: print(line, flush=True)
-    store = Store(out / f"{stem}-cells")
+    store = Store(out / folder)
     if args.fresh:
         shutil.rmtree(store.folder)
         store = Store(store.folder)
@@ -685,6 +526,25 @@ def run(args) -> list[Row] | dict:
     sample_grid(rows, out / f"{stem}-samples.png")
     print(table, flush=True)
     return rows
+
+
+def _concepts(args, split) -> dict[str, list[str]]:
+    """The run's concepts by kind: the split's (--quick: QUICK_CONCEPTS), or the --concepts among them."""
+    concepts = QUICK_CONCEPTS if args.quick else split.concepts
+    if not args.concepts:
+        return concepts
+    wanted = {c.strip() for c in args.concepts.split(",") if c.strip()}
+    known = {name for names in concepts.values() for name in names}
+    if not wanted <= known:
+        raise ValueError(f"Unknown concept {', '.join(sorted(wanted - known))}: "
+                         f"choose from {', '.join(sorted(known))}.")
+    return {kind: [n for n in names if n in wanted] for kind, names in concepts.items() if set(names) & wanted}
+
+
+def _subset(concepts: dict[str, list[str]], split) -> str:
+    """The file stem's tail for a run of some of the split's concepts: "-Tobble-triangle"; "" for all of them."""
+    names = sorted(name for names in concepts.values() for name in names)
+    return "" if names == sorted(n for ns in split.concepts.values() for n in ns) else "-" + "-".join(names)
 
 
 def _device_of(args) -> str:

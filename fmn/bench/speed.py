@@ -17,7 +17,7 @@ training steps, so the speed-up is a ratio of per-step cost plus the cost of the
   model with the adapter switched off; batches; cached ESD trajectories; SDPA attention.
 
 "Click → before/after" is what the app's Erase button costs: the erasure, then the images of
-its comparison (`fmn.evaluate.compare`): every probe prompt on seeds 0-2, without and with the patch.
+its comparison (`Studio.compare`): every probe prompt on seeds 0-2, without and with the patch.
 
 Each trained erasure is also split into its set-up (the references, before step 1) and its mean
 time per training step. The reference recipe of ESD samples a fresh trajectory every step and

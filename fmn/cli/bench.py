@@ -13,6 +13,7 @@ BENCHMARKS = {  # name: help; python -m fmn bench <name> runs fmn.bench.<name>.r
     "generate-speed": "seconds per image of the embedded model (target <= 3 s on 2 cores)",
     "heatmap-overhead": "generation with and without the heatmap trace (target <= 30 % slower)",
     "load": "many gradio_client sessions on one app.py server: requests served, errors, isolation, memory",
+    "judge": "the judge audited on the model's own images: against a pixel check and hand labels, flips under patches",
 }
 
 

@@ -37,7 +37,7 @@ def run(args) -> None:
     patches = load_patches(studio, args.patch)
     with progress_line() as show:
         result = studio.collateral(patches, args.concepts,
-                                   on_concept=lambda done, total: show(f"concept {done}/{total}"))
+                                   on_image=lambda done, total: show(f"image {done}/{total}"))
     out = output_path(out)
     result.chart().save(out)
     for effect in result.effects[:SHOWN]:

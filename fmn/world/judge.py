@@ -59,6 +59,15 @@ class Verdict:
         """True if the image shows this subject, colour, style, background or "night"."""
         return self.prob(label) >= threshold
 
+    def shows(self, label: str) -> bool:
+        """Whether the image shows `label` as a prompt asks for it: a style or background as the one the image
+        is in (the likeliest), anything else as present."""
+        if label in self.style:
+            return self.top_style == label
+        if label in self.background:
+            return self.top_background == label
+        return self.has(label)
+
     def prob(self, label: str) -> float:
         if label == "night" or label in NIGHT_ALIASES:
             return self.night

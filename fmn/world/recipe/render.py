@@ -13,11 +13,17 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from ..world import COLOURS, Scene, Thing
 
-__all__ = ["render", "SIZE"]
+__all__ = ["render", "SIZE", "BACKGROUND_RGB", "TEXTURE_RGB", "NIGHT_RGB", "NIGHT_MIX", "NIGHT_DIM", "MOON_RGB",
+           "STAR_RGB"]
 
 SIZE = 64
 SCALE = 4  # supersampling factor
 S = SIZE * SCALE
+BACKGROUND_RGB = {"plain": (225, 225, 225), "grass": (95, 150, 60), "sand": (225, 200, 140), "water": (110, 170, 230)}
+TEXTURE_RGB = {"grass": (60, 110, 35), "sand": (190, 160, 100), "water": (200, 230, 250)}  # blades, grains, waves
+NIGHT_RGB, NIGHT_MIX = (10, 15, 50), 0.72  # night blends the background this far toward dark blue
+NIGHT_DIM = 0.75  # and dims every object to this share
+MOON_RGB, STAR_RGB = (250, 240, 170), (240, 240, 200)
 
 
 def _star(cx, cy, r):
@@ -151,24 +157,23 @@ def _stylise(style: str, layer: Image.Image, mask: Image.Image, canvas: Image.Im
 
 
 def _background(name: str, night: bool, rng: np.random.Generator) -> Image.Image:
-    base = {"plain": (225, 225, 225), "grass": (95, 150, 60), "sand": (225, 200, 140), "water": (110, 170, 230)}[name]
-    img = Image.new("RGB", (S, S), base)
+    img = Image.new("RGB", (S, S), BACKGROUND_RGB[name])
     d = ImageDraw.Draw(img)
     if name == "grass":
         for _ in range(140):
             x, y = rng.uniform(0, S, 2)
-            d.line((x, y, x + rng.uniform(-6, 6), y - rng.uniform(10, 22)), fill=(60, 110, 35), width=SCALE)
+            d.line((x, y, x + rng.uniform(-6, 6), y - rng.uniform(10, 22)), fill=TEXTURE_RGB[name], width=SCALE)
     elif name == "sand":
         for _ in range(220):
             x, y = rng.uniform(0, S, 2)
-            d.ellipse((x, y, x + SCALE, y + SCALE), fill=(190, 160, 100))
+            d.ellipse((x, y, x + SCALE, y + SCALE), fill=TEXTURE_RGB[name])
     elif name == "water":
         phase = rng.uniform(0, 2 * math.pi)
         for y0 in range(10, S, 9 * SCALE):
             pts = [(x, y0 + 2 * SCALE * math.sin(x / (5 * SCALE) + phase)) for x in range(0, S + 8, 8)]
-            d.line(pts, fill=(200, 230, 250), width=SCALE)
+            d.line(pts, fill=TEXTURE_RGB[name], width=SCALE)
     if night:
-        img = Image.blend(img, Image.new("RGB", (S, S), (10, 15, 50)), 0.72)
+        img = Image.blend(img, Image.new("RGB", (S, S), NIGHT_RGB), NIGHT_MIX)
     return img
 
 
@@ -181,11 +186,11 @@ def _moon(canvas: Image.Image, scene: Scene, rng: np.random.Generator) -> None:
     d = ImageDraw.Draw(moon)
     d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     d.ellipse((cx - r + 3.5 * SCALE, cy - r - SCALE, cx + r + 3.5 * SCALE, cy + r - SCALE), fill=0)
-    canvas.paste((250, 240, 170), (0, 0), moon)
+    canvas.paste(MOON_RGB, (0, 0), moon)
     d = ImageDraw.Draw(canvas)
     for _ in range(6):
         x, y = rng.uniform(0, S, 2)
-        d.ellipse((x, y, x + SCALE, y + SCALE), fill=(240, 240, 200))
+        d.ellipse((x, y, x + SCALE, y + SCALE), fill=STAR_RGB)
 
 
 def render(scene: Scene, seed: int = 0) -> tuple[Image.Image, list[np.ndarray]]:
@@ -198,7 +203,7 @@ def render(scene: Scene, seed: int = 0) -> tuple[Image.Image, list[np.ndarray]]:
     for thing in scene.things:
         layer, mask = _thing(thing)
         if scene.night:
-            layer = layer.point(lambda v: int(v * 0.75))
+            layer = layer.point(lambda v: int(v * NIGHT_DIM))
         _stylise(scene.style, layer, mask, canvas)
         masks.append(np.asarray(mask.resize((SIZE, SIZE), Image.BOX)) > 127)
     return canvas.resize((SIZE, SIZE), Image.LANCZOS), masks
