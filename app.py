@@ -17,6 +17,7 @@ import inspect
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -73,58 +74,65 @@ def visitor(request: gr.Request | None) -> str:
     return request.session_hash if request is not None and request.session_hash else "local"
 
 
-def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits = Limits()) -> gr.Blocks:
-    """The app's layout and events; handlers are small closures over the shared studio. `allow_model_switch`:
-    may a visitor load another model (off on a shared server); `limits`: per-session patches and idle time."""
-    sessions = Sessions(studio, limits)
+class Handlers:
+    """The app's event handlers over the one shared studio, each a short method that calls `fmn.studio.Studio`.
+    `allow_model_switch`: may a visitor load another model (off on a shared server); `limits`: per-session patches
+    and idle time."""
 
-    def images_of(uploads):
-        return load_concept_images(list(uploads), native_size(studio.pipe)) if uploads else None
+    def __init__(self, studio: Studio, allow_model_switch: bool = False, limits: Limits = Limits()):
+        self.studio, self.allow_model_switch = studio, allow_model_switch
+        self.sessions = Sessions(studio, limits)
+
+    def images_of(self, uploads):
+        """Uploaded images of the concept, at the model's size (None: the method draws its own)."""
+        return load_concept_images(list(uploads), native_size(self.studio.pipe)) if uploads else None
 
     @spaces.GPU
     @user_errors
-    def inspect_prompt(prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(),
+    def inspect_prompt(self, prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(),
                        with_original=False, request: gr.Request = None, progress=gr.Progress()):
-        sessions.touch(visitor(request))
+        self.sessions.touch(visitor(request))
         if layers is not None and not layers:
             raise ValueError("Pick at least one layer resolution for the heatmaps.")
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
         resolutions = {int(r) for r in layers} if layers else None
         settings = GenerationSettings(prompt, negative, seed, steps, guidance)
-        result = studio.inspect(settings, step_range=step_range, resolutions=resolutions,
-                                on_step=lambda i, n: progress((i, n), desc="denoising"), patches=list(session or ()))
+        denoised = lambda i, n: progress((i, n), desc="denoising")  # noqa: E731
+        result = self.studio.inspect(settings, step_range=step_range, resolutions=resolutions, on_step=denoised,
+                                     patches=list(session or ()))
         for warning in result.warnings:
             gr.Warning(warning)
         compared = None
         if with_original and not session:
             gr.Warning("Your session applies no patch: these are the original model's maps already.")
         elif with_original:
-            compared = studio.compare_prompt(settings, list(session), step_range=step_range,
-                                             resolutions=resolutions).side_by_side()
+            compared = self.studio.compare_prompt(settings, list(session), step_range=step_range,
+                                                  resolutions=resolutions).side_by_side()
         return result.image, [(overlay(result.image, heat), word) for word, heat in result.word_maps.items()], compared
 
     @spaces.GPU(duration=120)
     @user_errors
-    def run_erase(concept, method, uploads, replace_with, steps, session, adversarial=False, keep="",
+    def run_erase(self, concept, method, uploads, replace_with, steps, session, adversarial=False, keep="",
                   request: gr.Request = None, progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
-        sessions.touch(visitor(request))
-        sessions.check_room(visitor(request))
+        self.sessions.touch(visitor(request))
+        self.sessions.check_room(visitor(request))
         overrides = (({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
                      | {"keep": keep or ""})
         losses = []
-        for event in studio.erase_live(concept or "", method, images_of(uploads), replace_with or None, **overrides):
+        images = self.images_of(uploads)
+        for event in self.studio.erase_live(concept or "", method, images, replace_with or None, **overrides):
             if isinstance(event, Erased):
                 # now, so that a tab closed during the comparison frees it
-                sessions.add(visitor(request), event.patch_id)
+                self.sessions.add(visitor(request), event.patch_id)
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
             yield (f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses),
                    *[gr.skip()] * 8)
         patches = session + [event.patch_id]
-        result = studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
-        path = studio.save_patch(event.patch_id, tempfile.mkdtemp())
+        result = self.studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
+        path = self.studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
         mode = " in adversarial mode" if adversarial else ""
         word = result.word_for(event.patch.concepts)
@@ -133,10 +141,10 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
                result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()),
                result.heatmaps(word), gr.update(choices=result.words(), value=word), result)
 
-    def show_held(concept, keep, replace_with):
+    def show_held(self, concept, keep, replace_with):
         """What the erasure will hold, before the click: the user's words and the model's nearest."""
         try:
-            held = studio.held(concept or "", keep or "", replace_with or None)
+            held = self.studio.held(concept or "", keep or "", replace_with or None)
         except ValueError as err:
             return f"**Keep:** {err}"
         near = f" Left alone (maybe the concept in other words): {', '.join(held.near)}." if held.near else ""
@@ -144,18 +152,18 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
 
     @spaces.GPU(duration=120)
     @user_errors
-    def break_it(concept, uploads, session, progress=gr.Progress()):
+    def break_it(self, concept, uploads, session, progress=gr.Progress()):
         """Concept inversion against this session's erasure: can a learned word bring the concept back?"""
-        learned = studio.attack(concept or "", session, images_of(uploads),
-                                on_step=lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}"))
-        result = studio.compare(concept, session, learned=learned,
-                                on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
+        learning = lambda i, n, loss: progress((i, n), desc=f"learning a word, loss {loss:.3f}")  # noqa: E731
+        learned = self.studio.attack(concept or "", session, self.images_of(uploads), on_step=learning)
+        result = self.studio.compare(concept, session, learned=learned,
+                                     on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
         word = result.word_for([concept])
         return (result.grid(), "\n".join(result.labels()), result.heatmaps(word),
                 gr.update(choices=result.words(), value=word), result)
 
     @user_errors
-    def show_word(word, comparison):
+    def show_word(self, word, comparison):
         """The picked word's heatmaps, before and after, from the comparison already drawn (nothing is generated)."""
         if comparison is None:
             raise ValueError("Erase a concept first: the heatmaps compare the model before and after.")
@@ -163,10 +171,10 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
 
     @spaces.GPU(duration=120)
     @user_errors
-    def see_collateral(concepts, session, progress=gr.Progress()):
+    def see_collateral(self, concepts, session, progress=gr.Progress()):
         """Every concept the model knows (or the listed ones), drawn without and with the session's patches."""
-        result = studio.collateral(session, concepts or None,
-                                   on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
+        result = self.studio.collateral(session, concepts or None,
+                                        on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
         chart = result.chart()
         path = Path(tempfile.mkdtemp()) / "collateral.png"
         chart.save(path)
@@ -174,187 +182,236 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
 
     @spaces.GPU(duration=120)
     @user_errors
-    def make_figure(word, concepts, session, comparison, last_collateral, progress=gr.Progress()):
+    def make_figure(self, word, concepts, session, comparison, last_collateral, progress=gr.Progress()):
         """One PNG for a talk from the last comparison and the collateral map (the one drawn already, if it is
         for these patches and concepts), and the GIF of the heatmap building up."""
         if comparison is None:
             raise ValueError("Erase a concept first: the figure shows the model before and after.")
         drawn_for, drawn_concepts, collateral = last_collateral or (None, None, None)
         if (drawn_for, drawn_concepts) != (list(session), concepts or ""):
-            collateral = studio.collateral(session, concepts or None,
-                                           on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
+            collateral = self.studio.collateral(session, concepts or None,
+                                                on_image=lambda i, n: progress((i, n), desc="other concepts, images"))
         figure, gif = write_figure(comparison, collateral, word or comparison.words()[0],
                                    Path(tempfile.mkdtemp()) / "erasure.png")
         return figure, [str(gif.with_suffix(".png")), str(gif)]
 
     @user_errors
-    def upload_patch(file, session, request: gr.Request = None):
-        sessions.touch(visitor(request))
-        sessions.check_room(visitor(request))
-        patch_id = studio.load_patch(file)
-        sessions.add(visitor(request), patch_id)
+    def upload_patch(self, file, session, request: gr.Request = None):
+        self.sessions.touch(visitor(request))
+        self.sessions.check_room(visitor(request))
+        patch_id = self.studio.load_patch(file)
+        self.sessions.add(visitor(request), patch_id)
         return f"Loaded `{patch_id}`; your session applies {len(session) + 1} patch(es).", session + [patch_id]
 
     @user_errors
-    def export_session(to, session, progress=gr.Progress()):
+    def export_session(self, to, session, progress=gr.Progress()):
         """The session's patches, stacked, as a file other tools load (a merged model: its folder, zipped)."""
         if not session:
             raise ValueError("Nothing to export: erase a concept or upload a patch first.")
         progress(0, desc=f"writing {to}")
         folder = Path(tempfile.mkdtemp())
         if FORMATS[to].folder:
-            written = studio.export(session, to, folder / "erased-model")
+            written = self.studio.export(session, to, folder / "erased-model")
             return shutil.make_archive(str(written), "zip", written)
-        return str(studio.export(session, to, folder / f"erasure-{to}.safetensors"))
+        return str(self.studio.export(session, to, folder / f"erasure-{to}.safetensors"))
 
-    def reset(session, request: gr.Request = None):
-        sessions.end(visitor(request))
+    def reset(self, session, request: gr.Request = None):
+        self.sessions.end(visitor(request))
         for patch_id in session:  # any the registry no longer knows (a session that idled out)
-            studio.remove_patch(patch_id)
+            self.studio.remove_patch(patch_id)
         return "Your session applies no patch: the original model.", [], None, None
 
-    def end_session(request: gr.Request):
+    def end_session(self, request: gr.Request):
         """A closed tab (Gradio's unload event) frees its patches at once."""
-        sessions.end(visitor(request))
+        self.sessions.end(visitor(request))
 
     @user_errors
-    def load_model(source, request: gr.Request = None):
+    def load_model(self, source, request: gr.Request = None):
         """Switches the shared model: only where the operator allowed it, and never under other visitors' patches."""
-        if not allow_model_switch:
+        if not self.allow_model_switch:
             raise ValueError("Model switching is off on this server: every visitor shares one model. "
                              "Its operator can start it with --allow-model-switch.")
-        held = sessions.others_hold_patches(visitor(request))
+        held = self.sessions.others_hold_patches(visitor(request))
         if held:
             raise ValueError(f"Other visitors' {held} patch(es) are on this model, and switching would drop them: "
                              "try again when they are done.")
-        sessions.end(visitor(request))
-        return f"Loaded: `{studio.use(source)}`"
+        self.sessions.end(visitor(request))
+        return f"Loaded: `{self.studio.use(source)}`"
 
+
+def _components(scope: dict) -> dict:
+    """The components a layout function made, by their variable names: the names `_wire` reads them by."""
+    return {name: value for name, value in scope.items() if isinstance(value, gr.components.Component)}
+
+
+def _model_panel(h: Handlers) -> dict:
+    """The model in use, and (where the operator allows it) a field to load another."""
+    with gr.Accordion("Model", open=False):
+        with gr.Row():
+            source = gr.Textbox(label="Model",
+                                placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, "
+                                "a .safetensors file" if h.allow_model_switch
+                                else "switching is off on this shared server",
+                                interactive=h.allow_model_switch, scale=4)
+            load = gr.Button("Load", scale=1, interactive=h.allow_model_switch)
+        status = gr.Markdown(f"Loaded: `{h.studio.source}`")
+    return _components(locals())
+
+
+def _generate_tab(h: Handlers) -> dict:
+    """A prompt, its image and one heatmap per word; optionally the original model's maps beside."""
+    with gr.Tab("Generate & inspect"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0][0], max_length=1000)
+                negative = gr.Textbox(label="Negative prompt", value="")
+                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                with gr.Accordion("Settings", open=False):
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
+                    step_from = gr.Slider(0, 100, value=0, step=1, label="Heatmaps from step")
+                    step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
+                    sizes = [str(r) for r in cross_attention_resolutions(h.studio.pipe.unet)]
+                    layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
+                with_original = gr.Checkbox(False, label="Compare with the original (the model without your "
+                                            "session's patches)", elem_id="with-original")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
+                maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6,
+                                  elem_id="heatmaps", height=260, format="png")
+                compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on "
+                                    "one scale, its share of the attention in the title", type="pil", format="png",
+                                    elem_id="compared")
+        gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
+                    fn=lambda p, s: h.inspect_prompt(p, "", s, 25, 5.0, 0, 25)[:2])
+    return _components(locals())
+
+
+def _erase_controls(h: Handlers) -> dict:
+    """The Erase tab's left column: what to erase and how, the patch, the exports."""
+    with gr.Column(scale=1):
+        concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle",
+                             max_length=500, elem_id="concept")
+        method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
+        adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
+                                  "attacker learns; about twice as slow)", elem_id="adversarial")
+        uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple",
+                          file_types=["image"])
+        replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",
+                                  value="")
+        keep = gr.Textbox(label="Keep (optional: words to hold as they are, comma separated)", value="",
+                          max_length=500, elem_id="keep")
+        held = gr.Markdown(h.show_held(concept.value, "", ""), elem_id="held")
+        erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
+        with gr.Row():
+            erase_button = gr.Button("Erase", variant="primary", elem_id="erase")
+            cancel = gr.Button("Cancel")
+            reset_button = gr.Button("Reset")
+        patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
+        patch_file = gr.File(label="Download the patch", elem_id="patch")
+        with gr.Row():
+            export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…",
+                                    elem_id="export-to",
+                                    info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; "
+                                         "merged: a diffusers folder (zip); single-file: one checkpoint")
+            export_button = gr.Button("Export the session's patches", elem_id="export")
+        export_file = gr.File(label="The export", elem_id="export-file")
+    return _components(locals())
+
+
+def _erase_results() -> dict:
+    """The Erase tab's right column, the click's result first: before/after, the word's heatmaps, what the judge
+    sees, one pair and the loss; then the collateral map, the figure and the attack."""
+    with gr.Column(scale=2):
+        erase_status = gr.Markdown("Your session applies no patch: the original model.",
+                                   elem_id="erase-status")
+        grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
+        heat_word = gr.Dropdown([], label="Heatmaps of the word", elem_id="heat-word",
+                                allow_custom_value=False)
+        heat_grid = gr.Image(label="What the word attends to, before → after (same seeds, one scale per "
+                             "seed; the share of the attention it receives in each prompt's title)",
+                             type="pil", format="png", elem_id="heat-grid")
+        judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
+        with gr.Row():
+            slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider", height=300)
+            loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=300)
+        with gr.Accordion("What else changed? (the collateral map)", open=False):
+            collateral_concepts = gr.Textbox(label="Concepts to check (blank: every concept the embedded "
+                                             "model knows; other models: list them, comma separated)",
+                                             value="", max_length=5000, elem_id="collateral-concepts")
+            collateral_button = gr.Button("Draw every concept with and without the patches",
+                                          elem_id="collateral")
+            collateral_chart = gr.Image(label="Presence before → after, most changed on top", type="pil",
+                                        format="png", elem_id="collateral-chart")
+            collateral_table = gr.Dataframe(label="The numbers", elem_id="collateral-table")
+            collateral_file = gr.File(label="Download the chart", elem_id="collateral-file")
+        with gr.Row():
+            figure_button = gr.Button("Figure for talks", elem_id="figure")
+            figure_files = gr.File(label="The figure (PNG) and the heatmap building up (GIF)",
+                                   file_count="multiple", elem_id="figure-files")
+        figure_image = gr.Image(label="Figure for talks", type="pil", format="png", elem_id="figure-image")
+        attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
+        attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6,
+                                   elem_id="attack-judged")
+        attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil",
+                               format="png", elem_id="attack-grid")
+    return _components(locals())
+
+
+def _wire(h: Handlers, ui: SimpleNamespace, demo: gr.Blocks) -> None:
+    """Every event: which handler, what it reads and what it writes; the API names clients call."""
+    ui.steps.change(lambda n: gr.update(value=n, maximum=n), ui.steps, ui.step_to, api_visibility="private")
+    gr.on([ui.concept.change, ui.keep.change, ui.replace_with.change], h.show_held,
+          [ui.concept, ui.keep, ui.replace_with], ui.held, api_visibility="private")
+    erasing = ui.erase_button.click(
+        h.run_erase, [ui.concept, ui.method, ui.uploads, ui.replace_with, ui.erase_steps, ui.session, ui.adversarial,
+                      ui.keep],
+        [ui.erase_status, ui.loss_plot, ui.grid, ui.slider, ui.patch_file, ui.session, ui.judged, ui.heat_grid,
+         ui.heat_word, ui.comparison], api_name="erase")
+    ui.cancel.click(None, cancels=[erasing])
+    ui.attack_button.click(h.break_it, [ui.concept, ui.uploads, ui.session],
+                           [ui.attack_grid, ui.attack_judged, ui.heat_grid, ui.heat_word, ui.comparison],
+                           api_name="attack")
+    ui.heat_word.input(h.show_word, [ui.heat_word, ui.comparison], ui.heat_grid, api_visibility="private")
+    ui.figure_button.click(h.make_figure,
+                           [ui.heat_word, ui.collateral_concepts, ui.session, ui.comparison, ui.last_collateral],
+                           [ui.figure_image, ui.figure_files], api_name="figure")
+    ui.collateral_button.click(h.see_collateral, [ui.collateral_concepts, ui.session],
+                               [ui.collateral_chart, ui.collateral_table, ui.collateral_file, ui.last_collateral],
+                               api_name="collateral")
+    ui.export_button.click(h.export_session, [ui.export_to, ui.session], ui.export_file, api_name="export")
+    ui.reset_button.click(h.reset, ui.session, [ui.erase_status, ui.session, ui.comparison, ui.last_collateral],
+                          api_name="reset")
+    ui.patch_upload.upload(h.upload_patch, [ui.patch_upload, ui.session], [ui.erase_status, ui.session],
+                           api_name="load_patch")
+    inputs = [ui.prompt, ui.negative, ui.seed, ui.steps, ui.guidance, ui.step_from, ui.step_to, ui.layers, ui.session,
+              ui.with_original]
+    ui.run.click(h.inspect_prompt, inputs, [ui.image, ui.maps, ui.compared], api_name="generate")
+    ui.prompt.submit(h.inspect_prompt, inputs, [ui.image, ui.maps, ui.compared], api_visibility="private")
+    ui.load.click(h.load_model, ui.source, ui.status, api_name="load_model")
+    demo.unload(h.end_session)
+
+
+def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits = Limits()) -> gr.Blocks:
+    """The app: its layout (one function a part) and its events (`_wire`) over the handlers of one shared studio.
+    `allow_model_switch`: may a visitor load another model (off on a shared server); `limits`: per-session patches
+    and idle time."""
+    h = Handlers(studio, allow_model_switch, limits)
     with gr.Blocks(title="Forget-Me-Not Studio") as demo:
-        session = gr.State([])  # this browser session's patch ids
-        comparison = gr.State(None)  # the last before/after (or erased/attacked) comparison, with its traces
-        last_collateral = gr.State(None)  # (patch ids, concepts, Collateral): the last map drawn, reused by the figure
+        ui = SimpleNamespace(
+            session=gr.State([]),  # this browser session's patch ids
+            comparison=gr.State(None),  # the last before/after (or erased/attacked) comparison, with its traces
+            last_collateral=gr.State(None),  # (patch ids, concepts, Collateral): the last map, reused by the figure
+        )
         gr.Markdown(INTRO)
-        with gr.Accordion("Model", open=False):
-            with gr.Row():
-                source = gr.Textbox(label="Model",
-                                    placeholder="blank: the embedded shapes world; or a hub id, a diffusers folder, "
-                                    "a .safetensors file" if allow_model_switch
-                                    else "switching is off on this shared server",
-                                    interactive=allow_model_switch, scale=4)
-                load = gr.Button("Load", scale=1, interactive=allow_model_switch)
-            status = gr.Markdown(f"Loaded: `{studio.source}`")
-        with gr.Tab("Generate & inspect"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0][0], max_length=1000)
-                    negative = gr.Textbox(label="Negative prompt", value="")
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    with gr.Accordion("Settings", open=False):
-                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                        guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
-                        step_from = gr.Slider(0, 100, value=0, step=1, label="Heatmaps from step")
-                        step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
-                        sizes = [str(r) for r in cross_attention_resolutions(studio.pipe.unet)]
-                        layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
-                    with_original = gr.Checkbox(False, label="Compare with the original (the model without your "
-                                                "session's patches)", elem_id="with-original")
-                    run = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column(scale=2):
-                    image = gr.Image(label="Image", type="pil", format="png", elem_id="image", height=320)
-                    maps = gr.Gallery(label="What each word attends to (click one to enlarge)", columns=6,
-                                      elem_id="heatmaps", height=260, format="png")
-                    compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on "
-                                        "one scale, its share of the attention in the title", type="pil", format="png",
-                                        elem_id="compared")
-            gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
-                        fn=lambda p, s: inspect_prompt(p, "", s, 25, 5.0, 0, 25)[:2])
-        with gr.Tab("Erase"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle",
-                                         max_length=500, elem_id="concept")
-                    method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
-                    adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
-                                              "attacker learns; about twice as slow)", elem_id="adversarial")
-                    uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple",
-                                      file_types=["image"])
-                    replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",
-                                              value="")
-                    keep = gr.Textbox(label="Keep (optional: words to hold as they are, comma separated)", value="",
-                                      max_length=500, elem_id="keep")
-                    held = gr.Markdown(show_held(concept.value, "", ""), elem_id="held")
-                    erase_steps = gr.Number(label="Steps (0: the method's default)", value=0, precision=0, minimum=0)
-                    with gr.Row():
-                        erase_button = gr.Button("Erase", variant="primary", elem_id="erase")
-                        cancel = gr.Button("Cancel")
-                        reset_button = gr.Button("Reset")
-                    patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
-                    patch_file = gr.File(label="Download the patch", elem_id="patch")
-                    with gr.Row():
-                        export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…",
-                                                elem_id="export-to",
-                                                info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; "
-                                                     "merged: a diffusers folder (zip); single-file: one checkpoint")
-                        export_button = gr.Button("Export the session's patches", elem_id="export")
-                    export_file = gr.File(label="The export", elem_id="export-file")
-                with gr.Column(scale=2):
-                    erase_status = gr.Markdown("Your session applies no patch: the original model.",
-                                               elem_id="erase-status")
-                    loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
-                    judged = gr.Textbox(label="What the judge sees (before → after)", lines=6, elem_id="judged")
-                    grid = gr.Image(label="Before / after, same seeds", type="pil", format="png", elem_id="grid")
-                    slider = gr.ImageSlider(label="One pair", type="pil", format="png", elem_id="slider")
-                    heat_word = gr.Dropdown([], label="Heatmaps of the word", elem_id="heat-word",
-                                            allow_custom_value=False)
-                    heat_grid = gr.Image(label="What the word attends to, before → after (same seeds, one scale per "
-                                         "seed; the share of the attention it receives in each row's title)",
-                                         type="pil", format="png", elem_id="heat-grid")
-                    with gr.Accordion("What else changed? (the collateral map)", open=False):
-                        collateral_concepts = gr.Textbox(label="Concepts to check (blank: every concept the embedded "
-                                                         "model knows; other models: list them, comma separated)",
-                                                         value="", max_length=5000, elem_id="collateral-concepts")
-                        collateral_button = gr.Button("Draw every concept with and without the patches",
-                                                      elem_id="collateral")
-                        collateral_chart = gr.Image(label="Presence before → after, most changed on top", type="pil",
-                                                    format="png", elem_id="collateral-chart")
-                        collateral_table = gr.Dataframe(label="The numbers", elem_id="collateral-table")
-                        collateral_file = gr.File(label="Download the chart", elem_id="collateral-file")
-                    with gr.Row():
-                        figure_button = gr.Button("Figure for talks", elem_id="figure")
-                        figure_files = gr.File(label="The figure (PNG) and the heatmap building up (GIF)",
-                                               file_count="multiple", elem_id="figure-files")
-                    figure_image = gr.Image(label="Figure for talks", type="pil", format="png", elem_id="figure-image")
-                    attack_button = gr.Button("Try to break it (concept inversion)", elem_id="attack")
-                    attack_judged = gr.Textbox(label="What the judge sees (erased → attacked)", lines=6,
-                                               elem_id="attack-judged")
-                    attack_grid = gr.Image(label="Erased / attacked with a learned word, same seeds", type="pil",
-                                           format="png", elem_id="attack-grid")
-        steps.change(lambda n: gr.update(value=n, maximum=n), steps, step_to, api_visibility="private")
-        gr.on([concept.change, keep.change, replace_with.change], show_held, [concept, keep, replace_with], held,
-              api_visibility="private")
-        erase_event = erase_button.click(run_erase, [concept, method, uploads, replace_with, erase_steps, session,
-                                                     adversarial, keep],
-                                         [erase_status, loss_plot, grid, slider, patch_file, session, judged,
-                                          heat_grid, heat_word, comparison], api_name="erase")
-        cancel.click(None, cancels=[erase_event])
-        attack_button.click(break_it, [concept, uploads, session],
-                            [attack_grid, attack_judged, heat_grid, heat_word, comparison], api_name="attack")
-        heat_word.input(show_word, [heat_word, comparison], heat_grid, api_visibility="private")
-        figure_button.click(make_figure, [heat_word, collateral_concepts, session, comparison, last_collateral],
-                            [figure_image, figure_files], api_name="figure")
-        collateral_button.click(see_collateral, [collateral_concepts, session],
-                                [collateral_chart, collateral_table, collateral_file, last_collateral],
-                                api_name="collateral")
-        export_button.click(export_session, [export_to, session], export_file, api_name="export")
-        reset_button.click(reset, session, [erase_status, session, comparison, last_collateral], api_name="reset")
-        patch_upload.upload(upload_patch, [patch_upload, session], [erase_status, session], api_name="load_patch")
-        inputs = [prompt, negative, seed, steps, guidance, step_from, step_to, layers, session, with_original]
-        run.click(inspect_prompt, inputs, [image, maps, compared], api_name="generate")
-        prompt.submit(inspect_prompt, inputs, [image, maps, compared], api_visibility="private")
-        load.click(load_model, source, status, api_name="load_model")
-        demo.unload(end_session)
-    demo.sessions = sessions  # for the operator's tests and tools
+        vars(ui).update(_model_panel(h))
+        vars(ui).update(_generate_tab(h))
+        with gr.Tab("Erase"), gr.Row():
+            vars(ui).update(_erase_controls(h))
+            vars(ui).update(_erase_results())
+        _wire(h, ui, demo)
+    demo.sessions = h.sessions  # for the operator's tests and tools
     return demo
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .evaluate import Draw
 from .heatmaps import to_image
-from .world.known import World
+from .world.world import World
 
 __all__ = ["Effect", "Collateral", "collateral", "world_concepts", "MAX_CONCEPTS"]
 

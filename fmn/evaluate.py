@@ -21,7 +21,7 @@ from PIL import Image
 from .attention import Trace
 from .heatmaps import before_after_grid, to_image, word_rows
 from .models import world_of
-from .world.known import World
+from .world.world import World
 
 __all__ = ["Probe", "probe_prompts", "Comparison", "compare_prompts", "Draw", "judge_for"]
 

@@ -71,28 +71,31 @@ def to_image(fig: Figure) -> Image.Image:
 
 def before_after_grid(rows: list[tuple[str, list, list]], seeds: list[int],
                       titles: tuple[str, str] = ("before", "after"), cmap: str = "jet") -> Image.Image:
-    """One row per prompt; per seed, the image and the word's heatmap before, then after.
+    """One line per prompt and seed, four panels wide (the image and the word's heatmap before, then after), so
+    that the maps stay large enough to read however many seeds there are.
 
     Args:
         rows: (label, before, after) per prompt; before and after hold one (image, heatmap) per seed,
             the two heatmaps of a seed on one scale (so that drained attention looks dimmer after).
-        seeds: the seeds, for the column titles.
+        seeds: the seeds, for the line titles.
         titles: what the two sides are called.
     """
-    k = len(seeds)
-    fig = Figure(figsize=(1.1 * 4 * k + 0.6, 1.35 * len(rows) + 0.3), dpi=100)
-    axes = fig.subplots(len(rows), 4 * k, squeeze=False)
-    for r, (label, before, after) in enumerate(rows):
-        for s, ((image_b, heat_b), (image_a, heat_a)) in enumerate(zip(before, after)):
-            panels = [(image_b, titles[0]), (overlay(image_b, heat_b, cmap), "map"),
-                      (image_a, titles[1]), (overlay(image_a, heat_a, cmap), "map")]
-            for c, (panel, name) in enumerate(panels):
-                ax = axes[r, 4 * s + c]
-                ax.imshow(panel)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(f"{name}, seed {seeds[s]}" if c % 2 == 0 else name, fontsize=7)
-        axes[r, 0].text(0, -0.08, label, transform=axes[r, 0].transAxes, fontsize=7, va="top")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.ravel().tolist(), fraction=0.01, pad=0.01)
+    lines = [(label if s == 0 else "", seed, pair) for label, before, after in rows
+             for s, (seed, pair) in enumerate(zip(seeds, zip(before, after)))]
+    fig = Figure(figsize=(6.6, 1.75 * len(lines) + 0.4), dpi=100)
+    axes = fig.subplots(len(lines), 4, squeeze=False)
+    for r, (label, seed, ((image_b, heat_b), (image_a, heat_a))) in enumerate(lines):
+        panels = [(image_b, titles[0]), (overlay(image_b, heat_b, cmap), "map"),
+                  (image_a, titles[1]), (overlay(image_a, heat_a, cmap), "map")]
+        for c, (panel, name) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+        axes[r, 0].set_ylabel(f"seed {seed}", fontsize=7)
+        if label:
+            axes[r, 0].text(0, 1.02 if r else 1.18, label, transform=axes[r, 0].transAxes, fontsize=7, va="bottom")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
     return to_image(fig)

@@ -18,7 +18,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 
-from .world.known import World
+from .world.world import World
 
 __all__ = ["EMBEDDED", "ModelLoadError", "is_sdxl", "load_pipeline", "pick_device", "world_of"]
 

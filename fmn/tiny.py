@@ -26,7 +26,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .models import EMBEDDED
-from .world.recipe.tokenizer import build_tokenizer
+from .world.tokenizer import build_tokenizer
 
 __all__ = ["tiny_pipeline", "sd15_pipeline", "sdxl_pipeline"]
 

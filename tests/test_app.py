@@ -188,7 +188,8 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
     assert studio.patches[session[0]].settings["keep"] == ["dog"]
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
-    assert word["value"] == "circle" and "photo" in word["choices"] and heat.width > heat.height
+    # the word's maps: a line of four panels per probe that names it and seed
+    assert word["value"] == "circle" and "photo" in word["choices"] and heat.height > heat.width
     assert fns["show_word"]("dog", comparison).height < heat.height  # one probe names a dog, three a circle
     chart, table, chart_file, drawn = fns["collateral"]("circle, dog", session)
     assert list(table["concept"])[:2] and set(table["concept"]) == {"circle", "dog"} and chart_file.endswith(".png")
@@ -255,10 +256,7 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         # what the erasure will hold is on the page before the click: the user's word, then the model's nearest
         page.wait_for_function("() => document.querySelector('#held').innerText.includes('Holds: Tobble, ')",
                                timeout=30_000)
-        page.locator("#method input").click()
-        page.get_by_role("option", name="text-encoder").click()
-        page.get_by_label("Steps (0: the method's default)").fill("10")  # a short erasure: the page is under test
-        page.locator("#erase").click()
+        page.locator("#erase").click()  # the default method at its defaults, as a visitor first clicks
         page.get_by_text("Erasing: step").first.wait_for(timeout=120_000)  # live progress
         page.get_by_text("Erased **Mimo**").or_(page.get_by_text("Erased Mimo")).first.wait_for(timeout=300_000)
         page.locator("#grid img").wait_for(timeout=60_000)
@@ -270,6 +268,7 @@ def test_browser_erases_and_sees_before_and_after(app_url):
         page.get_by_role("option", name="star", exact=True).click()
         page.wait_for_function("src => { const img = document.querySelector('#heat-grid img'); "
                                "return img && img.src !== src && img.complete; }", arg=mimo_maps, timeout=60_000)
+        page.wait_for_timeout(1500)  # the new maps fade in: the screenshot (docs/app-erase.png) shows them at full
         page.screenshot(path=str(OUTPUT / "app-erase.png"), full_page=True)
         page.locator("#heat-word input").click()
         page.get_by_role("option", name="mimo", exact=True).click()  # the figure tells the erased word's story

@@ -12,8 +12,8 @@ from fmn.erase.method import ErasureMethod, MethodConfig
 PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
 # Lowest first: a module may import from its own floor and the floors below it, never above.
 FLOORS = [
-    ("fmn.world.world", "fmn.world.known", "fmn.world.judge", "fmn.world.pixels", "fmn.world.recipe.tokenizer",
-     "fmn.world.recipe.render"),
+    ("fmn.world.scenes", "fmn.world.world", "fmn.world.judge", "fmn.world.pixels", "fmn.world.tokenizer",
+     "fmn.world.render"),
     # load; run independent jobs here or on Ray; write files whole
     ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
     ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
@@ -22,7 +22,7 @@ FLOORS = [
     ("fmn.erase",),  # erase: the loop and the methods
     ("fmn.attack", "fmn.evaluate", "fmn.collateral", "fmn.figure"),
     ("fmn.studio", "fmn.sessions"),  # one model shared by every caller; visitors' sessions on it
-    ("fmn.__main__", "fmn.cli", "fmn.bench", "fmn.world.recipe"),  # command lines and tools
+    ("fmn.__main__", "fmn.cli", "fmn.bench", "fmn.recipe"),  # command lines and tools
 ]
 
 

@@ -12,7 +12,7 @@ from fmn.__main__ import main
 from fmn.bench.protocol import Prompt, found, kept_whole, mass_probes, probes
 from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
-from fmn.world.world import COLOURS, Scene, Thing
+from fmn.world.scenes import COLOURS, Scene, Thing
 
 from conftest import OUTPUT, ROOT
 

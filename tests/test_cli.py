@@ -210,7 +210,7 @@ def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, cir
     shares = json.loads(numbers.read_text())
     assert shares["seeds"] == [0, 1] and set(shares["shares"]) == {"circle", "red"}
     assert all(0 < v < 1 for word in shares["shares"].values() for v in word.values())
-    assert Image.open(maps).width > Image.open(maps).height
+    assert Image.open(maps).height > Image.open(maps).width  # a line of four panels for each word and seed
     chart, table = tmp_path / "chart.png", tmp_path / "collateral.json"
     status, lines = run_here(capsys, "collateral", "--model", model, "--patch", str(patch), "--concepts", "circle,dog",
                              "--out", str(chart), "--json", str(table))

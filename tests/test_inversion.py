@@ -102,8 +102,8 @@ def test_the_studio_attacks_with_the_judge_as_its_eye_on_the_shapes_world(monkey
     """The app's "Try to break it" keeps the words the judge finds the concept in most surely, as the
     benchmark's attacker does; a word the judge does not know is attacked blind."""
     import fmn.studio
-    from fmn.world.recipe.render import render
-    from fmn.world.world import Scene, Thing
+    from fmn.world.render import render
+    from fmn.world.scenes import Scene, Thing
 
     studio = fmn.studio.Studio(device="cpu")
     patch = studio.erase(["circle"], "uce")

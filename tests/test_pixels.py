@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fmn.world.pixels import read
-from fmn.world.recipe.render import render
-from fmn.world.world import IDENTITIES, SHAPES, STYLES, sample_scene
+from fmn.world.render import render
+from fmn.world.scenes import IDENTITIES, SHAPES, STYLES, sample_scene
 
 FIELDS = {"shape": lambda s: s.things[0].kind, "colour": lambda s: s.things[0].colour,
           "background": lambda s: s.background, "night": lambda s: s.night}

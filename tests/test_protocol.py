@@ -13,7 +13,7 @@ from fmn.erase import erase, keep_set
 from fmn.generate import generate_many
 from fmn.patch import active, detach
 from fmn.tiny import tiny_pipeline
-from fmn.world.world import (
+from fmn.world.scenes import (
     BACKGROUNDS,
     COLOURS,
     IDENTITIES,

@@ -77,7 +77,8 @@ def test_comparison_heatmaps_and_shares_before_and_after(studio):
     table = result.share_table(["circle"])
     assert table == {"circle": [{"prompt": "a red circle", "before": before, "after": after}]}
     grid = result.heatmaps(["circle", "square"])
-    assert grid.width > grid.height  # 2 rows of 2 seeds x (image, map) x (before, after)
+    # a line per word's prompt and seed, four panels wide: (image, map) before, then after
+    assert grid.height > grid.width and result.heatmaps("circle").height < grid.height
     with pytest.raises(ValueError, match="'dragon' is in none of the prompts; their words are: a, red, circle"):
         result.heatmaps("dragon")
 

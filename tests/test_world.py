@@ -9,8 +9,8 @@ from transformers import CLIPTokenizer
 from fmn.generate import GenerationSettings, generate
 from fmn.models import EMBEDDED
 from fmn.world.judge import SUBJECTS
-from fmn.world.recipe.render import render
-from fmn.world.world import COLOURS, IDENTITIES, SHAPES, Scene, Thing, sample_scene
+from fmn.world.render import render
+from fmn.world.scenes import COLOURS, IDENTITIES, SHAPES, Scene, Thing, sample_scene
 
 
 def test_renderer_draws_the_colour_and_place_the_scene_says():

@@ -30,7 +30,7 @@ from ..models import EMBEDDED, load_pipeline
 from ..patch import active, detach
 from ..world.judge import STYLE_CLASSES
 from ..world.pixels import read
-from ..world.world import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, SHAPES, STYLES, caption, sample_scene
+from ..world.scenes import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, SHAPES, STYLES, caption, sample_scene
 from .measure import device_name
 
 __all__ = ["add_arguments", "run", "audit_prompts", "hand_prompts", "pixel_labels", "judge_labels", "hand_labels",

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..attack import AttackConfig, Reading, Recovery, encoder_swap, recovery
 from ..generate import generate_many
-from ..world.world import (
+from ..world.scenes import (
     BACKGROUNDS,
     COLOURS,
     HELDOUT_TEMPLATES,

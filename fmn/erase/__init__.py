@@ -15,7 +15,7 @@ from diffusers import StableDiffusionPipeline
 
 from ..models import world_of
 from ..patch import Patch, adapter_name, attach, fingerprint
-from ..world.known import World
+from ..world.world import World
 
 # each registers its methods, in this order: isort must leave the line as it is
 from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  # isort: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..models import EMBEDDED, load_pipeline
 from ..patch import Patch, PatchError, detach
 from ..sweep import Job, sweep
-from ..world.known import World
+from ..world.world import World
 from . import _check_known, erase, make_method, split_concepts
 
 __all__ = ["erase_separately", "file_name"]

@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .world import BACKGROUNDS, COLOURS, IDENTITIES, SHAPES, STYLES, Scene
+from .scenes import BACKGROUNDS, COLOURS, IDENTITIES, SHAPES, STYLES, Scene
 
 __all__ = ["Judge", "Verdict", "SUBJECTS", "STYLE_CLASSES", "scene_targets"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .recipe.render import BACKGROUND_RGB, MOON_RGB, NIGHT_DIM, NIGHT_MIX, NIGHT_RGB, STAR_RGB, TEXTURE_RGB
-from .world import COLOURS
+from .render import BACKGROUND_RGB, MOON_RGB, NIGHT_DIM, NIGHT_MIX, NIGHT_RGB, STAR_RGB, TEXTURE_RGB
+from .scenes import COLOURS
 
 __all__ = ["PixelRead", "read"]
 

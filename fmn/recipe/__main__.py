@@ -1,4 +1,4 @@
-"""python -m fmn.world.recipe train | check: the embedded model's recipe and its quality gate."""
+"""python -m fmn.recipe train | check: the embedded model's recipe and its quality gate."""
 
 import argparse
 from dataclasses import fields
@@ -8,7 +8,7 @@ from .train import TrainConfig, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m fmn.world.recipe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fmn.recipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume training) the embedded model and its judge")
     for f in fields(TrainConfig):

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from ..world import COLOURS, Scene, Thing
+from .scenes import COLOURS, Scene, Thing
 
 __all__ = ["render", "SIZE", "BACKGROUND_RGB", "TEXTURE_RGB", "NIGHT_RGB", "NIGHT_MIX", "NIGHT_DIM", "MOON_RGB",
            "STAR_RGB"]

@@ -1,6 +1,6 @@
 """The quality gate: generate from held-out prompts, judge, report per-attribute accuracy.
 
-    python -m fmn.world.recipe check [--model assets/fmn-shapes] [--n 240] [--grid check.png]
+    python -m fmn.recipe check [--model assets/fmn-shapes] [--n 240] [--grid check.png]
 
 Prompts use only held-out templates, and half of them held-out attribute combinations,
 so the numbers measure generalisation, not memorised captions.
@@ -15,10 +15,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from ...generate import generate_many
-from ...models import pick_device
-from ..judge import Judge
-from ..world import HELDOUT_TEMPLATES, caption, sample_scene
+from ..generate import generate_many
+from ..models import pick_device
+from ..world.judge import Judge
+from ..world.scenes import HELDOUT_TEMPLATES, caption, sample_scene
 
 __all__ = ["run_check", "GATE", "heldout_prompts"]
 

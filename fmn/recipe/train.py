@@ -1,6 +1,6 @@
 """The recipe that trains the embedded model and its judge, resumable at every stage.
 
-    python -m fmn.world.recipe train [--out assets/fmn-shapes] [--work runs/fmn-shapes]
+    python -m fmn.recipe train [--out assets/fmn-shapes] [--work runs/fmn-shapes]
 
 Stages, each skipped when its result exists in the work folder, each checkpointed:
 1. render the training scenes;  2. build the tokenizer;  3. train the VAE;
@@ -26,11 +26,11 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..judge import Judge, JudgeNet, scene_targets
-from ..world import TRAIN_TEMPLATES, Scene, caption, describe_world, sample_scene
+from ..world.judge import Judge, JudgeNet, scene_targets
+from ..world.render import render
+from ..world.scenes import TRAIN_TEMPLATES, Scene, caption, describe_world, sample_scene
+from ..world.tokenizer import build_tokenizer
 from .checkpoint import load_checkpoint, save_checkpoint
-from .render import render
-from .tokenizer import build_tokenizer
 
 __all__ = ["TrainConfig", "train"]
 

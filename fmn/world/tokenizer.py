@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
-from ..world import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption, sample_scene
+from .scenes import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption, sample_scene
 
 __all__ = ["build_tokenizer"]
 
