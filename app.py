@@ -75,13 +75,15 @@ def visitor(request: gr.Request | None) -> str:
 
 
 class Handlers:
-    """The app's event handlers over the one shared studio, each a short method that calls `fmn.studio.Studio`.
+    """The app's event handlers over the one shared studio, each a short method that calls `fmn.studio.Studio`;
+    a handler with many outputs returns a dict keyed by component (`self.ui`), naming what it sets.
     `allow_model_switch`: may a visitor load another model (off on a shared server); `limits`: per-session patches
     and idle time."""
 
     def __init__(self, studio: Studio, allow_model_switch: bool = False, limits: Limits = Limits()):
         self.studio, self.allow_model_switch = studio, allow_model_switch
         self.sessions = Sessions(studio, limits)
+        self.ui: SimpleNamespace | None = None  # the page's components by name, once laid out: what handlers return
 
     def images_of(self, uploads):
         """Uploaded images of the concept, at the model's size (None: the method draws its own)."""
@@ -115,6 +117,7 @@ class Handlers:
     def run_erase(self, concept, method, uploads, replace_with, steps, session, adversarial=False, keep="",
                   request: gr.Request = None, progress=gr.Progress()):
         """Streams the loss while erasing, then shows before/after and offers the patch."""
+        ui = self.ui
         self.sessions.touch(visitor(request))
         self.sessions.check_room(visitor(request))
         overrides = (({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
@@ -128,18 +131,18 @@ class Handlers:
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
-            yield (f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s", pd.DataFrame(losses),
-                   *[gr.skip()] * 8)
+            yield {ui.erase_status: f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s",
+                   ui.loss_plot: pd.DataFrame(losses)}
         patches = session + [event.patch_id]
         result = self.studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
         path = self.studio.save_patch(event.patch_id, tempfile.mkdtemp())
         trained = f", final loss {losses[-1]['loss']:.3f} after {len(losses)} steps" if len(losses) > 1 else ""
         mode = " in adversarial mode" if adversarial else ""
         word = result.word_for(event.patch.concepts)
-        yield (f"Erased **{', '.join(event.patch.concepts)}** with {method}{mode}{trained}. "
-               f"Your session now applies {len(patches)} patch(es) in every tab.", pd.DataFrame(losses),
-               result.grid(), (result.before[0][0], result.after[0][0]), str(path), patches, "\n".join(result.labels()),
-               result.heatmaps(word), gr.update(choices=result.words(), value=word), result)
+        yield {ui.erase_status: f"Erased **{', '.join(event.patch.concepts)}** with {method}{mode}{trained}. "
+                                f"Your session now applies {len(patches)} patch(es) in every tab.",
+               ui.loss_plot: pd.DataFrame(losses), ui.patch_file: str(path), ui.session: patches,
+               ui.slider: (result.before[0][0], result.after[0][0]), **self._shown(result, word, ui.grid, ui.judged)}
 
     def show_held(self, concept, keep, replace_with):
         """What the erasure will hold, before the click: the user's words and the model's nearest."""
@@ -158,9 +161,13 @@ class Handlers:
         learned = self.studio.attack(concept or "", session, self.images_of(uploads), on_step=learning)
         result = self.studio.compare(concept, session, learned=learned,
                                      on_image=lambda i, n: progress((i, n), desc="erased / attacked"))
-        word = result.word_for([concept])
-        return (result.grid(), "\n".join(result.labels()), result.heatmaps(word),
-                gr.update(choices=result.words(), value=word), result)
+        return self._shown(result, result.word_for([concept]), self.ui.attack_grid, self.ui.attack_judged)
+
+    def _shown(self, result, word: str, grid, judged) -> dict:
+        """A comparison on the page: its grid and the judge's reads where asked, the word's maps, the comparison."""
+        ui = self.ui
+        return {grid: result.grid(), judged: "\n".join(result.labels()), ui.heat_grid: result.heatmaps(word),
+                ui.heat_word: gr.update(choices=result.words(), value=word), ui.comparison: result}
 
     @user_errors
     def show_word(self, word, comparison):
@@ -410,8 +417,9 @@ def create_demo(studio: Studio, allow_model_switch: bool = False, limits: Limits
         with gr.Tab("Erase"), gr.Row():
             vars(ui).update(_erase_controls(h))
             vars(ui).update(_erase_results())
+        h.ui = ui
         _wire(h, ui, demo)
-    demo.sessions = h.sessions  # for the operator's tests and tools
+    demo.sessions, demo.ui = h.sessions, ui  # for the operator's tests and tools
     return demo
 
 

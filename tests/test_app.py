@@ -100,7 +100,7 @@ def test_erase_endpoint_and_sessions_do_not_leak(app_url):
     bob_before = pixels(call(bob, "a red circle", 11)[0])
     status, _, grid, pair, patch, judged, heat, word = alice.predict("circle", "uce", None, "", 0, api_name="/erase")
     assert "Erased **circle** with uce" in status and word["value"] == "circle" and "grass" in dict(word["choices"])
-    assert Image.open(heat).width > Image.open(heat).height  # the concept word's maps, before and after, per seed
+    assert Image.open(heat).height > Image.open(heat).width  # the concept word's maps: before, after, a line a seed
     assert Image.open(grid).width > Image.open(grid).height // 2 and patch.endswith(".safetensors")
     assert "circle:" in judged and "→" in judged  # the judge's before -> after per probe
     assert not np.array_equal(pixels(call(alice, "a red circle", 11)[0]), bob_before)  # alice's session is patched
@@ -151,7 +151,7 @@ def test_erase_bad_input_loses_nothing(erased, tmp_path, concept, upload, steps,
 def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
     session, patched = erased
     grid, judged, heat, word = session.predict("circle", None, api_name="/attack")
-    assert word["value"] == "circle" and Image.open(heat).width > Image.open(heat).height  # erased -> attacked maps
+    assert word["value"] == "circle" and Image.open(heat).height > Image.open(heat).width  # erased -> attacked maps
     readings = [re.search(r"\[(\w+): ([\d.]+) → ([\d.]+)\]", line) for line in judged.splitlines()]
     assert len(readings) == 6 and all(readings), judged  # every probe of an object, judged erased -> attacked
     assert {r[1] for r in readings} >= {"circle"} and all(0 <= float(r[k]) <= 1 for r in readings for k in (2, 3))
@@ -161,11 +161,13 @@ def test_try_to_break_it_attacks_the_sessions_erasure(app_url, erased):
         Client(app_url, verbose=False).predict("circle", None, api_name="/attack")
 
 
-def handlers(studio) -> dict:
-    """The app's event handlers by API name, to call in-process."""
+def handlers(studio):
+    """The page's components by name (what the handlers' dicts are keyed by) and the app's event handlers by API
+    name, to call in-process."""
     from app import create_demo
 
-    return {f.api_name: f.fn for f in create_demo(studio).fns.values() if f.api_name}
+    demo = create_demo(studio)
+    return demo.ui, {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
 
 
 def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
@@ -176,15 +178,17 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     from fmn.studio import Studio
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")
-    fns = handlers(studio)
+    ui, fns = handlers(studio)
     image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"]
     held = fns["show_held"]("circle, square", "dog", "")  # what the erasure will hold, before the click
     assert held.startswith("**Holds:** dog, ") and len(held.split(", ")) > 2 and "circle" not in held
     assert "names 'circle'" in fns["show_held"]("circle", "a circle", "")
     *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, [], False, "dog"))
-    status, _, grid, pair, path, session, judged, heat, word, comparison = last
-    assert [s[0] for s in streamed] == ["Erasing: step 1/1, 0 s"] and "Erased **circle, square** with uce" in status
+    status, grid, path, session, judged, heat, word, comparison = (last[c] for c in (
+        ui.erase_status, ui.grid, ui.patch_file, ui.session, ui.judged, ui.heat_grid, ui.heat_word, ui.comparison))
+    assert [set(s) for s in streamed] == [{ui.erase_status, ui.loss_plot}]  # while it erases: the status and the loss
+    assert streamed[0][ui.erase_status] == "Erasing: step 1/1, 0 s" and "Erased **circle, square** with uce" in status
     assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
     assert studio.patches[session[0]].settings["keep"] == ["dog"]
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
@@ -216,7 +220,8 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
         list(fns["erase"](" , ", "fmn", None, "", 0, session))
     with pytest.raises(gr.Error, match="uce is a closed form: adversarial mode is for the trained methods"):
         list(fns["erase"]("circle", "uce", None, "", 0, session, True))
-    *_, (status, *_, session, _, _, _, _) = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
+    *_, last = list(fns["erase"]("star", "fmn", None, "", 2, session, True))  # the switch
+    status, session = last[ui.erase_status], last[ui.session]
     assert ("Erased **star** with fmn in adversarial mode" in status
             and studio.patches[session[-1]].settings["adversarial"])
     *_, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, session, True)  # with the original
@@ -234,7 +239,7 @@ def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):
     from fmn.studio import Studio
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")
-    run_erase = handlers(studio)["erase"]
+    run_erase = handlers(studio)[1]["erase"]
     monkeypatch.setattr(ForgetMeNot, "loss", lambda self, pipe, refs, generator: torch.tensor(float("nan")))
     with pytest.raises(gr.Error, match="the loss became nan at step 1"):
         list(run_erase("circle", "fmn", None, "", 3, []))

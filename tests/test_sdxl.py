@@ -124,10 +124,12 @@ def test_an_sdxl_patch_or_lora_onto_an_sd15_model_is_refused(studio, lora, tiny_
 def test_the_app_runs_on_an_sdxl_folder(studio):
     from app import create_demo
 
-    fns = {f.api_name: f.fn for f in create_demo(studio).fns.values() if f.api_name}
+    demo = create_demo(studio)
+    fns, ui = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}, demo.ui
     image, maps, compared = fns["generate"]("a red circle", "", 0, 2, 5.0, 0, 2, None, [])
     assert image.size == (32, 32) and [word for _, word in maps] == ["a", "red", "circle"] and compared is None
-    *_, (status, _, grid, _, path, session, *_) = list(fns["erase"]("circle", "uce", None, "", 0, []))
+    *_, last = list(fns["erase"]("circle", "uce", None, "", 0, []))
+    status, grid, path, session = (last[c] for c in (ui.erase_status, ui.grid, ui.patch_file, ui.session))
     assert "Erased **circle** with uce" in status and path.endswith(".safetensors") and grid.width > grid.height // 2
     fns["export"]("diffusers-lora", session)
     for patch_id in session:
