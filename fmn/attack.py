@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
@@ -118,20 +119,26 @@ class Recovery:
         return max(reads) if reads else None
 
 
+def share(reads: list[bool | None]) -> float:
+    """The share of True among the reads that are certain (not None); if none is, the share of True."""
+    certain = [r for r in reads if r is not None]
+    return float(np.mean(certain if certain else [bool(r) for r in reads]))
+
+
 def _read(pipe: StableDiffusionPipeline, reading: Reading, shows, seed: int | None = None) -> Recovery:
     """The reading's images as the pipeline draws them now, and how often they show the concept."""
-    share = lambda drawn: float(sum(shows(drawn))) / len(drawn) if shows and drawn else None  # noqa: E731
+    rate = lambda drawn: share(shows(drawn)) if shows and drawn else None  # noqa: E731
     drawn = generate_many(pipe, reading.plain, reading.plain_seeds, reading.steps)
     again = generate_many(pipe, reading.erased, reading.erased_seeds, reading.steps) if reading.erased else []
-    return Recovery(share(drawn), share(again), drawn, seed)
+    return Recovery(rate(drawn), rate(again), drawn, seed)
 
 
 def recovery(pipe: StableDiffusionPipeline, concept: str, patches: list[str], reading: Reading,
-             shows: Callable[[list[Image.Image]], list[bool]] | None, config: AttackConfig = AttackConfig(),
+             shows: Callable[[list[Image.Image]], list[bool | None]] | None, config: AttackConfig = AttackConfig(),
              seeds: tuple[int, ...] = (0, 1, 2), **attack) -> list[Recovery]:
     """`concept_inversion` once per seed in `seeds` (`attack`: its images, on_step, looks_like, prompts), each
-    read as `reading` says. ``shows(images)``: per image, whether it shows the concept (None: nothing judges,
-    the rates are None). Leaves no patch active."""
+    read as `reading` says. ``shows(images)``: per image, whether it shows the concept, None where that is
+    uncertain (``shows`` None: nothing judges, the rates are None). Leaves no patch active."""
     results = []
     for seed in seeds:
         learned = concept_inversion(pipe, concept, patches, replace(config, seed=seed), **attack)
@@ -141,7 +148,7 @@ def recovery(pipe: StableDiffusionPipeline, concept: str, patches: list[str], re
 
 
 def encoder_swap(pipe: StableDiffusionPipeline, patches: list[str], reading: Reading,
-                 shows: Callable[[list[Image.Image]], list[bool]] | None) -> dict[str, Recovery]:
+                 shows: Callable[[list[Image.Image]], list[bool | None]] | None) -> dict[str, Recovery]:
     """Per side of SIDES, the reading with only that side of the patches on."""
     out = {}
     for side, parts in SIDES.items():

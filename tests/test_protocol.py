@@ -2,17 +2,21 @@
 wordings no training template produces, on seeds no setting was chosen on, in scenes no erasure holds; the attack
 is read where it comes back most, by the same code for the benchmark and `python -m fmn attack`."""
 
+import random
 import re
 
 import numpy as np
 import pytest
 
-from fmn.attack import SIDES, AttackConfig, Reading, Recovery, encoder_swap, recovery
-from fmn.bench.protocol import NAMES, REPORT, SPLITS, TUNE, probes, scene_words
+from fmn.attack import SIDES, AttackConfig, Reading, Recovery, encoder_swap, recovery, share
+from fmn.bench.protocol import NAMES, REPORT, SPLITS, TUNE, judged, probes, scene_words
 from fmn.erase import erase, keep_set
 from fmn.generate import generate_many
 from fmn.patch import active, detach
 from fmn.tiny import tiny_pipeline
+from fmn.world.judge import Verdict
+from fmn.world.pixels import read
+from fmn.world.render import render
 from fmn.world.scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -21,6 +25,7 @@ from fmn.world.scenes import (
     SHAPES,
     STYLES,
     TRAIN_TEMPLATES,
+    sample_scene,
 )
 
 N = 20  # prompts a set, as the benchmark draws them
@@ -134,3 +139,28 @@ def test_the_encoder_swap_runs_each_side_of_the_patch_with_the_other_side_unedit
 
 def _same(a, b) -> bool:
     return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _verdict(subject: str, colour: str, background: str, night: bool) -> Verdict:
+    """A judge's read that sees exactly one subject of one colour."""
+    return Verdict(subjects={s: float(s == subject) for s in [*SHAPES, *IDENTITIES]},
+                   colours={c: float(c == colour) for c in COLOURS}, style={"plain": 1.0},
+                   background={b: float(b == background) for b in BACKGROUNDS}, night=float(night))
+
+
+def test_an_image_the_judge_and_the_pixel_check_read_apart_is_uncertain():
+    scene = sample_scene(random.Random(0), "any", two_objects=0, kinds=["square"], colours=["blue"], style="plain",
+                         background="plain", night=False)
+    image = render(scene, seed=0)[0]
+    assert read(image).shape == "square" and read(image).background == "plain"  # what the pixels decide
+    agreeing, other_shape = _verdict("square", "blue", "plain", False), _verdict("heart", "blue", "plain", False)
+    other_ground = _verdict("square", "blue", "water", False)
+    verdicts = [agreeing, other_shape, other_ground]
+    reads = judged(lambda images: verdicts[:len(images)], [image] * 3)
+    assert reads[0] is agreeing and reads[1] is None and reads[2] is None
+
+
+def test_a_share_leaves_uncertain_reads_out():
+    assert share([True, None, False, None]) == 0.5
+    assert share([True, True, None]) == 1.0
+    assert share([None, None]) == 0.0  # none certain: nothing is counted as shown

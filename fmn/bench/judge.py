@@ -28,13 +28,13 @@ from ..erase import METHODS, erase
 from ..generate import generate_many
 from ..models import EMBEDDED, load_pipeline
 from ..patch import active, detach
-from ..world.judge import STYLE_CLASSES
+from ..world.judge import STYLE_CLASSES, Judge
 from ..world.pixels import read
 from ..world.scenes import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, SHAPES, STYLES, caption, sample_scene
 from .measure import device_name
 
 __all__ = ["add_arguments", "run", "audit_prompts", "hand_prompts", "pixel_labels", "judge_labels", "hand_labels",
-           "tally", "ERASED", "TARGETS", "HAND_SET"]
+           "tally", "draw_under_patches", "ERASED", "TARGETS", "HAND_SET"]
 
 TARGETS = {"agreement": 0.95, "flips": 0.02}
 # what each method erases, in METHODS order: spread over the kinds (shape, artist, scene, character, colour)
@@ -49,9 +49,9 @@ QUICK = {"images": 48, "steps": 12, "methods": 2}
 SEED = 0  # the prompts' rng: the same prompts every run
 
 
-def audit_prompts(n: int, seed: int = SEED) -> list[str]:
-    """n one-object prompts on held-out templates: 70 % plain shapes cycling through every shape, colour,
-    background and night; 15 % shapes in an artist's style; 15 % characters (most of them styled)."""
+def audit_prompts(n: int, seed: int | str = SEED, templates: list[str] = HELDOUT_TEMPLATES) -> list[str]:
+    """n one-object prompts (held-out templates unless given): 70 % plain shapes cycling through every shape,
+    colour, background and night; 15 % shapes in an artist's style; 15 % characters (most of them styled)."""
     rng, prompts = random.Random(seed), []
     shapes, colours, grounds = list(SHAPES), list(COLOURS), list(BACKGROUNDS)
     for i in range(n):
@@ -63,7 +63,7 @@ def audit_prompts(n: int, seed: int = SEED) -> list[str]:
         fixed = {"colours": [colours[(i // 6 + i) % 6]]} if kind in SHAPES else {}
         scene = sample_scene(rng, "any", two_objects=0, kinds=[kind], style=style, background=grounds[(i // 3) % 4],
                              night=i // 6 % 3 == 0, **fixed)
-        prompts.append(caption(scene, rng.choice(HELDOUT_TEMPLATES), rng, synonyms=False))
+        prompts.append(caption(scene, rng.choice(templates), rng, synonyms=False))
     return prompts
 
 
@@ -136,6 +136,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hand-set", default=str(HAND_SET), help="folder of hand-labelled images (labels.json)")
     parser.add_argument("--write-hand-set", action="store_true",
                         help="draw the hand set's images into --hand-set (images.json; labels.json is left alone)")
+    parser.add_argument("--judge", help="a judge folder to audit instead of the one beside the embedded model")
     parser.add_argument("--out", default="benchmarks/results", help="folder for judge.md, judge.json and the PNG")
 
 
@@ -145,12 +146,16 @@ def _methods(quick: bool) -> list[tuple[str, str]]:
     return [(m, c) for m, c in pairs if not METHODS[m].trains][:QUICK["methods"]] if quick else pairs
 
 
-def _draw(pipe, prompts: list[str], steps: int, methods: list[tuple[str, str]], log) -> dict[str, list]:
-    """The prompts' images (seed = index) unedited and under each method's patch: {"unedited" | "method:concept"}."""
+def draw_under_patches(pipe, prompts: list[str], steps: int, methods: list[tuple[str, str]], log,
+                       unedited: bool = True) -> dict[str, list]:
+    """The prompts' images (seed = index) unedited (unless not asked) and under each method's patch:
+    {"unedited" | "method:concept": images}."""
     seeds = list(range(len(prompts)))
-    start = time.perf_counter()
-    images = {"unedited": generate_many(pipe, prompts, seeds, steps)}
-    log(f"unedited: {len(prompts)} images in {time.perf_counter() - start:.0f} s")
+    images = {}
+    if unedited:
+        start = time.perf_counter()
+        images["unedited"] = generate_many(pipe, prompts, seeds, steps)
+        log(f"unedited: {len(prompts)} images in {time.perf_counter() - start:.0f} s")
     for method, concept in methods:
         start, name = time.perf_counter(), f"{method}:{concept}"
         erase(pipe, [concept], method, name="audit-judge")
@@ -171,7 +176,7 @@ def write_hand_set(pipe, folder: Path, steps: int, log=print) -> None:
     index = {}
     for k, (method, concept) in enumerate(methods):
         chosen = [i for i in range(len(prompts)) if i % len(methods) == k]
-        drawn = _draw(pipe, [prompts[i] for i in chosen], steps, [(method, concept)], log)
+        drawn = draw_under_patches(pipe, [prompts[i] for i in chosen], steps, [(method, concept)], log)
         for patch, images in drawn.items():
             for i, image in zip(chosen, images):
                 name = f"{i:02d}-{patch.replace(':', '-')}.png"
@@ -230,7 +235,8 @@ def markdown(records: dict) -> str:
     s, pixel, hand = records["settings"], records["pixel"], records["hand"]
     flips, pairs = _overall(pixel)
     lines = ["# The judge, audited on the model's own images", "",
-             f"Device: {records['device']}. {s['images']} prompts (one object each, held-out templates), {s['steps']} "
+             f"Device: {records['device']}. Judge {records.get('judge', '?')}. {s['images']} prompts (one object "
+             f"each, held-out templates), {s['steps']} "
              f"steps, each drawn unedited and under one patch of every method: "
              f"{', '.join(s['patches'])}; {records['drawn']} images. Targets: agreement ≥ "
              f"{TARGETS['agreement']:.0%} per label, flips ≤ {TARGETS['flips']:.0%}. Agreement: the share of the "
@@ -284,13 +290,13 @@ def run(args) -> dict:
         raise ValueError(f"--images {n} and --steps {steps}: use 1 to 2000 and 1 to 200.")
     pipe = load_pipeline(EMBEDDED)
     pipe.set_progress_bar_config(disable=True)
-    judge = pipe.world.judge
+    judge = Judge.load(args.judge) if args.judge else pipe.world.judge
     if args.write_hand_set:
         write_hand_set(pipe, Path(args.hand_set), steps, lambda m: print(m, flush=True))
         return {}
     # 1. draw the prompts unedited and under each patch, on the same seeds
     methods = _methods(args.quick)
-    drawn = _draw(pipe, audit_prompts(n), steps, methods, lambda m: print(m, flush=True))
+    drawn = draw_under_patches(pipe, audit_prompts(n), steps, methods, lambda m: print(m, flush=True))
     images = [im for ims in drawn.values() for im in ims]
     names = [f"{patch} #{i}" for patch, ims in drawn.items() for i in range(len(ims))]
     # 2. read every image twice: the judge, and the pixel check
@@ -301,7 +307,8 @@ def run(args) -> dict:
     # 3. tally: per label, and over (unedited, patched) pairs of the same prompt and seed
     pairs = [(i, k * n + i, patch) for k, patch in enumerate(drawn) if k for i in range(n)]
     hand, hand_images = _hand(judge, Path(args.hand_set))
-    records = {"device": device_name(pipe.device), "drawn": len(images), "hand_images": hand_images,
+    records = {"device": device_name(pipe.device), "judge": judge.fingerprint, "drawn": len(images),
+               "hand_images": hand_images,
                "settings": {"images": n, "steps": steps, "quick": args.quick, "patches": list(drawn)[1:]},
                "targets": TARGETS, "pixel": tally(truth, judged, PIXEL_LABELS, pairs), "hand": hand}
     out = Path(args.out)

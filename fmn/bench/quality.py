@@ -16,6 +16,8 @@ concept of the world on templates no training template produces; the tune split 
   concept the unedited model draws; each seed read on the attacker's plain prompts and on the erased prompts,
   the higher of the two (`fmn.attack.recovery`, as `python -m fmn attack` reads it); the table shows the mean
   and the range over the seeds;
+- uncertain: images of the four sets where the judge and the pixel check (`fmn.world.pixels`) disagree, left
+  out of the shares they would count in (`protocol.judged`); the attack's and the swap's reads leave them out too;
 plus seconds to erase, peak memory (`Peak`: weights included on CUDA, growth on a CPU) and
 patch size. The unedited model is measured on the same prompts and seeds, first in the
 table: its row shows how often each set shows what it asks for, so every number reads against it.
@@ -53,6 +55,7 @@ from ..erase.keep import held_settings
 from ..models import EMBEDDED, load_pipeline, pick_device
 from ..patch import active, detach
 from ..sweep import Job, Store, sweep
+from ..world.world import World
 from .measure import Peak, device_name
 from .protocol import SPLITS, found_rates, mass_probes, presence, probes, recovery_rates, swap_rates
 
@@ -98,6 +101,7 @@ class Row:
     patch_kb: float | None
     attack_range: tuple[float, float] | None = None  # the lowest and the highest seed's
     swap: float | None = None  # the encoder swap: the concept's presence with one side of the patch, the worse side
+    uncertain: int | None = None  # images of the four sets where the judge and the pixel check disagree (left out)
     samples: list = field(default_factory=list, repr=False)  # first erased-prompt images, for the PNG
 
 
@@ -132,7 +136,7 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
     if spec["label"] == "unedited":
         base = found_rates(pipe, judge, probe, steps)
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
-                  None, None, None, None, None, None)
+                  None, None, None, None, None, None, uncertain=base["uncertain"])
         return _record(row), base["images"][:4]
     with _erased_with(pipe, [name], spec["label"], spec["method"],
                       spec["settings"]) as (adapter, patch, seconds, peak_mb):
@@ -143,7 +147,7 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
         swap = max(swap_rates(pipe, judge, probe, adapter, attack.images, steps, split).values())
     row = Row(spec["label"], kind, name, 1 - after["erased"], after["in_kind"], after["cross_kind"],
               after["paraphrase"], float(np.mean(attacks)), None, None, seconds, peak_mb, _patch_kb(patch),
-              (min(attacks), max(attacks)), swap)
+              (min(attacks), max(attacks)), swap, after["uncertain"])
     return _record(row), after["images"][:4]
 
 
@@ -247,11 +251,15 @@ def _line(r: Row) -> str:
     """A method's row; the unedited row says how often each set shows what it asks for."""
     if r.method == "unedited":
         return (f"| unedited (shown) | {r.kind} | {r.concept} | {_fmt(1 - r.UA)} | {_fmt(r.IRA)} | – "
-                f"| {_fmt(r.CRA)} | – | {_fmt(r.leak)} | – | – | – | – | – |")
+                f"| {_fmt(r.CRA)} | – | {_fmt(r.leak)} | – | – | {_count(r.uncertain)} | – | – | – |")
     return (f"| {r.method} | {r.kind} | {r.concept} | {_fmt(r.UA)} | {_fmt(r.IRA)} | {_points(r.IRA_lost)} "
             f"| {_fmt(r.CRA)} | {_points(r.CRA_lost)} | {_fmt(r.leak)} | {_attack(r)} | {_fmt(r.swap)} "
-            f"| {_fmt(r.seconds, '.1f')} "
+            f"| {_count(r.uncertain)} | {_fmt(r.seconds, '.1f')} "
             f"| {_fmt(r.peak_mb, '.0f')} | {_fmt(r.patch_kb, '.0f')} |")
+
+
+def _count(n: int | None) -> str:
+    return "–" if n is None else str(n)
 
 
 def _attack(r: Row) -> str:
@@ -262,8 +270,8 @@ def _attack(r: Row) -> str:
 
 
 HEADER = ("| method | kind | concept | UA ↑ | IRA ↑ | IRA Δ pts | CRA ↑ | CRA Δ pts | leak ↓ "
-          "| attack ↓ (mean, min–max) | swap ↓ | erase s | peak MB | patch KB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| attack ↓ (mean, min–max) | swap ↓ | uncertain | erase s | peak MB | patch KB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -440,6 +448,11 @@ def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple
     return runs
 
 
+def _judge_fingerprint() -> str:
+    """The shipped judge's: cells read by another judge run again."""
+    return World.load(EMBEDDED).judge.fingerprint
+
+
 def _defaults(method: str | None) -> dict:
     """The method's default settings, in each cell's spec: a cell stored before a default changed is run again."""
     return asdict(METHODS[method].Config()) if method else {}
@@ -481,8 +494,9 @@ def run(args) -> list[Row] | dict:
                 "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
     settings |= {"set": given} if given else {}
     # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
-    common = {"split": split.name, "reads": ["attack: plain and erased prompts", "encoder swap"], "prompts": n,
-              "steps": steps, "model": "embedded", "held": held_settings()}
+    common = {"split": split.name, "reads": ["attack: plain and erased prompts", "encoder swap",
+                                                     "uncertain: the judge and the pixel check disagree"], "prompts": n,
+              "steps": steps, "model": "embedded", "held": held_settings(), "judge": _judge_fingerprint()}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label,
                                                           "method": method, "settings": tuned,

@@ -108,7 +108,7 @@ def make_vae() -> AutoencoderKL:
     )
 
 
-def _train_loop(name, cfg, work, params, total, lr, step_fn, modules, start_lr_schedule=None):
+def train_loop(name, cfg, work, params, total, lr, step_fn, modules, start_lr_schedule=None):
     """The one training loop of the recipe: AdamW, checkpoints, resume, logging.
 
     ``step_fn(step, rng)`` returns the loss; ``modules`` maps names to the nn.Modules whose
@@ -157,7 +157,7 @@ def train_vae(cfg: TrainConfig, work: Path, images: np.ndarray) -> AutoencoderKL
         return (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
 
     lr = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps))  # noqa: E731  cosine to 10 %
-    for _ in _train_loop("vae", cfg, work, list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, step_fn, {"vae": vae},
+    for _ in train_loop("vae", cfg, work, list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, step_fn, {"vae": vae},
                          lr):
         pass
     vae.eval().cpu().save_pretrained(out)
@@ -212,7 +212,7 @@ def train_judge(cfg: TrainConfig, work: Path, images: np.ndarray, recon: np.ndar
         return net.loss(x.to(device), t)
 
     lr = lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.judge_steps))  # noqa: E731
-    for _ in _train_loop("judge", cfg, work, list(net.parameters()), cfg.judge_steps, cfg.judge_lr, step_fn,
+    for _ in train_loop("judge", cfg, work, list(net.parameters()), cfg.judge_steps, cfg.judge_lr, step_fn,
                          {"judge": net}, lr):
         pass
     judge = Judge(net.cpu())
@@ -342,7 +342,7 @@ def train_denoiser(cfg, work, tokenizer, vae, latents, scale, scenes, judge_dir)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / (cfg.unet_steps - cfg.warmup)))
 
     modules = {"te": text_encoder, "unet": unet, "ema": ema_holder}
-    for step in _train_loop("denoiser", cfg, work, params, cfg.unet_steps, cfg.unet_lr, step_fn, modules, schedule):
+    for step in train_loop("denoiser", cfg, work, params, cfg.unet_steps, cfg.unet_lr, step_fn, modules, schedule):
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_([shadow[i] for i in floats], [live[i] for i in floats], 1 - decay)

@@ -3,11 +3,13 @@
 It knows the truth of the world, so "the concept is gone and everything else is still
 there" becomes a number. Heads: which subjects appear (6 shapes + 4 identities,
 multi-label), which shape colours appear (multi-label), the artist style, the
-background, and night. Trained on renders and their VAE reconstructions (train.py).
+background, and night. Trained on renders and their VAE reconstructions (recipe/train.py), then on the
+model's own images where the pixel check (pixels.py) reads them (recipe/judge.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,17 +113,25 @@ class JudgeNet(nn.Module):
         out = self.head(f).split([len(SUBJECTS), len(COLOUR_NAMES), len(STYLE_CLASSES), len(BACKGROUND_CLASSES), 1], 1)
         return dict(zip(["subjects", "colours", "style", "background", "night"], out))
 
-    def loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor],
+             known: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The heads' losses summed; ``known`` (head -> (B,) 0/1) leaves out the heads an image has no label for
+        (a model image the pixel check could not read wholly), each head averaged over the images that have one."""
         out = self(x)
-        bce = nn.functional.binary_cross_entropy_with_logits
-        ce = nn.functional.cross_entropy
-        return (
-            bce(out["subjects"], targets["subjects"]) * len(SUBJECTS)
-            + bce(out["colours"], targets["colours"]) * len(COLOUR_NAMES)
-            + ce(out["style"], targets["style"])
-            + ce(out["background"], targets["background"])
-            + bce(out["night"][:, 0], targets["night"])
-        )
+        per_image = {
+            "subjects": _bce(out["subjects"], targets["subjects"]).mean(1) * len(SUBJECTS),
+            "colours": _bce(out["colours"], targets["colours"]).mean(1) * len(COLOUR_NAMES),
+            "style": nn.functional.cross_entropy(out["style"], targets["style"], reduction="none"),
+            "background": nn.functional.cross_entropy(out["background"], targets["background"], reduction="none"),
+            "night": _bce(out["night"][:, 0], targets["night"]),
+        }
+        if known is None:
+            return sum(loss.mean() for loss in per_image.values())
+        return sum((loss * known[head]).sum() / known[head].sum().clamp(min=1) for head, loss in per_image.items())
+
+
+def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
 
 def to_tensor(images: list[Image.Image] | np.ndarray) -> torch.Tensor:
@@ -152,6 +162,15 @@ class Judge:
         (folder / "config.json").write_text(json.dumps({"width": width, "labels": {
             "subjects": SUBJECTS, "colours": COLOUR_NAMES, "style": STYLE_CLASSES, "background": BACKGROUND_CLASSES}}))
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, folder / "model.safetensors")
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights: a benchmark's stored reads are only valid for the judge that made them."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.net.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.float().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def knows(self, label: str) -> bool:
         return label in NIGHT_ALIASES or label in {*SUBJECTS, *COLOUR_NAMES, *STYLE_CLASSES, *BACKGROUND_CLASSES}
