@@ -24,8 +24,8 @@ import pandas as pd
 import spaces
 
 from fmn.attention import cross_attention_resolutions
-from fmn.erase import DEFAULT_METHOD, METHODS
-from fmn.erase.images import load_concept_images
+from fmn.erase import DEFAULT_METHOD, METHODS, image_methods
+from fmn.erase.images import MAX_IMAGES, load_concept_images
 from fmn.export import FORMATS
 from fmn.figure import write_figure
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
@@ -124,6 +124,9 @@ class Handlers:
                      | {"keep": keep or ""})
         losses = []
         images = self.images_of(uploads)
+        if images is not None:  # a method may learn from them before its first step (text-map: a word)
+            progress(0, desc=f"learning from your {len(images)} images")
+            yield {ui.erase_status: f"Learning from your {len(images)} images, then erasing…"}
         for event in self.studio.erase_live(concept or "", method, images, replace_with or None, **overrides):
             if isinstance(event, Erased):
                 # now, so that a tab closed during the comparison frees it
@@ -303,7 +306,8 @@ def _erase_controls(h: Handlers) -> dict:
         method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
         adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
                                   "attacker learns; about twice as slow)", elem_id="adversarial")
-        uploads = gr.File(label="Optional: 1-20 images of it (fmn, text-encoder)", file_count="multiple",
+        uploads = gr.File(label=f"Optional: 1-{MAX_IMAGES} images of it ({', '.join(image_methods())})",
+                          file_count="multiple",
                           file_types=["image"])
         replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",
                                   value="")

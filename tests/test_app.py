@@ -231,6 +231,24 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     assert list(studio.patches) == session and len(session) == 2  # nothing lost
 
 
+def test_the_default_erases_from_uploaded_images_in_process(tiny_dirs, tmp_path):
+    """Uploads with the default method: the status says it learns from them first, then the erasure streams."""
+    from fmn.erase import DEFAULT_METHOD
+    from fmn.studio import Studio
+
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    ui, fns = handlers(studio)
+    uploads = []
+    for colour in ("red", "blue"):
+        Image.new("RGB", (48, 40), colour).save(tmp_path / f"{colour}.png")
+        uploads.append(str(tmp_path / f"{colour}.png"))
+    first, *streamed, last = list(fns["erase"]("circle", DEFAULT_METHOD, uploads, "", 2, []))
+    assert first == {ui.erase_status: "Learning from your 2 images, then erasing…"}
+    assert [s[ui.erase_status] for s in streamed][-1].startswith("Erasing: step 2/2")
+    assert f"Erased **circle** with {DEFAULT_METHOD}" in last[ui.erase_status]
+    assert studio.patches[last[ui.session][0]].settings["inversion_steps"] > 0
+
+
 def test_erase_shows_why_a_nan_loss_stopped_it(tiny_dirs, monkeypatch):
     """The app has no learning-rate field, so the NaN is forced; the handler must turn it into a message."""
     import gradio as gr

@@ -169,6 +169,27 @@ def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):
     assert json.loads((tmp_path / "quality-cells" / "triangle-uce.json").read_text())["spec"]["settings"] == {}
 
 
+def test_an_erasure_from_images_is_a_cell_of_its_own_beside_the_same_unedited_cell():
+    """--from-images: the erasure's spec names its images (a name-only cell is never read for it, nor it for one);
+    the unedited cell is the very same, read from the store by both runs."""
+    import argparse
+
+    from fmn.bench.protocol import UPLOAD_SEED
+    from fmn.bench.quality import add_arguments, concept_jobs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    concepts = {"object": ["triangle"]}
+    by_name, from_images = (concept_jobs(parser.parse_args(extra), ["text-map"], concepts, {}, {"split": "tune"})
+                            for extra in ([], ["--from-images"]))
+    assert by_name[0] == from_images[0] and by_name[0].key == "triangle-unedited"
+    assert "images" not in by_name[1].spec and by_name[1].key == "triangle-text-map"
+    assert from_images[1].key == "triangle-text-map-from-images"
+    assert from_images[1].spec["images"] == {"count": 8, "first_seed": UPLOAD_SEED}
+    assert {k: v for k, v in from_images[1].spec.items() if k not in ("images", "label")} == {
+        k: v for k, v in by_name[1].spec.items() if k != "label"}
+
+
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),
@@ -177,7 +198,11 @@ def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys)
                            (["--methods", "uce", "--set", "passes=3"], "--set: uce has no setting passes"),
                            (["--methods", "text-map", "--set", "push_after=20"],
                             "--set: push_after 20 is out of range"),
-                           (["--set", "push_after"], "write KEY=VALUE")):
+                           (["--set", "push_after"], "write KEY=VALUE"),
+                           (["--from-images", "4", "--methods", "text-map,uce"],
+                            "--from-images is for the methods that take images (fmn, text-encoder, text-map), not uce"),
+                           (["--from-images", "0"], "--from-images 0: give 1 to 20 images"),
+                           (["--mass", "--from-images"], "leave --concepts and --from-images out")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -118,8 +118,8 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
          "broken.png is not a readable image"),
         (["--concept", "circle", "--method", "fmn", "--images", str(tmp_path / "empty"), "--out", "p.safetensors"],
          "no such file"),
-        (["--concept", "circle", "--images", str(tmp_path / "good"), "--out", "p.safetensors"],  # the default
-         "text-map learns from the model itself and takes no images"),
+        (["--concept", "circle", "--images", str(tmp_path / "imgs"), "--out", "p.safetensors"],  # the default
+         "broken.png is not a readable image"),
     ]
     for args, message in cases:
         status, lines = run_here(capsys, "erase", "--model", model, *args)
@@ -159,6 +159,17 @@ def test_erase_with_an_empty_folder_lets_the_model_draw_references(tiny_dirs, tm
     status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
                              "--method", "fmn", "--images", str(tmp_path / "none"), "--steps", "1", "--out", str(out))
     assert status == 0 and out.exists() and any("the model draws its own references" in line for line in lines), lines
+
+
+def test_the_default_erases_from_the_images_given(tiny_dirs, tmp_path, capsys):
+    (tmp_path / "good").mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (40, 30), colour).save(tmp_path / "good" / f"{i}.png")
+    out = tmp_path / "p.safetensors"
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--images", str(tmp_path / "good"), "--steps", "2", "--out", str(out))
+    assert status == 0 and "learning from 2 images of 'circle', then erasing" in lines, lines
+    assert Patch.load(out).method == "text-map" and Patch.load(out).settings["inversion_steps"] == 100
 
 
 def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tmp_path, monkeypatch, capsys):

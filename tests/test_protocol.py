@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from fmn.attack import SIDES, AttackConfig, Reading, Recovery, encoder_swap, recovery, share
-from fmn.bench.protocol import NAMES, REPORT, SPLITS, TUNE, judged, probes, scene_words
+from fmn.bench.protocol import (
+    NAMES,
+    REPORT,
+    REPORT_TEMPLATES,
+    SPLITS,
+    TUNE,
+    UPLOAD_SEED,
+    judged,
+    probes,
+    scene_words,
+    uploads,
+)
 from fmn.erase import erase, keep_set
 from fmn.generate import generate_many
 from fmn.patch import active, detach
@@ -164,3 +175,25 @@ def test_a_share_leaves_uncertain_reads_out():
     assert share([True, None, False, None]) == 0.5
     assert share([True, True, None]) == 1.0
     assert share([None, None]) == 0.0  # none certain: nothing is counted as shown
+
+
+@pytest.mark.parametrize("split", [TUNE, REPORT], ids=lambda split: split.name)
+def test_uploads_never_show_a_prompt_or_a_seed_the_protocol_reports_on(split):
+    """The images an erasure from images is given (`bench quality --from-images`) show the concept, in the tune split's
+    templates, on prompts and seeds of their own: none of the sets' texts, no set's or attack reading's seed."""
+    report_starts = tuple(t.split("{")[0] for t in REPORT_TEMPLATES)
+    for kind, names in split.concepts.items():
+        for name in names:
+            probe = probes(kind, name, N, split)
+            prompts, seeds = uploads(probe, 8)
+            reported = {p.text for key in ("erased", "attacker", "paraphrase", "in_kind", "cross_kind")
+                        for p in getattr(probe, key)}
+            assert len(prompts) == 8 and all(p.name == name and p.kind == kind for p in prompts)
+            assert not {p.text for p in prompts} & reported, name
+            assert not any(p.text.startswith(report_starts) for p in prompts), name
+            assert seeds == list(range(UPLOAD_SEED, UPLOAD_SEED + 8))
+            for other in SPLITS.values():  # the sets' seeds and the attack's plain reading: image_seed onwards
+                assert not set(seeds) & set(range(other.image_seed, other.image_seed + 200))
+    # a shape's uploads do show it: each scene holds the shape
+    prompts, _ = uploads(probes("object", "triangle", N, split), 8)
+    assert all("triangle" in p.text and any(t.kind == "triangle" for t in p.scene.things) for p in prompts)

@@ -8,7 +8,9 @@ and in-context prompts). Per concept (`probes`):
 - erased: the concept on the split's prompts (UA, the attack);
 - paraphrase: the concept in other words (a shape's synonym, another night wording, a two-subject scene): leak;
 - in kind / cross kind: other concepts of its kind and of the other kinds, counted only if kept *whole* (IRA, CRA);
-- attacker: the concept as the training captions word it, the images an attacker learns from.
+- attacker: the concept as the training captions word it, the images an attacker learns from;
+- uploads (`bench quality --from-images`): images the unedited model draws of the concept, given to the erasure, on
+  prompts and seeds of their own in the tune split's templates, never a prompt the protocol reports on.
 Every image is read twice, by the judge and by the pixel check (`fmn.world.pixels`) on what pixels decide (a
 plain shape, its colour, the background, night): where the two disagree the image is uncertain and left out of
 the share it would count in (`judged`); the table says how many.
@@ -40,14 +42,15 @@ from ..world.scenes import (
 )
 from .judge import PIXEL_LABELS, judge_labels, pixel_labels
 
-__all__ = ["Split", "TUNE", "REPORT", "SPLITS", "REPORT_TEMPLATES", "Prompt", "Probes", "probes", "found",
-           "kept_whole", "judged", "colourless", "found_rates", "recovery_rates", "swap_rates", "mass_probes",
-           "presence", "scene_words", "NAMES", "SETS"]
+__all__ = ["Split", "TUNE", "REPORT", "SPLITS", "REPORT_TEMPLATES", "Prompt", "Probes", "probes", "uploads",
+           "UPLOAD_SEED", "found", "kept_whole", "judged", "colourless", "found_rates", "recovery_rates", "swap_rates",
+           "mass_probes", "presence", "scene_words", "NAMES", "SETS"]
 
 # Two prefixes, one after the other: no training template (one prefix or none) ever words a scene this way
 REPORT_TEMPLATES = ("a photo of a painting of {subject}{style}{where}{time}",
                     "there is a picture of {subject}{time}{where}{style}",
                     "an image of a photo of {subject}{where}{time}{style}")
+UPLOAD_SEED = 5000  # the first image seed of the uploads: apart from every split's sets (at most 200 from 0 or 1000)
 NAMES = {"object": list(SHAPES), "identity": list(IDENTITIES), "style": list(STYLES), "scene": ["night"],
          "colour": list(COLOURS)}
 
@@ -194,6 +197,22 @@ def probes(kind: str, name: str, n: int, split: Split = TUNE, bare: bool = True,
     pick = lambda pairs: [_kept(rng, split, *pairs[i % len(pairs)], keep_out, avoid) for i in range(n)]  # noqa: E731
     seeds = list(range(split.image_seed, split.image_seed + n))
     return Probes(Prompt(name, kind, name), erased, attacker, paraphrase, pick(in_kind), pick(cross), seeds)
+
+
+def uploads(probe: Probes, n: int) -> tuple[list[Prompt], list[int]]:
+    """The prompts and seeds of `n` images of the probe's concept that a user uploads (`bench quality --from-images`):
+    scenes of it in the tune split's templates, drawn apart from the sets (none of their texts, seeds of their own), so
+    that no image shows a prompt the protocol reports on; on the report split none comes from a report template."""
+    concept = probe.concept
+    rng = random.Random(f"{TUNE.scene_seed}-{concept.name}-uploads")
+    reported = {p.text for key in ("erased", "attacker", "paraphrase", "in_kind", "cross_kind")
+                for p in getattr(probe, key)}
+    prompts = []
+    while len(prompts) < n:
+        prompt = _caption(rng, concept.kind, concept.name, TUNE.templates)
+        if prompt.text not in reported:
+            prompts.append(prompt)
+    return prompts, list(range(UPLOAD_SEED, UPLOAD_SEED + n))
 
 
 def _kept(rng: random.Random, split: Split, kind: str, name: str, keep_out: dict, avoid: frozenset) -> Prompt:

@@ -1,4 +1,5 @@
-"""Erasure quality on the embedded model, judged:  python -m fmn bench quality [--split tune|report] [--quick] [--mass]
+"""Erasure quality on the embedded model, judged:
+    python -m fmn bench quality [--split tune|report] [--quick] [--mass] [--from-images [N]]
 
 For every method and concept of the split (`fmn.bench.protocol`: the report split, the default, measures every
 concept of the world on templates no training template produces; the tune split is where settings are chosen),
@@ -29,6 +30,11 @@ method and reports each erased concept's UA and every kept concept's presence (t
 shapes, characters, artists, the colours and backgrounds) against the unedited model:
 quality-mass.md and .json.
 
+`--from-images [N]` gives each erasure N images of the concept (8 if no N), drawn by the unedited model on prompts
+and seeds the protocol does not report on (`fmn.bench.protocol.uploads`), for the methods that take images: rows
+'<method> from images' in quality-from-images*.md and .json. Their cells sit beside the name-only ones (the spec names
+the images); the unedited cells are the same.
+
 Every row (and every mass run) is a cell: its own erasure, measured on its own seeds, so that the cells
 run in any order, here or as Ray tasks (`--workers N`, `--address`; `fmn.sweep`), and give the same table.
 Each finished cell is kept in <out>/<stem>-cells: run the same command again after an interruption and
@@ -50,14 +56,26 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..attack import AttackConfig
-from ..erase import METHODS, erase, keep_set, make_method
+from ..erase import METHODS, erase, image_methods, keep_set, make_method
+from ..erase.images import MAX_IMAGES, concept_images
 from ..erase.keep import held_settings
+from ..generate import generate_many, native_size
 from ..models import EMBEDDED, load_pipeline, pick_device
 from ..patch import active, detach
 from ..sweep import Job, Store, sweep
 from ..world.world import World
 from .measure import Peak, device_name
-from .protocol import SPLITS, found_rates, mass_probes, presence, probes, recovery_rates, swap_rates
+from .protocol import (
+    SPLITS,
+    UPLOAD_SEED,
+    found_rates,
+    mass_probes,
+    presence,
+    probes,
+    recovery_rates,
+    swap_rates,
+    uploads,
+)
 
 __all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_kind", "Row", "QUICK_CONCEPTS",
            "MASS", "TARGETS", "DEFAULT_METHODS"]
@@ -113,13 +131,13 @@ def _patch_kb(patch) -> float:
 
 
 @contextmanager
-def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: dict):
-    """Erases `concepts` into an adapter of its own, removed after the block; yields the adapter's name, the
-    patch, seconds and peak memory."""
+def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: dict, images=None):
+    """Erases `concepts` (given `images` of the first) into an adapter of its own, removed after the block; yields
+    the adapter's name, the patch, seconds and peak memory."""
     adapter = f"bench-{label}"
     peak, start = Peak(pipe.device), time.perf_counter()
     with peak():
-        patch = erase(pipe, concepts, method, name=adapter, **settings)
+        patch = erase(pipe, concepts, method, images, name=adapter, **settings)
     try:
         yield adapter, patch, time.perf_counter() - start, (peak.bytes / 2**20 if peak.bytes is not None else None)
     finally:
@@ -138,8 +156,9 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],
                   None, None, None, None, None, None, uncertain=base["uncertain"])
         return _record(row), base["images"][:4]
+    images = _uploads(pipe, probe, spec["images"]["count"], steps) if "images" in spec else None
     with _erased_with(pipe, [name], spec["label"], spec["method"],
-                      spec["settings"]) as (adapter, patch, seconds, peak_mb):
+                      spec["settings"], images) as (adapter, patch, seconds, peak_mb):
         with active(pipe, [adapter]):
             after = found_rates(pipe, judge, probe, steps)
         attack = AttackConfig(**spec["attack"])
@@ -149,6 +168,13 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
               after["paraphrase"], float(np.mean(attacks)), None, None, seconds, peak_mb, _patch_kb(patch),
               (min(attacks), max(attacks)), swap, after["uncertain"])
     return _record(row), after["images"][:4]
+
+
+def _uploads(pipe, probe, n: int, steps: int):
+    """The images an erasure from images is given: the unedited model's of the concept, on prompts and seeds the
+    protocol does not report on (`protocol.uploads`), as uploads reach a method: (n, 3, H, W) in [-1, 1]."""
+    prompts, seeds = uploads(probe, n)
+    return concept_images(generate_many(pipe, [p.text for p in prompts], seeds, steps), native_size(pipe))
 
 
 def assemble(cells: list[tuple[dict, list[Image.Image]]]) -> list[Row]:
@@ -388,8 +414,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mass", action="store_true",
                         help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
                         "report each one's UA and every kept concept's presence (quality-mass.md)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)})")
+    parser.add_argument("--methods",
+                        help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)}; "
+                        "with --from-images, those of them that take images)")
+    parser.add_argument("--from-images", type=int, nargs="?", const=8, metavar="N",
+                        help="give each erasure N images of the concept (8 if no N) that the unedited model draws on "
+                        "prompts and seeds the protocol does not report on; rows '<method> from images', written to "
+                        "quality-from-images*.md/.json (its cells apart from the name-only ones)")
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts",
@@ -439,18 +470,29 @@ def given_settings(pairs: list[str], methods: list[str]) -> dict:
 
 def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple[str, str, dict]]:
     """(label, method, settings) of every erasure of one concept (of `kind`; None: a mass erasure)."""
-    runs = []
+    runs, given_images = [], " from images" if args.from_images else ""
     for m in methods:
         tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {}) | given
-        runs.append((m, m, tuned))
+        runs.append((m + given_images, m, tuned))
         if args.adversarial and METHODS[m].trains:
-            runs.append((f"{m} adversarial", m, tuned | {"adversarial": True}))
+            runs.append((f"{m}{given_images} adversarial", m, tuned | {"adversarial": True}))
     return runs
 
 
 def _judge_fingerprint() -> str:
     """The shipped judge's: cells read by another judge run again."""
     return World.load(EMBEDDED).judge.fingerprint
+
+
+def concept_jobs(args, methods: list[str], concepts: dict[str, list[str]], given: dict, common: dict) -> list[Job]:
+    """One cell per concept and run: its unedited row, then each method's (`_runs`). With --from-images an erasure's
+    spec names its images, so that its cell is never taken for a name-only one; the unedited cell is the same."""
+    images = {"images": {"count": args.from_images, "first_seed": UPLOAD_SEED}} if args.from_images else {}
+    return [Job(f"{name}-{label.replace(' ', '-')}",
+                {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
+                 "settings": tuned, "defaults": _defaults(method), **common, **(images if method else {})})
+            for kind, names in concepts.items() for name in names
+            for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind, given)]]
 
 
 def _defaults(method: str | None) -> dict:
@@ -475,12 +517,10 @@ def run(args) -> list[Row] | dict:
         plot(rows, path.with_suffix(".png"))
         print(table, flush=True)
         return rows
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
-    if args.mass and args.concepts:
-        raise ValueError(f"--mass erases its own list ({', '.join(MASS)}); leave --concepts out.")
+    methods = _methods(args)
+    if args.mass and (args.concepts or args.from_images):
+        raise ValueError(f"--mass erases its own list ({', '.join(MASS)}), by name; leave --concepts and "
+                         "--from-images out.")
     given = given_settings(args.set, methods)
     preset = QUICK if args.quick else FULL
     n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
@@ -492,11 +532,11 @@ def run(args) -> list[Row] | dict:
     concepts = _concepts(args, split)
     settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
                 "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
-    settings |= {"set": given} if given else {}
+    settings |= ({"set": given} if given else {}) | ({"from_images": args.from_images} if args.from_images else {})
     # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
-    common = {"split": split.name, "reads": ["attack: plain and erased prompts", "encoder swap",
-                                                     "uncertain: the judge and the pixel check disagree"], "prompts": n,
-              "steps": steps, "model": "embedded", "held": held_settings(), "judge": _judge_fingerprint()}
+    common = {"split": split.name, "prompts": n, "steps": steps,
+              "reads": ["attack: plain and erased prompts", "encoder swap", "uncertain: judge and pixels disagree"],
+              "model": "embedded", "held": held_settings(), "judge": _judge_fingerprint()}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label,
                                                           "method": method, "settings": tuned,
@@ -505,15 +545,12 @@ def run(args) -> list[Row] | dict:
         stem = "quality-mass" + ("-quick" if args.quick else "")
     else:
         settings |= {"attack_steps": attack.steps, "attack_images": attack.images, "attack_seeds": split.attack_seeds}
-        jobs = [Job(f"{name}-{label.replace(' ', '-')}", {"section": "concept", "kind": kind, "name": name,
-                                                         "label": label, "method": method, "settings": tuned,
-                                                         "defaults": _defaults(method), "attack": asdict(attack),
-                                                         **common})
-                for kind, names in concepts.items() for name in names
-                for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, kind, given)]]
+        jobs = concept_jobs(args, methods, concepts, given, common | {"attack": asdict(attack)})
         stem = "quality-quick" if args.quick else "quality"
     stem += "" if split.name == "report" or args.quick else f"-{split.name}"
     folder = f"{stem}-cells"  # shared by the runs of any of the split's concepts: a cell is one concept and method
+    # erasures from images: a table of their own; their cells sit beside the name-only ones, the unedited shared
+    stem = stem.replace("quality", "quality-from-images", 1) if args.from_images else stem
     stem += "" if args.mass or args.quick else _subset(concepts, split)
     out, log = Path(args.out), lambda line: print(line, flush=True)
     store = Store(out / folder)
@@ -540,6 +577,24 @@ def run(args) -> list[Row] | dict:
     sample_grid(rows, out / f"{stem}-samples.png")
     print(table, flush=True)
     return rows
+
+
+def _methods(args) -> list[str]:
+    """The run's methods (--methods, default DEFAULT_METHODS); with --from-images, only methods that take images."""
+    if args.from_images is not None and not 1 <= args.from_images <= MAX_IMAGES:
+        raise ValueError(f"--from-images {args.from_images}: give 1 to {MAX_IMAGES} images.")
+    takers = image_methods()
+    if not args.methods:
+        return [m for m in DEFAULT_METHODS if not args.from_images or m in takers]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
+    blind = [m for m in methods if args.from_images and m not in takers]
+    if blind:
+        raise ValueError(f"--from-images is for the methods that take images ({', '.join(takers)}), "
+                         f"not {', '.join(blind)}.")
+    return methods
 
 
 def _concepts(args, split) -> dict[str, list[str]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..erase import DEFAULT_METHOD, METHODS, split_concepts
+from ..erase import DEFAULT_METHOD, METHODS, image_methods, split_concepts
+from ..erase.images import MAX_IMAGES
 from .options import add_model_options, concept_images, open_studio, output_path, progress_line, require_png
 
 HELP = "erase a concept; writes a patch file"
@@ -34,7 +35,8 @@ def _add_method_options(parser) -> None:
     """What to erase, with which method, and the method's settings."""
     parser.add_argument("--concept", action="append", required=True, help="what to erase (repeatable)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
-    parser.add_argument("--images", help="a folder of 1-20 images of the concept (fmn, text-encoder)")
+    parser.add_argument("--images", help=f"a folder of 1-{MAX_IMAGES} images of the concept "
+                        f"({', '.join(image_methods())})")
     parser.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     parser.add_argument("--keep", help="a comma list of words to hold as they are (beside the model's own words "
                         "nearest the concept)")
@@ -90,6 +92,8 @@ def _erase(args, studio) -> str:
     images = concept_images(studio, args.images)
     if args.images and images is None:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
+    elif images is not None:
+        print(f"learning from {len(images)} images of {args.concept[0]!r}, then erasing", file=sys.stderr)
     settings = _settings(args)
     held = studio.held(args.concept, settings["keep"], args.replace_with)
     print(f"holding: {', '.join(held.words) or 'nothing in particular'}"

@@ -14,10 +14,17 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["METHODS", "register", "MethodConfig", "TrainingConfig", "ErasureMethod", "MAX_STEPS"]
+from .images import check_images
+
+__all__ = ["METHODS", "register", "image_methods", "MethodConfig", "TrainingConfig", "ErasureMethod", "MAX_STEPS"]
 
 METHODS: dict[str, type["ErasureMethod"]] = {}  # name -> class, in the order they were registered
 MAX_STEPS = 5000
+
+
+def image_methods() -> list[str]:
+    """The methods that take images of the concept, by name."""
+    return [name for name, cls in METHODS.items() if cls.takes_images]
 
 
 def register(cls: type["ErasureMethod"]) -> type["ErasureMethod"]:
@@ -78,9 +85,10 @@ class ErasureMethod:
 
     def __init__(self, concepts: list[str], config: MethodConfig, images: torch.Tensor | None = None):
         if images is not None and not self.takes_images:
-            takers = " or ".join(n for n, cls in METHODS.items() if cls.takes_images)
             raise ValueError(f"{self.name} learns from the model itself and takes no images; "
-                             f"upload images with {takers}.")
+                             f"upload images with {' or '.join(image_methods())}.")
+        if images is not None:
+            check_images(images)
         self.concepts, self.config = concepts, config
         self.images = images  # (N, 3, H, W) in [-1, 1] of the first concept, or None
 

@@ -13,6 +13,8 @@ No image is drawn and the UNet is not touched: a step encodes prompts only. With
 later rows of every concept past the guide's (`default_prior`; half as far as a closed form pushes a concept
 named in its `prior`, since those rows carry the rest of the prompt too), which a linear edit cannot afford, so a
 prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
+Given images of the (first) concept, it first learns the concept as they show it, a word by textual inversion,
+and sends that word's rows in the same prompts to the same targets (`learned_word.py`).
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
 the UNet; here the targets come in closed form from the text space alone.
 """
@@ -29,6 +31,7 @@ from torch import nn
 from ..diffusion import encode
 from ..inversion import text_encoder_components
 from .layers import layer_names
+from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_loss
 from .method import ErasureMethod, TrainingConfig, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
 
@@ -36,7 +39,7 @@ __all__ = ["TextMapConfig", "TextMap"]
 
 
 @dataclass
-class TextMapConfig(TrainingConfig, TargetsConfig):
+class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     steps: int = 0  # 0: `passes` x the batches it takes to see every erased prompt (one concept and its contexts: 100)
     passes: int = 100  # tuned with lr on the embedded model: one concept and its 31 in-context prompts, 100 steps
     lr: float = 1e-2
@@ -49,6 +52,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig):
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
+        LearnedWordConfig.check(self)
         if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
             raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: "
                              "use 1 or more (passes at most 1000).")
@@ -59,12 +63,14 @@ class References:
     spans: list[Span]  # the erased prompts' rows and where they go
     keep_prompts: list[str]
     keep_states: torch.Tensor  # (K, 77, D) what the unedited text encoder gives them
+    learned: LearnedWord | None = None  # the concept as the user's images show it, if given
 
 
 @register
 class TextMap(EmbeddingTargets, ErasureMethod):
     name = "text-map"
     Config = TextMapConfig
+    takes_images = True
 
     def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):
         if not config.steps:  # the words alone and the in-context prompts: each in about `passes` steps' batches
@@ -82,17 +88,21 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n]
                 for c in text_encoder_components(pipe)}
 
+    @property
+    def learns_new_words(self) -> bool:
+        return self.images is not None  # the word is learned from the images
+
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         keep = [*self.config.preserve, *self.config.keep_prompts]
         states = encode(pipe, keep).states.float() if keep else torch.zeros(0)
-        return References(self.spans(pipe), keep, states)
+        learned = None if self.images is None else learn_word(pipe, self, self.images, self.config, self.config.seed)
+        return References(self.spans(pipe), keep, states, learned)
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
-        picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:cfg.batch]]
-        states = encode(pipe, [s.prompt for s in picked]).states.float()
-        loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
-                            for row, s in zip(states, picked)]).mean()
+        loss = span_loss(pipe, refs.spans, cfg.batch, generator)
+        if refs.learned is not None:  # the name and the learned word, weighed alike against what is kept
+            loss = (loss + span_loss(pipe, refs.learned.spans, cfg.learned_batch, generator, refs.learned.inverted)) / 2
         if len(refs.keep_prompts) and cfg.keep_weight:
             idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
             kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()

@@ -1,0 +1,74 @@
+"""Erasing from images with the default method: text-map learns the concept from the images as a word (textual
+inversion) and erases that word too; images the methods cannot read are refused with what they should be."""
+
+import pytest
+import torch
+
+from fmn.diffusion import encode
+from fmn.erase import DEFAULT_METHOD, erase, make_method
+from fmn.generate import native_size
+from fmn.inversion import inverted
+from fmn.patch import active
+from fmn.tiny import tiny_pipeline
+
+INVERSION = dict(inversion_steps=60, inversion_lr=5e-2)  # the tiny model's random embeddings move far in 60 steps
+
+
+def _images(pipe, n: int = 4, seed: int = 0) -> torch.Tensor:
+    size = native_size(pipe)
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _left(pipe, patch: str, word) -> list[float]:
+    """Per span of the learned word, how much of the way to its targets its rows have left to go with `patch` on."""
+    with torch.no_grad(), active(pipe, [patch]), inverted(pipe, word.inverted):
+        states = encode(pipe, [s.prompt for s in word.spans]).states
+    return [((row[s.start:s.start + len(s.rows)] - s.targets).norm() / (s.rows - s.targets).norm()).item()
+            for row, s in zip(states, word.spans)]
+
+
+def test_text_map_erases_the_word_it_learns_from_the_images():
+    """The images are learned as a word (away from the name's own embeddings), its prompts' rows are sent to the
+    targets: with the images they end far nearer them than after the same erasure by name alone."""
+    pipe = tiny_pipeline()
+    images = _images(pipe)
+    method = make_method(DEFAULT_METHOD, ["circle"], images, in_context=["a red circle on grass"], **INVERSION)
+    with torch.no_grad():
+        refs = method.references(pipe, torch.Generator().manual_seed(0))
+    word = refs.learned
+    name = pipe.text_encoder.get_input_embeddings().weight[word.inverted.token_ids]
+    assert (word.inverted.vectors[0] - name).norm() > 5 * name.norm()  # measured: moved 1.8, the name 0.11 long
+    assert [s.prompt for s in word.spans] == ["circle", "a red circle on grass"]
+    settings = dict(in_context=["a red circle on grass"], steps=60, **INVERSION)
+    patch = erase(pipe, ["circle"], DEFAULT_METHOD, images, name="from-images", **settings)
+    erase(pipe, ["circle"], DEFAULT_METHOD, None, name="by-name", **settings)
+    assert patch.settings["inversion_steps"] == 60
+    # measured on the tiny model: 0.3 of the way left with the images, 0.8 by name alone
+    with_images, by_name = _left(pipe, "from-images", word), _left(pipe, "by-name", word)
+    assert max(with_images) < 0.5 and sum(with_images) < 0.6 * sum(by_name), (with_images, by_name)
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(3, 32, 32), "a (N, 3, H, W) tensor in [-1, 1]"),
+    ([[0.0]], "a (N, 3, H, W) tensor in [-1, 1] (fmn.erase.images.load_concept_images reads files into one), not list"),
+    (torch.zeros(4, 1, 32, 32), "not (4, 1, 32, 32)"),
+    (torch.zeros(0, 3, 32, 32), "0 images; give 1 to 20"),
+    (torch.zeros(21, 3, 32, 32), "21 images; give 1 to 20"),
+    (torch.zeros(2, 3, 30, 30), "images of 30x30 pixels: each side a multiple of 8"),
+    (torch.full((2, 3, 32, 32), 255.0), "values in [-1, 1]"),
+    (torch.full((2, 3, 32, 32), float("nan")), "values in [-1, 1]"),
+])
+def test_images_the_methods_cannot_read_are_refused_with_what_they_should_be(images, message):
+    with pytest.raises(ValueError, match="^" if message.startswith("(") else None) as err:
+        make_method(DEFAULT_METHOD, ["circle"], images)
+    assert message in str(err.value)
+
+
+def test_a_name_the_model_never_saw_is_learned_from_the_images(embedded):
+    """Without images the embedded model refuses a word it never saw; with them the word is the learned word's
+    placeholder: its prompts draw what the images show, and are erased."""
+    with pytest.raises(ValueError, match="never saw zorblat"):
+        erase(embedded, ["zorblat"], DEFAULT_METHOD, steps=1)
+    patch = erase(embedded, ["zorblat"], DEFAULT_METHOD, _images(embedded, 2), name="zorblat", steps=2,
+                  inversion_steps=2)
+    assert patch.concepts == ["zorblat"] and patch.tensors
