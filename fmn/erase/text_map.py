@@ -90,11 +90,12 @@ class TextMap(EmbeddingTargets, ErasureMethod):
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
         picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:cfg.batch]]
-        states = encode(pipe, [s.prompt for s in picked]).states.float()
+        kept = (torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
+                if len(refs.keep_prompts) and cfg.keep_weight else torch.zeros(0, dtype=torch.long))
+        # one text-encoder pass a step: the erased prompts, then the keep prompts
+        states = encode(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept]).states.float()
         loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
                             for row, s in zip(states, picked)]).mean()
-        if len(refs.keep_prompts) and cfg.keep_weight:
-            idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
-            kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()
-            loss = loss + cfg.keep_weight * (kept - refs.keep_states[idx]).pow(2).mean()
+        if len(kept):
+            loss = loss + cfg.keep_weight * (states[len(picked):] - refs.keep_states[kept]).pow(2).mean()
         return loss
