@@ -43,6 +43,8 @@ Type a prompt, pick a seed, and see the image with one cross-attention heatmap p
 (DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
+# the status and loss plot redrawn at most this often while erasing: each redraw costs the page and the server time
+STREAM_EVERY_S = 1.0
 # small images shown large: keep their pixels sharp
 CSS = ("#image img, #heatmaps img, #slider img { image-rendering: pixelated; } "
        "#image img { width: 100%; height: 100%; object-fit: contain; }")
@@ -122,7 +124,7 @@ class Handlers:
         self.sessions.check_room(visitor(request))
         overrides = (({"steps": int(steps)} if steps else {}) | ({"adversarial": True} if adversarial else {})
                      | {"keep": keep or ""})
-        losses = []
+        losses, shown_at = [], -STREAM_EVERY_S
         images = self.images_of(uploads)
         if images is not None:  # a method may learn from them before its first step (text-map: a word)
             progress(0, desc=f"learning from your {len(images)} images")
@@ -131,11 +133,14 @@ class Handlers:
             if isinstance(event, Erased):
                 # now, so that a tab closed during the comparison frees it
                 self.sessions.add(visitor(request), event.patch_id)
+                yield {ui.erase_status: f"Erasing: done after {len(losses)} step(s); drawing the before/after…"}
                 break
             losses.append({"step": event.step, "loss": event.loss})
             progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
-            yield {ui.erase_status: f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s",
-                   ui.loss_plot: pd.DataFrame(losses)}
+            if event.elapsed - shown_at >= STREAM_EVERY_S:
+                shown_at = event.elapsed
+                yield {ui.erase_status: f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s",
+                       ui.loss_plot: pd.DataFrame(losses)}
         patches = session + [event.patch_id]
         result = self.studio.compare(concept, patches, on_image=lambda i, n: progress((i, n), desc="before / after"))
         path = self.studio.save_patch(event.patch_id, tempfile.mkdtemp())

@@ -13,7 +13,8 @@
     python -m fmn bench quality [--split report|tune] [--quick] [--workers 2] [--address ray://head:10001]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
     python -m fmn bench profile --arch sd15 --random-weights [--method fmn] [--steps 8]
-    python -m fmn bench erase-speed | generate-speed | heatmap-overhead
+    python -m fmn bench erase-speed [--methods text-map,uce] | click [--concept Zubrik]
+    python -m fmn bench generate-speed | heatmap-overhead
     python -m fmn bench load [--sessions 20] [--seconds 300]
 
 Every command takes --model (default: the embedded shapes-world model). Bad input exits

@@ -52,7 +52,8 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
                                                   do_classifier_free_guidance=False)
         return Text(states, pooled)
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    return Text(pipe.text_encoder(ids.to(pipe.device))[0])
+    # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
+    return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
 
 
 def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from fmn.bench.click import launch_chromium
+
 from conftest import BAD_UPLOADS, OUTPUT, bad_upload
 
 STEPS = 10  # fewer steps than the default keeps the server tests quick
@@ -18,13 +20,6 @@ SERVER = pytest.mark.slow  # the live server and the browser: the handlers thems
 
 def call(client, prompt, seed, **kw):
     return client.predict(prompt, "", seed, STEPS, 5.0, 0, STEPS, api_name="/generate", **kw)
-
-
-def launch(playwright):
-    """Debian's chromium, headless, with nothing that reaches the network."""
-    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run"])
 
 
 def pixels(path):
@@ -78,7 +73,7 @@ def test_browser_types_a_prompt_and_sees_image_and_heatmaps(app_url):
 
     OUTPUT.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = launch(p)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         page.get_by_label("Prompt", exact=True).fill("Mimo and a yellow star on water")
@@ -187,8 +182,10 @@ def test_handlers_generate_erase_and_refuse_in_process(tiny_dirs):
     *streamed, last = list(fns["erase"]("circle, square", "uce", None, "", 0, [], False, "dog"))
     status, grid, path, session, judged, heat, word, comparison = (last[c] for c in (
         ui.erase_status, ui.grid, ui.patch_file, ui.session, ui.judged, ui.heat_grid, ui.heat_word, ui.comparison))
-    assert [set(s) for s in streamed] == [{ui.erase_status, ui.loss_plot}]  # while it erases: the status and the loss
+    # while it erases: the status and the loss; then, while the comparison is drawn, the status alone
+    assert [set(s) for s in streamed] == [{ui.erase_status, ui.loss_plot}, {ui.erase_status}]
     assert streamed[0][ui.erase_status] == "Erasing: step 1/1, 0 s" and "Erased **circle, square** with uce" in status
+    assert streamed[1][ui.erase_status] == "Erasing: done after 1 step(s); drawing the before/after…"
     assert session == list(studio.patches) and path.endswith("uce-circle_square.safetensors")
     assert studio.patches[session[0]].settings["keep"] == ["dog"]
     assert len(judged.splitlines()) == 5 and grid.width > grid.height // 2  # the probes of a model without a world
@@ -270,7 +267,7 @@ def test_browser_erases_and_sees_before_and_after(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = launch(p)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(app_url)
         page.get_by_role("tab", name="Erase").click()

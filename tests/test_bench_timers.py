@@ -1,14 +1,39 @@
-"""The small timing benchmarks (`python -m fmn bench erase-speed | generate-speed | heatmap-overhead`)
+"""The small timing benchmarks (`python -m fmn bench erase-speed | click | generate-speed | heatmap-overhead`)
 run on a tiny model and print what they measured, on which device, against which target."""
+
+import re
+
+import pytest
 
 from fmn.__main__ import main
 
 
-def test_erase_speed_times_the_apps_erase_click(tiny_dirs, capsys):
-    assert main(["bench", "erase-speed", "--model", str(tiny_dirs["sd15"]), "--method", "uce"]) == 0
+def test_erase_speed_times_the_apps_erase_click_for_every_method_asked(tiny_dirs, capsys):
+    assert main(["bench", "erase-speed", "--model", str(tiny_dirs["sd15"]), "--methods", "uce,text-map",
+                 "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "device: " in out and "uce erasure of 'circle'" in out and "before/after (30 images)" in out
-    assert "target <= 60 s on 2 CPU cores" in out
+    assert "device: " in out and "the click on 'circle'" in out and "(2 training steps)" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| uce |", "| text-map |"))]
+    assert [row[0] for row in rows] == ["| uce", "| text-map"]
+    assert all(float(row[3]) >= float(row[1]) and row[4] in ("✓ |", "✗ |") for row in rows)  # click = erase + shown
+    assert re.search(r"the default \(text-map\): click [\d.]+ s; target <= 12 s on 2 CPU cores [✓✗]", out)
+    assert "images drawn plainly" in out
+
+
+def test_erase_speed_refuses_an_unknown_method(capsys):
+    assert main(["bench", "erase-speed", "--methods", "uce,dreambooth"]) == 2
+    assert "Unknown method dreambooth" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_click_bench_times_the_page_against_the_bench(tiny_dirs, capsys):
+    """The real app in headless Chromium on a tiny model: the milestones, the bench's click and the bound printed."""
+    assert main(["bench", "click", "--model", str(tiny_dirs["sd15"]), "--concept", "square", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"bench \(erase-speed\): erase [\d.]+ s \+ before/after shown [\d.]+ s = [\d.]+ s", out)
+    assert re.search(r"first step shown [\d.]+ s, comparison started [\d.]+ s, grid, reads and heatmaps on screen "
+                     r"[\d.]+ s", out)
+    assert re.search(r"the page's click [\d.]+ s = [\d.]+x the bench's; bound <= 1.5x \([\d.]+ s\) [✓✗]", out)
 
 
 def test_generate_speed_reports_the_median(tiny_dirs, capsys):

@@ -6,7 +6,7 @@ import torch
 from PIL import ImageFile
 
 from fmn.diffusion import encode
-from fmn.erase import ErasureCancelled, ErasureError, erase, make_method
+from fmn.erase import ErasureCancelled, ErasureError, erase, make_method, make_patch
 from fmn.erase.images import load_concept_images
 from fmn.patch import activate
 from fmn.tiny import tiny_pipeline
@@ -303,6 +303,35 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
     assert ((moved - circle) * way).sum() / way.pow(2).sum() > 0.5
     with torch.no_grad():
         assert torch.equal(encode(pipe, ["a blue star on grass", *keep]).states, kept_before)  # switched off: the base
+
+
+def test_text_map_patch_is_the_one_of_a_pass_per_prompt_and_per_set():
+    """The spans read in batched passes and each step's erased and keep prompts in one pass give the patch of the
+    plain reading (each prompt and its guided twin in a pass of their own; a step's erased prompts, then its keep
+    prompts, in two passes), seed for seed, within float rounding."""
+    from fmn.erase.text_map import TextMap, TextMapConfig
+
+    class Plain(TextMap):
+        def _rows_of(self, pipe, prompts, guide=None):
+            return [super(Plain, self)._rows_of(pipe, [prompt], guide)[0] for prompt in prompts]
+
+        def loss(self, pipe, refs, generator):
+            picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:self.config.batch]]
+            states = encode(pipe, [s.prompt for s in picked]).states.float()
+            loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
+                                for row, s in zip(states, picked)]).mean()
+            idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:self.config.keep_batch]
+            kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()
+            return loss + self.config.keep_weight * (kept - refs.keep_states[idx]).pow(2).mean()
+
+    pipe = tiny_pipeline()
+    config = TextMapConfig(in_context=["a red circle on grass", "a green circle", "a circle on water"],
+                           keep_prompts=["a blue square on grass", "a red star on sand", "a green star", "a star"],
+                           preserve=["star"], prior=["circle"], steps=12, batch=3, keep_batch=3, keep_weight=2.0)
+    batched, plain = (make_patch(pipe, cls(["circle"], config), cls.__name__).tensors for cls in (TextMap, Plain))
+    assert batched.keys() == plain.keys() and any(t.abs().max() > 1e-3 for t in plain.values())  # it trained
+    for key in plain:
+        torch.testing.assert_close(batched[key], plain[key], rtol=1e-4, atol=1e-6)
 
 
 def test_text_map_steps_scale_with_the_prompts_it_erases():

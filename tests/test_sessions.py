@@ -144,8 +144,7 @@ def test_a_tab_closed_without_reset_leaves_no_adapter(tiny_dirs):
     from playwright.sync_api import sync_playwright
 
     from app import CSS, create_demo
-
-    from test_app import launch
+    from fmn.bench.click import launch_chromium
 
     studio = Studio(tiny_dirs["sd15"], device="cpu")
     demo = create_demo(studio)
@@ -153,7 +152,7 @@ def test_a_tab_closed_without_reset_leaves_no_adapter(tiny_dirs):
                                                     quiet=True)
     try:
         with sync_playwright() as p:
-            browser = launch(p)
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(demo.local_url)
             page.get_by_role("tab", name="Erase").click()

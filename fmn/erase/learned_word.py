@@ -25,7 +25,7 @@ from ..diffusion import encode, reference_latents
 from ..inversion import InversionConfig, Inverted, invert, inverted
 from .targets import EmbeddingTargets, Span, find
 
-__all__ = ["LearnedWordConfig", "LearnedWord", "learn_word", "span_loss"]
+__all__ = ["LearnedWordConfig", "LearnedWord", "learn_word", "span_loss", "span_distance"]
 
 
 @dataclass
@@ -73,6 +73,11 @@ def span_loss(pipe: StableDiffusionPipeline, spans: list[Span], batch: int, gene
     `word`, if given), from their targets."""
     picked = [spans[i] for i in torch.randperm(len(spans), generator=generator)[:batch]]
     with inverted(pipe, word) if word is not None else nullcontext():
-        states = encode(pipe, [s.prompt for s in picked]).states.float()
+        return span_distance(encode(pipe, [s.prompt for s in picked]).states.float(), picked)
+
+
+def span_distance(states: torch.Tensor, spans: list[Span]) -> torch.Tensor:
+    """Mean squared distance of each span's rows in `states` (the first len(spans) prompts' encodings) from its
+    targets."""
     return torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
-                        for row, s in zip(states, picked)]).mean()
+                        for row, s in zip(states, spans)]).mean()

@@ -35,6 +35,8 @@ from .method import MethodConfig
 
 __all__ = ["TargetsConfig", "Span", "EmbeddingTargets", "find"]
 
+ENCODE_BATCH = 256  # prompts a text-encoder call when the spans are read: one call for a concept, a few for a mass list
+
 
 @dataclass
 class TargetsConfig(MethodConfig):
@@ -81,19 +83,32 @@ class EmbeddingTargets:
         of the prompt, and a linear edit takes it along); name them with ``prior``."""
         return []
 
-    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
-              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(L, D) twice, and a position: the prompt's embeddings from the word's last token on, those of the
-        prompt with the word replaced by the guide (default: the config's) from the guide's last token (or the
-        token before the word) on, and where the first start. L is the same for both, set by the later start;
-        the prompt may be the word alone."""
+    def _pair(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
+              guide: str | None = None) -> tuple[list[str], list[int], int]:
+        """The prompt and the prompt with the word replaced by the guide (default: the config's), where each one's
+        rows start (the word's last token; the guide's, or the token before the word) and how many rows each keeps
+        (L, the same for both, set by the later start); the prompt may be the word alone."""
         guide = self.config.guide if guide is None else guide
         at = find(word, prompt).start()
         head, tail = prompt[:at], prompt[at + len(word):]
         starts = [len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (head + word, head + guide)]
-        length = pipe.tokenizer.model_max_length - max(starts)
-        states = encode(pipe, [prompt, head + guide + tail]).states.float()
-        return states[0, starts[0]:starts[0] + length], states[1, starts[1]:starts[1] + length], starts[0]
+        return [prompt, head + guide + tail], starts, pipe.tokenizer.model_max_length - max(starts)
+
+    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
+              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(L, D) twice, and a position: the prompt's embeddings from the word's last token on, those of the
+        prompt with the guide in the word's place from its start on (`_pair`), and where the first start."""
+        return self._rows_of(pipe, [(prompt, word)], guide)[0]
+
+    def _rows_of(self, pipe: StableDiffusionPipeline, prompts: list[tuple[str, str]],
+                 guide: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """`_rows` of each (prompt, word), the text encoder reading `ENCODE_BATCH` prompts a call."""
+        pairs = [self._pair(pipe, prompt, word, guide) for prompt, word in prompts]
+        texts = [text for pair_texts, _, _ in pairs for text in pair_texts]
+        states = torch.cat([encode(pipe, texts[i:i + ENCODE_BATCH]).states.float()
+                            for i in range(0, len(texts), ENCODE_BATCH)]).unflatten(0, (-1, 2))  # (P, 2, 77, D)
+        return [(pair[0, start:start + length], pair[1, guide_start:guide_start + length], start)
+                for (_, (start, guide_start), length), pair in zip(pairs, states)]
 
     def _word_in(self, prompt: str) -> str:
         """The (longest) concept an in-context prompt shows."""
@@ -109,8 +124,7 @@ class EmbeddingTargets:
         prompts = ([(word, word) for word in self.concepts]
                    + [(p, self._word_in(p)) for p in cfg.in_context if in_context])
         spans = []
-        for prompt, word in prompts:
-            rows, guide, start = self._rows(pipe, prompt, word)
+        for (prompt, word), (rows, guide, start) in zip(prompts, self._rows_of(pipe, prompts)):
             # the rows after the token carry the rest too: onto the guide's
             after = cfg.push_after if word in cfg.prior else 0.0
             targets = torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]),

@@ -31,7 +31,7 @@ from torch import nn
 from ..diffusion import encode
 from ..inversion import text_encoder_components
 from .layers import layer_names
-from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_loss
+from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_distance, span_loss
 from .method import ErasureMethod, TrainingConfig, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
 
@@ -100,11 +100,14 @@ class TextMap(EmbeddingTargets, ErasureMethod):
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
-        loss = span_loss(pipe, refs.spans, cfg.batch, generator)
+        picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:cfg.batch]]
+        kept = (torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
+                if len(refs.keep_prompts) and cfg.keep_weight else torch.zeros(0, dtype=torch.long))
+        # one text-encoder pass a step: the erased prompts, then the keep prompts
+        states = encode(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept]).states.float()
+        loss = span_distance(states, picked)
         if refs.learned is not None:  # the name and the learned word, weighed alike against what is kept
             loss = (loss + span_loss(pipe, refs.learned.spans, cfg.learned_batch, generator, refs.learned.inverted)) / 2
-        if len(refs.keep_prompts) and cfg.keep_weight:
-            idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
-            kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()
-            loss = loss + cfg.keep_weight * (kept - refs.keep_states[idx]).pow(2).mean()
+        if len(kept):
+            loss = loss + cfg.keep_weight * (states[len(picked):] - refs.keep_states[kept]).pow(2).mean()
         return loss
