@@ -533,10 +533,11 @@ def run(args) -> list[Row] | dict:
     settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
                 "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
     settings |= ({"set": given} if given else {}) | ({"from_images": args.from_images} if args.from_images else {})
+    settings["judge"] = _judge_fingerprint()
     # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
     common = {"split": split.name, "prompts": n, "steps": steps,
               "reads": ["attack: plain and erased prompts", "encoder swap", "uncertain: judge and pixels disagree"],
-              "model": "embedded", "held": held_settings(), "judge": _judge_fingerprint()}
+              "model": "embedded", "held": held_settings(), "judge": settings["judge"]}
     if args.mass:
         jobs = [Job(f"mass-{label.replace(' ', '-')}", {"section": "mass", "concepts": MASS, "label": label,
                                                           "method": method, "settings": tuned,
