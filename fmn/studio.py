@@ -34,6 +34,7 @@ from .heatmaps import word_grid
 from .inversion import Inverted, inverted
 from .models import EMBEDDED, load_pipeline, world_of
 from .patch import NotAPatch, Patch, activate, active, adapter_name, attach, detach
+from .world.reading import shows
 
 __all__ = ["Studio", "Inspection", "Erased", "new_id"]
 
@@ -47,6 +48,11 @@ def new_id(label: str) -> str:
 ORIGINALS_KEPT = 192  # the unedited model's images remembered: a collateral map's and a few comparisons' "before" sides
 BATCH = 32  # images per pipeline call when a comparison draws one side
 BATCH_PIXELS = 8 * 512 * 512  # and at most this many pixels per call: 8 images at SD 1.x's size, 2 at SDXL's
+LOOK_EVERY = 50  # the attacker's eye looks every 50 steps here: 4 looks over 150 steps, cheap on a CPU
+
+
+def _attack_config(overrides: dict) -> AttackConfig:
+    return AttackConfig(**{"look_every": LOOK_EVERY} | overrides)
 
 
 @dataclass
@@ -327,11 +333,11 @@ class Studio:
         concept's words that try to bring it back (see `fmn.attack`). Pass them to `generate`.
         On the shapes world the judge is the attacker's eye: it keeps the words that draw the
         concept most surely, the name's own among them, so the attack is never weaker than the name;
-        it looks every 50 steps by default, 4 looks over 150 steps, cheap on a CPU."""
+        it looks every LOOK_EVERY steps by default."""
         concept, eye, _ = self._attacked(concept, patches)
         with self.lock:
-            return concept_inversion(self.pipe, concept, list(patches), AttackConfig(**{"look_every": 50} | overrides),
-                                     images, on_step, eye)
+            return concept_inversion(self.pipe, concept, list(patches), _attack_config(overrides), images, on_step,
+                                     eye)
 
     def recovery(self, concept: str, patches: list[str], reading: Reading | None = None, seeds=(0, 1, 2),
                  images=None, on_step=None, **overrides) -> list[Recovery]:
@@ -341,7 +347,7 @@ class Studio:
         reading = reading or Reading.plain_prompts(concept)
         with self.lock:
             return recovery(self.pipe, concept, list(patches), reading, shows,
-                            AttackConfig(**{"look_every": 50} | overrides), tuple(seeds), images=images,
+                            _attack_config(overrides), tuple(seeds), images=images,
                             on_step=on_step, looks_like=eye)
 
     def swap(self, concept: str, patches: list[str], reading: Reading | None = None) -> dict[str, Recovery]:
@@ -362,7 +368,7 @@ class Studio:
         judge = judge_for(self.pipe)
         if judge is None or not judge.knows(concept):
             return concept, None, None
-        return concept, judge.sureness(concept), lambda images: [v.shows(concept) for v in judge(images)]
+        return concept, judge.sureness(concept), shows(judge, concept)
 
     def load_patch(self, path: str | Path) -> str:
         """Reads a patch file, or a LoRA made elsewhere (any layout diffusers reads), and attaches it;

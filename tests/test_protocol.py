@@ -16,7 +16,6 @@ from fmn.bench.protocol import (
     SPLITS,
     TUNE,
     UPLOAD_SEED,
-    judged,
     probes,
     scene_words,
     uploads,
@@ -27,6 +26,7 @@ from fmn.patch import active, detach
 from fmn.tiny import tiny_pipeline
 from fmn.world.judge import Verdict
 from fmn.world.pixels import read
+from fmn.world.reading import judged
 from fmn.world.render import render
 from fmn.world.scenes import (
     BACKGROUNDS,

@@ -29,20 +29,17 @@ from ..generate import generate_many
 from ..models import EMBEDDED, load_pipeline
 from ..patch import active, detach
 from ..world.judge import STYLE_CLASSES, Judge
-from ..world.pixels import read
+from ..world.reading import LOOKS, PIXEL_LABELS, judge_labels, pixel_labels
 from ..world.scenes import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, SHAPES, STYLES, caption, sample_scene
 from .measure import device_name
 
-__all__ = ["add_arguments", "run", "audit_prompts", "hand_prompts", "pixel_labels", "judge_labels", "hand_labels",
+__all__ = ["add_arguments", "run", "audit_prompts", "hand_prompts", "hand_labels",
            "tally", "draw_under_patches", "ERASED", "TARGETS", "HAND_SET"]
 
 TARGETS = {"agreement": 0.95, "flips": 0.02}
 # what each method erases, in METHODS order: spread over the kinds (shape, artist, scene, character, colour)
 ERASED = ["circle", "Vellor", "night", "Mimo", "blue", "star", "Tobble", "heart", "Brusk"]
 HAND_SET = Path(__file__).resolve().parents[2] / "benchmarks" / "judge-labels"
-GROUNDS = {b: f"background {b}" for b in BACKGROUNDS}  # "plain" is a background and a style: the labels say which
-LOOKS = {s: f"style {s}" for s in STYLE_CLASSES}
-PIXEL_LABELS = [*SHAPES, *COLOURS, *GROUNDS.values(), "night"]
 HAND_LABELS = [*IDENTITIES, *LOOKS.values()]
 FULL = {"images": 200, "steps": 25}
 QUICK = {"images": 48, "steps": 12, "methods": 2}
@@ -80,30 +77,12 @@ def hand_prompts(seed: int = SEED) -> list[str]:
     return prompts
 
 
-def pixel_labels(image) -> dict[str, bool | None]:
-    """The pixel check's read as one label each: True present, False absent, None uncertain."""
-    r = read(image)
-
-    def one_of(value, names):
-        return {name: None if value is None else value == name for name in names}
-
-    grounds = {GROUNDS[b]: known for b, known in one_of(r.background, BACKGROUNDS).items()}
-    return {**one_of(r.shape, SHAPES), **one_of(r.colour, COLOURS), **grounds, "night": r.night}
-
-
 def hand_labels(entry: dict) -> dict[str, bool | None]:
     """A hand label as one label each; a style written "unclear" (or characters null) is uncertain."""
     seen = entry.get("characters")
     style = entry.get("style")
     labels = {name: None if seen is None else name in seen for name in IDENTITIES}
     return labels | {LOOKS[s]: None if style in (None, "unclear") else style == s for s in STYLE_CLASSES}
-
-
-def judge_labels(verdict) -> dict[str, bool]:
-    """The judge's read of every label: subjects and colours present, the likeliest style and background."""
-    labels = {name: verdict.has(name) for name in [*SHAPES, *COLOURS, *IDENTITIES, "night"]}
-    labels |= {GROUNDS[b]: verdict.top_background == b for b in BACKGROUNDS}
-    return labels | {LOOKS[s]: verdict.top_style == s for s in STYLE_CLASSES}
 
 
 def tally(truth: list[dict], judged: list[dict], labels: list[str], pairs: list[tuple[int, int, str]]) -> dict:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ..attack import AttackConfig, Reading, Recovery, encoder_swap, recovery, share
 from ..generate import generate_many
+from ..world.reading import judged, shows
 from ..world.scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -40,10 +41,9 @@ from ..world.scenes import (
     caption,
     sample_scene,
 )
-from .judge import PIXEL_LABELS, judge_labels, pixel_labels
 
 __all__ = ["Split", "TUNE", "REPORT", "SPLITS", "REPORT_TEMPLATES", "Prompt", "Probes", "probes", "uploads",
-           "UPLOAD_SEED", "found", "kept_whole", "judged", "colourless", "found_rates", "recovery_rates", "swap_rates",
+           "UPLOAD_SEED", "found", "kept_whole", "colourless", "found_rates", "recovery_rates", "swap_rates",
            "mass_probes", "presence", "scene_words", "NAMES", "SETS"]
 
 # Two prefixes, one after the other: no training template (one prefix or none) ever words a scene this way
@@ -93,16 +93,6 @@ class Probes:
     in_kind: list[Prompt]
     cross_kind: list[Prompt]
     seeds: list[int]  # the image seeds of every set
-
-
-def judged(judge, images) -> list:
-    """The judge's verdict of each image, or None where the pixel check decides a label otherwise (uncertain)."""
-    return [None if _disagree(verdict, image) else verdict for verdict, image in zip(judge(images), images)]
-
-
-def _disagree(verdict, image) -> bool:
-    pixels, read = pixel_labels(image), judge_labels(verdict)
-    return any(pixels[label] is not None and pixels[label] != read[label] for label in PIXEL_LABELS)
 
 
 def found(verdict, prompt: Prompt) -> bool:
@@ -259,11 +249,6 @@ def _reads(judge, images, prompts: list[Prompt], erased: set[str] | None = None)
     return [None if v is None else kept_whole(v, p, erased) for v, p in zip(reads, prompts)]
 
 
-def _shows(judge, concept: Prompt):
-    """The attack's eye: per image, whether it shows the concept (None: uncertain)."""
-    return lambda images: _reads(judge, images, [concept] * len(images))
-
-
 SETS = ("erased", "paraphrase", "in_kind", "cross_kind")
 KEPT = ("in_kind", "cross_kind")
 
@@ -296,7 +281,7 @@ def recovery_rates(pipe, judge, probe: Probes, patch: str, config: AttackConfig,
     on its plain prompts and on the erased prompts (`fmn.attack.recovery`), the judge as its eye."""
     concept = probe.concept
     reading = _reading(probe, config.images, steps, split)
-    return recovery(pipe, concept.name, [patch], reading, _shows(judge, concept),
+    return recovery(pipe, concept.name, [patch], reading, shows(judge, concept.name),
                     config, split.attack_seeds, prompts=[p.text for p in probe.attacker],
                     looks_like=judge.sureness(concept.name))
 
@@ -306,7 +291,7 @@ def swap_rates(pipe, judge, probe: Probes, patch: str, images: int, steps: int,
     """The encoder swap on one erasure (`fmn.attack.encoder_swap`): per side of the patch alone, the higher of
     its reads on the plain prompts and on the erased prompts."""
     concept = probe.concept
-    sides = encoder_swap(pipe, [patch], _reading(probe, images, steps, split), _shows(judge, concept))
+    sides = encoder_swap(pipe, [patch], _reading(probe, images, steps, split), shows(judge, concept.name))
     return {side: read.rate for side, read in sides.items()}
 
 
