@@ -1,0 +1,115 @@
+"""SD3 and FLUX on tiny random pipelines built from configs: loading from a folder, seeded generation through the
+same path as SD 1.x, per-word heatmaps from the joint attention (the images unchanged by tracing, the probabilities
+those of the block's own attention), erasure through the registry and patch format, and exports."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmn.generate import GenerationSettings
+from fmn.models import is_transformer
+from fmn.studio import Studio
+
+KINDS = ["sd3", "flux"]
+SETTINGS = GenerationSettings("a red circle on grass, Mimo", steps=3, width=32, height=32)
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    """Diffusers folders of the tiny SD3 and FLUX."""
+    from fmn.tiny import tiny_pipeline
+
+    out = {}
+    for kind in KINDS:
+        folder = tmp_path_factory.mktemp(kind)
+        tiny_pipeline(kind).save_pretrained(folder)
+        out[kind] = str(folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def studios(folders) -> dict[str, Studio]:
+    return {kind: Studio(folder, device="cpu") for kind, folder in folders.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_folder_loads_and_generates_with_seeds(studios, kind):
+    studio = studios[kind]
+    assert is_transformer(studio.pipe) and type(studio.pipe).__name__ == {"sd3": "StableDiffusion3Pipeline",
+                                                                           "flux": "FluxPipeline"}[kind]
+    first, again = studio.generate(SETTINGS, [0, 1]), studio.generate(SETTINGS, [0, 1])
+    assert first[0].size == (32, 32) and np.array_equal(pixels(first), pixels(again))  # seeds reproduce
+    assert not np.array_equal(pixels(first[:1]), pixels(first[1:]))  # and differ from each other
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_generate_command_reads_a_transformer_folder(folders, tmp_path, kind):
+    from fmn.__main__ import main
+
+    out = tmp_path / "image.png"
+    assert main(["generate", "--model", folders[kind], "--prompt", "a red circle", "--steps", "2", "--width", "32",
+                 "--height", "32", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["generate", "--model", folders[kind], "--prompt", "a red circle", "--width", "36",
+                 "--out", str(out)]) == 2  # not a multiple of the VAE's and the patches' 8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tracing_leaves_the_images_unchanged(studios, kind):
+    studio = studios[kind]
+    plain = studio.generate(SETTINGS, [0, 1])
+    traced, tc = studio.generate_traced(SETTINGS, [0, 1])
+    assert np.array_equal(pixels(plain), pixels(traced)) and tc.steps == 3
+    assert tc.n_maps == 3 * 2  # every step, both joint blocks (FLUX's single-stream block is not read)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_maps_are_the_blocks_own_attention(studios, kind, monkeypatch):
+    """The traced probabilities equal softmax(q k^T / sqrt(d)) of the queries and keys the block hands to SDPA,
+    at the image rows and text columns (SD3 orders the joint sequence [image, text], FLUX [text, image])."""
+    from fmn.transformer_attention import install_joint
+
+    pipe = studios[kind].pipe
+    seen, traced = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        named = dict(zip(("query", "key"), args)) | kwargs  # FLUX's dispatcher names them
+        seen.append((named["query"], named["key"]))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with install_joint(pipe.transformer, lambda name, probs, attn: traced.append(probs)), torch.no_grad():
+        pipe("a red circle", num_inference_steps=1, width=32, height=32, guidance_scale=1.0,
+             generator=torch.Generator().manual_seed(0))
+    joint = [(q, k) for q, k in seen if q.shape[2] == 16 + traced[0].shape[-1]]  # not the text encoders' calls
+    assert len(traced) == 2 and len(joint) == {"sd3": 2, "flux": 3}[kind]  # FLUX's single-stream block comes last
+    for (q, k), probs in zip(joint, traced):
+        n_text = probs.shape[-1]
+        full = (q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1).mean(1)  # (B, S, S)
+        image, text = (slice(0, 16), slice(16, None)) if kind == "sd3" else (slice(n_text, None), slice(0, n_text))
+        torch.testing.assert_close(probs, full[:, image, text], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_word_has_a_map_from_its_clip_and_t5_tokens(studios, kind):
+    studio = studios[kind]
+    result = studio.inspect(SETTINGS)
+    assert list(result.word_maps) == ["a", "red", "circle", "on", "grass", "mimo"]
+    assert all(m.shape == (4, 4) and torch.isfinite(m).all() for m in result.word_maps.values())
+    _, tc = studio.generate_traced(SETTINGS, [0])
+    positions = dict(tc._word_spans())
+    t5_start = 77 if kind == "sd3" else 0  # SD3: CLIP's 77 positions, then T5's
+    assert [p for p in positions["circle"] if p >= t5_start]  # T5's token of the word
+    assert (kind == "sd3") == any(p < t5_start for p in positions["circle"])  # CLIP's, where the sequence has it
+    assert len([p for p in positions["mimo"] if p >= t5_start]) > 1  # an unknown word: T5 spells it out
+    assert 0 < tc.share("circle") < 1 and tc.share("circle") != tc.share("grass")
+
+
+def test_a_transformer_trace_refuses_resolutions(studios):
+    with pytest.raises(ValueError, match="one resolution"):
+        studios["sd3"].inspect(SETTINGS, resolutions={4})
