@@ -17,7 +17,6 @@ queries and keys, then lets the wrapped processor compute the output, so a trace
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,20 +26,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from .attention import Sink, Trace, word_spans
+from .diffusion import text_segments
 
-__all__ = ["JointAttentionTracer", "JointTrace", "image_to_text", "install_joint", "joint_trace", "text_layout"]
-
-# the tokenizers whose tokens the joint attention reads, in sequence order; the last is T5's
-JOINT_TEXT = {"StableDiffusion3Pipeline": ("tokenizer", "tokenizer_3"), "FluxPipeline": ("tokenizer_2",)}
-
-
-def text_layout(pipe: DiffusionPipeline) -> list[tuple[object, int]]:
-    """(tokenizer, positions) per encoder of the joint text sequence: CLIP's padded to its length, T5's to the
-    pipeline's default ``max_sequence_length`` (as generation pads it)."""
-    names = JOINT_TEXT[type(pipe).__name__]
-    t5_length = inspect.signature(pipe.__call__).parameters["max_sequence_length"].default
-    return [(getattr(pipe, n), t5_length if n == names[-1] else getattr(pipe, n).model_max_length) for n in names]
-
+__all__ = ["JointAttentionTracer", "JointTrace", "image_to_text", "install_joint", "joint_trace"]
 
 def _encoded(tokenizer, prompt: str, length: int) -> tuple[list[str], list[tuple[int, int]]]:
     """The prompt's tokens as the pipeline pads them, and each token's characters in the prompt ((0, 0): special)."""
@@ -121,8 +109,8 @@ class JointTrace(Trace):
     def __init__(self, pipe: DiffusionPipeline, prompt: str | list[str], step_range: tuple[int, int] | None = None,
                  map_size: int | tuple[int, int] | None = None):
         super().__init__(pipe, prompt, step_range, None, map_size)
-        layout = text_layout(pipe)
-        self._tokens = [[t for tok, n in layout for t in _encoded(tok, p, n)[0]] for p in self.prompts]
+        layout = text_segments(pipe)
+        self._tokens = [[t for tok, _, n in layout for t in _encoded(tok, p, n)[0]] for p in self.prompts]
 
     def _on_transformer_call(self, transformer: nn.Module, args, kwargs) -> None:
         """Transformer forward pre-hook: one call per denoising step. The image tokens' grid: FLUX's from the
@@ -147,7 +135,7 @@ class JointTrace(Trace):
     def _word_spans(self) -> list[tuple[str, list[int]]]:
         """(word, positions in the text sequence): CLIP's words, each with every token of every encoder of the
         sequence whose characters fall in the word (special and padding tokens in none)."""
-        offsets = [o for tok, n in text_layout(self.pipe) for o in _encoded(tok, self.prompt, n)[1]]
+        offsets = [o for tok, _, n in text_segments(self.pipe) for o in _encoded(tok, self.prompt, n)[1]]
         clip = self.pipe.tokenizer
         words = clip(self.prompt, add_special_tokens=False, truncation=True, max_length=clip.model_max_length - 2,
                      return_offsets_mapping=True)

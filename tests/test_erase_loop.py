@@ -214,7 +214,7 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
     from fmn.erase.uce import UCE, UCEConfig
 
     pipe = tiny_pipeline()
-    concept, guide, _ = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
+    concept, guide, _, _ = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
 
     def keys(rows):
         # LoRA-wrapped once patched
@@ -281,7 +281,7 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
     spans = method.spans(pipe)
     with torch.no_grad():
         kept_before = encode(pipe, ["a blue star on grass", *keep]).states
-        circle, guide, start = method._rows(pipe, "a blue circle on sand", "circle")
+        circle, guide, _, start = method._rows(pipe, "a blue circle on sand", "circle")
     drift = {}
     for label, weight in (("kept", 1.0), ("not kept", 0.0)):
         patch = erase(pipe, ["circle"], "text-map", name=label.replace(" ", "-"), **{**settings, "keep_weight": weight})

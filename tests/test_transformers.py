@@ -113,3 +113,67 @@ def test_every_word_has_a_map_from_its_clip_and_t5_tokens(studios, kind):
 def test_a_transformer_trace_refuses_resolutions(studios):
     with pytest.raises(ValueError, match="one resolution"):
         studios["sd3"].inspect(SETTINGS, resolutions={4})
+
+
+@pytest.mark.parametrize("kind, method", [(k, m) for k in KINDS for m in ("uce", "rece")])
+def test_the_closed_forms_edit_each_joint_blocks_text_projections(studios, kind, method):
+    """The patch changes every joint block's add_k_proj/add_v_proj (FLUX: the double-stream blocks'), sends the
+    concept's rows toward what the guide's give, and a keep prompt holds that prompt's: W' x against W x on each
+    block's own input."""
+    from fmn.erase import make_method
+    from fmn.erase.joint import joint_inputs
+
+    studio, keep = studios[kind], "a blue square on grass"
+    none = dict(preserve=[], in_context=[], keep_prompts=[])
+    erase, targets = make_method("uce", ["circle"], **none).erased_rows(studio.pipe)
+    kept = joint_inputs(studio.pipe, [keep])[0]
+    width = kept.shape[1] // 2  # two joint blocks
+    misses, changes = [], []
+    for keep_prompts in ([], [keep]):
+        patch_id = studio.erase("circle", method, **(none | {"keep_prompts": keep_prompts}))
+        patch = studio.patches[patch_id]
+        modules = patch.lora["transformer"]["target_modules"]
+        assert sorted(patch.lora) == ["transformer"] and modules == sorted(
+            f"transformer_blocks.{i}.attn.add_{x}_proj" for i in range(2) for x in "kv")
+        for module in modules:
+            cols = slice(int(module.split(".")[1]) * width, (int(module.split(".")[1]) + 1) * width)
+            w = dict(studio.pipe.transformer.named_modules())[module].weight.float()
+            a, b = (patch.tensors[f"transformer.{module}.lora_{f}.weight"].float() for f in "AB")
+            edited = w + b @ a
+            misses.append([(erase[:, cols] @ m.T - targets[:, cols] @ w.T).norm() for m in (w, edited)])
+            changes.append((kept[:, cols] @ (edited - w).T).norm() / (kept[:, cols] @ w.T).norm())
+        plain, erased = studio.generate(SETTINGS, [0]), studio.generate(SETTINGS, [0], patches=[patch_id])
+        assert not np.array_equal(pixels(plain), pixels(erased))
+        studio.remove_patch(patch_id)
+        assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))  # removed: the model as loaded
+    assert all(after < 0.5 * before for before, after in misses[:4])  # nothing kept: the rows land near the targets
+    assert all(held < 0.5 * free for free, held in zip(changes[:4], changes[4:]))  # kept: the prompt barely moves
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_erase_save_and_heatmap_compare_from_the_command_line(folders, tmp_path, kind):
+    import json
+
+    from fmn.__main__ import main
+
+    patch = tmp_path / "circle.safetensors"
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "uce", "--device", "cpu",
+                 "--out", str(patch)]) == 0
+    out = tmp_path / "maps.png"
+    assert main(["heatmap", "--model", folders[kind], "--prompt", "a red circle", "--patch", str(patch), "--compare",
+                 "--num-images", "2", "--steps", "2", "--width", "32", "--height", "32", "--device", "cpu",
+                 "--out", str(out), "--json", str(tmp_path / "maps.json")]) == 0
+    shares = json.loads((tmp_path / "maps.json").read_text())["shares"]
+    assert list(shares) == ["a", "red", "circle"] and shares["circle"]["before"] != shares["circle"]["after"]
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "text-map",
+                 "--out", str(tmp_path / "no.safetensors")]) == 2  # a UNet method, refused with the ones that run
+
+
+def test_a_transformer_patch_onto_another_model_is_refused(studios, tmp_path):
+    from fmn.patch import PatchError
+
+    patch_id = studios["sd3"].erase("circle", "uce")
+    saved = studios["sd3"].save_patch(patch_id, tmp_path)
+    studios["sd3"].remove_patch(patch_id)
+    with pytest.raises(PatchError, match="was made for another model"):
+        studios["flux"].load_patch(saved)
