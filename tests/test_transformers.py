@@ -177,3 +177,42 @@ def test_a_transformer_patch_onto_another_model_is_refused(studios, tmp_path):
     studios["sd3"].remove_patch(patch_id)
     with pytest.raises(PatchError, match="was made for another model"):
         studios["flux"].load_patch(saved)
+
+
+def comfy_reads(key: str, transformer) -> bool:
+    """ComfyUI's SD3/FLUX LoRA loader (comfy/lora.py, model_lora_keys_unet) maps ``transformer.<module>`` and
+    ``lora_transformer_<module, dots as underscores>`` for every weight of the diffusers transformer's modules."""
+    modules = {n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
+    names = {f"transformer.{n}" for n in modules} | {"lora_transformer_" + n.replace(".", "_") for n in modules}
+    stem = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]  # no .lora_A.weight, .alpha
+    return stem in names and key.split(stem, 1)[1] in (".lora_A.weight", ".lora_B.weight", ".lora_down.weight",
+                                                       ".lora_up.weight", ".alpha")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders, tmp_path, kind):
+    from diffusers import DiffusionPipeline
+    from safetensors import safe_open
+
+    from fmn.generate import generate
+
+    studio = studios[kind]
+    patch_id = studio.erase("circle", "uce")
+    erased = pixels(studio.generate(SETTINGS, [0], patches=[patch_id]))
+    lora = studio.export([patch_id], "diffusers-lora", tmp_path / "lora.safetensors")
+    kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")
+    merged = studio.export([patch_id], "merged", tmp_path / "merged")
+    with pytest.raises(ValueError, match="export SD3 and FLUX as diffusers-lora, kohya, merged"):
+        studio.export([patch_id], "single-file", tmp_path / "single.safetensors")
+    studio.remove_patch(patch_id)
+    for path, prefix in ((lora, "transformer."), (kohya, "lora_transformer_")):
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+        assert keys and all(k.startswith(prefix) and comfy_reads(k, studio.pipe.transformer) for k in keys)
+    plain = DiffusionPipeline.from_pretrained(folders[kind])  # diffusers alone, no fmn code
+    plain.load_lora_weights(str(lora))
+    assert np.abs(pixels(generate(plain, SETTINGS, [0])) - erased).mean() <= 1  # of 255
+    assert np.abs(pixels(generate(DiffusionPipeline.from_pretrained(merged), SETTINGS, [0])) - erased).mean() <= 1
+    back = studio.load_patch(lora)  # and back in, as a LoRA made elsewhere
+    assert np.abs(pixels(studio.generate(SETTINGS, [0], patches=[back])) - erased).mean() <= 1
+    studio.remove_patch(back)
