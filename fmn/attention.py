@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-__all__ = ["AttentionProbsProcessor", "install", "trace", "Trace", "cross_attention_resolutions"]
+from .models import is_transformer
+
+__all__ = ["AttentionProbsProcessor", "install", "trace", "Trace", "cross_attention_resolutions", "word_spans"]
 
 # sink(layer_name, probs, attn) with probs of shape (batch * heads, pixels, tokens)
 Sink = Callable[[str, torch.Tensor, Attention], None]
@@ -139,6 +141,17 @@ def _layer_hw(pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+def word_spans(tokenizer, tokens: list[str]) -> list[tuple[str, range]]:
+    """(word, token indices) for each word of CLIP tokens, grouping sub-word tokens up to the one ending in `</w>`."""
+    spans, start = [], 0
+    for i, token in enumerate(tokens):
+        if token.endswith("</w>") or i == len(tokens) - 1:
+            ids = tokenizer.convert_tokens_to_ids(tokens[start : i + 1])
+            spans.append((tokenizer.decode(ids), range(start, i + 1)))
+            start = i + 1
+    return spans
+
+
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     """Min-max scale each map of a (..., H, W) stack to [0, 1]; a constant map becomes 0."""
     maps = maps - maps.amin((-2, -1), keepdim=True)
@@ -209,11 +222,15 @@ class Trace:
     def _on_unet_call(self, unet, args, kwargs) -> None:
         """UNet forward pre-hook: one call per denoising step (CFG batches uncond and cond together)."""
         sample = args[0] if args else kwargs["sample"]  # (B, C, h, w)
+        self._step(tuple(sample.shape[-2:]))
+
+    def _step(self, latent_hw: tuple[int, int]) -> None:
+        """A denoising step begins on a latent of this size: frame the last step's sum, decide whether to capture."""
         if self.n_maps > self._framed:  # the last step added maps: keep the sum as it stood after it
             self._frames.append(self._sum.half())
             self._framed = self.n_maps
-        self._latent_hw = tuple(sample.shape[-2:])
-        self._cfg = self.pipe.do_classifier_free_guidance
+        self._latent_hw = latent_hw
+        self._cfg = getattr(self.pipe, "do_classifier_free_guidance", False)  # FLUX's distilled guidance: no CFG
         start, end = self.step_range or (0, float("inf"))
         self._capturing = start <= self.steps < end
         self.steps += 1
@@ -226,14 +243,21 @@ class Trace:
         if self.resolutions is not None and h not in self.resolutions:
             return
         n = max(len(tokens) for tokens in self._tokens)
-        maps = probs.detach().unflatten(0, (-1, attn.heads))  # (B, heads, pixels, 77)
+        maps = self._conditional(probs.detach().unflatten(0, (-1, attn.heads)))  # (images, heads, pixels, 77)
+        self._add(maps[..., 1 : 1 + n].mean(1, dtype=torch.float32), h, w)  # skipping BOS
+
+    def _conditional(self, maps: torch.Tensor) -> torch.Tensor:
+        """The traced images' rows of a layer's batch: its conditional half under classifier-free guidance."""
         if self._cfg:
             maps = maps[maps.shape[0] // 2 :]  # the pipeline batches [uncond, cond]: keep cond
         if len(self.prompts) > 1 and maps.shape[0] != len(self.prompts):
             raise ValueError(f"traced {len(self.prompts)} prompts, one per image, but the call draws "
                              f"{maps.shape[0]} images: pass the same list to the pipeline")
-        maps = maps[..., 1 : 1 + n].mean(1, dtype=torch.float32)  # (images, pixels, tokens), skipping BOS
-        mass = maps.mean(1)  # (images, tokens): every pixel's probabilities sum to 1 over the 77 tokens
+        return maps
+
+    def _add(self, maps: torch.Tensor, h: int, w: int) -> None:
+        """Fold one layer's head-averaged maps, (images, pixels, tokens) on an h x w grid, into the running sums."""
+        mass = maps.mean(1)  # (images, tokens): each token's probability, mean over pixels
         maps = maps.transpose(1, 2).unflatten(2, (h, w))  # (images, tokens, h, w)
         size = self.map_size or self._latent_hw
         if (h, w) != tuple(size):
@@ -294,14 +318,8 @@ class Trace:
         return [word for word, _ in self._word_spans()]
 
     def _word_spans(self) -> list[tuple[str, range]]:
-        """(word, token positions) for each word, grouping sub-word tokens up to the one ending in `</w>`."""
-        spans, start = [], 0
-        for i, token in enumerate(self.tokens):
-            if token.endswith("</w>") or i == len(self.tokens) - 1:
-                ids = self.pipe.tokenizer.convert_tokens_to_ids(self.tokens[start : i + 1])
-                spans.append((self.pipe.tokenizer.decode(ids), range(start, i + 1)))
-                start = i + 1
-        return spans
+        """(word, token positions) for each word of the prompt."""
+        return word_spans(self.pipe.tokenizer, self.tokens)
 
     def _positions(self, word: str) -> list[int]:
         """The token positions of every occurrence of `word` (case-insensitive: CLIP lowercases)."""
@@ -352,13 +370,14 @@ def trace(
         heat = tc.image(1).word_map("square")
 
     Args:
-        pipe: a Stable-Diffusion-family pipeline (UNet with attn2 layers, CLIP tokenizer).
+        pipe: a Stable-Diffusion-family pipeline (UNet with attn2 layers, CLIP tokenizer); for SD3 and
+            FLUX, the joint attention's image-to-text part (`fmn.transformer_attention`).
         prompt: the prompt the block passes to `pipe`; it names the tokens and words. Or a list
             of prompts, one per image of the call (``num_images_per_prompt=1``), read with `image(i)`.
         step_range: ``(start, end)``, 0-based and end-exclusive, of the denoising steps to
             sum; default all. If it selects no step, reading the maps raises `ValueError`.
         resolutions: latent-side heights of the attn2 layers to keep (e.g. ``{32, 64}`` for
-            SD at 512 px, whose layers run at 64, 32, 16 and 8); default all.
+            SD at 512 px, whose layers run at 64, 32, 16 and 8); default all. None on a transformer.
         map_size: ``H`` or ``(H, W)`` every layer's map is upsampled to before summing;
             default the latent size, the finest map (overlays upsample it to the image).
 
@@ -367,6 +386,12 @@ def trace(
     """
     if step_range is not None and not 0 <= step_range[0] < step_range[1]:
         raise ValueError(f"step_range={step_range} must be (start, end) with 0 <= start < end, e.g. (0, 10)")
+    if is_transformer(pipe):
+        from .transformer_attention import joint_trace  # it builds on this module's Trace
+
+        with joint_trace(pipe, prompt, step_range, resolutions, map_size) as tc:
+            yield tc
+        return
     tc = Trace(pipe, prompt, step_range, resolutions, map_size)
     hook = pipe.unet.register_forward_pre_hook(tc._on_unet_call, with_kwargs=True)
     try:

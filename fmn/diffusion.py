@@ -9,14 +9,18 @@ training step (`noisy`), written once so that every loss in `fmn.erase`, `fmn.in
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .models import is_sdxl
+from .models import is_sdxl, is_transformer
 
-__all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents", "noisy"]
+__all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents", "noisy", "text_segments"]
+
+# SD3's and FLUX's text sequence: the tokenizers whose tokens the joint attention reads, in order; the last is T5's
+JOINT_TEXT = {"StableDiffusion3Pipeline": ("tokenizer", "tokenizer_3"), "FluxPipeline": ("tokenizer_2",)}
 
 MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream is the same as one by one
 
@@ -54,6 +58,22 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
     # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
     return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
+
+
+def text_segments(pipe) -> list[tuple[object, int, int]]:
+    """(tokenizer, first position, positions) per encoder of the text sequence the denoiser reads: a UNet's one CLIP
+    tokenizer's 77 positions (SDXL: both encoders' states side by side, one tokenizer's positions); SD3's CLIP then
+    T5, FLUX's T5 alone, T5's padded to the pipeline's default ``max_sequence_length`` as generation pads it."""
+    if not is_transformer(pipe):
+        return [(pipe.tokenizer, 0, pipe.tokenizer.model_max_length)]
+    names = JOINT_TEXT[type(pipe).__name__]
+    t5_length = inspect.signature(pipe.__call__).parameters["max_sequence_length"].default
+    segments, start = [], 0
+    for name in names:
+        length = t5_length if name == names[-1] else getattr(pipe, name).model_max_length
+        segments.append((getattr(pipe, name), start, length))
+        start += length
+    return segments
 
 
 def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:

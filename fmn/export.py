@@ -5,9 +5,11 @@ A patch holds peft LoRA factors (`fmn.patch`); the ways out:
 - ``diffusers-lora``: the same factors under diffusers' keys (``unet.<module>.lora_A.weight``), each
   module's scale ``alpha / r`` folded into ``lora_B`` so that `pipe.load_lora_weights(path)` needs no config;
 - ``kohya``: the ``lora_unet_<module>`` / ``lora_te_<module>`` layout with ``lora_down``, ``lora_up`` and
-  ``alpha`` that ComfyUI and A1111 read (diffusers reads it back through its own kohya conversion);
+  ``alpha`` that ComfyUI and A1111 read (diffusers reads it back through its own kohya conversion); on SD3 and
+  FLUX ``lora_transformer_<diffusers module>``, a layout ComfyUI's SD3 and FLUX LoRA loader maps (as it maps the
+  ``transformer.<module>.lora_A``/``lora_B`` keys of ``diffusers-lora``);
 - ``merged``: a diffusers folder with the factors folded into the weights by diffusers' `fuse_lora`;
-- ``single-file``: that merged model as one original-layout checkpoint (`fmn.single_file`).
+- ``single-file``: that merged model as one original-layout checkpoint (`fmn.single_file`; SD 1.x/2.x and SDXL).
 
 Several patches export as one: their factors are stacked along the rank, which is exactly the sum
 of their changes that applying them together gives. Every export carries the erasures' metadata
@@ -36,14 +38,15 @@ from diffusers.utils.state_dict_utils import (
 from safetensors.torch import save_file
 
 from .files import written
-from .models import load_pipeline
+from .models import is_transformer, load_pipeline
 from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .single_file import save_single_file
 
 __all__ = ["FORMATS", "Format", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
 
-# SDXL's first: lora_te1_
-KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+# SDXL's first: lora_te1_; SD3's and FLUX's transformer as ComfyUI reads it (OneTrainer's layout, diffusers' names)
+KOHYA_PREFIX = {"unet": "lora_unet_", "transformer": "lora_transformer_", "text_encoder": "lora_te_",
+                "text_encoder_2": "lora_te2_"}
 KOHYA_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's added
 # embedding MLP: kohya names it as the original (sgm) UNet does, and diffusers' conversion reads it only so
 
@@ -108,6 +111,9 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         raise ValueError(f"Unknown export format {to!r}: use one of {', '.join(FORMATS)}.")
     if not patches:
         raise ValueError("Nothing to export: give at least one patch.")
+    if is_transformer(pipe) and not FORMATS[to].transformers:
+        usable = ", ".join(name for name, f in FORMATS.items() if f.transformers)
+        raise ValueError(f"{to} writes SD 1.x/2.x and SDXL layouts; export SD3 and FLUX as {usable}.")
     base = fingerprint(pipe)
     for patch in patches:
         if patch.base != base:
@@ -161,6 +167,7 @@ class Format:
     folder: bool  # writes a new folder; otherwise one .safetensors file
     # (patches, where to write, the base model's source, merge: the merged model, made when called)
     write: Callable[[list[Patch], Path, str, Callable[[], StableDiffusionPipeline]], None]
+    transformers: bool = True  # writes SD3 and FLUX too, not only UNet models
 
 
 FORMATS: dict[str, Format] = {
@@ -170,7 +177,7 @@ FORMATS: dict[str, Format] = {
                     _write_lora(kohya_lora)),
     "merged": Format("a diffusers folder with the erasure folded into the weights", True, _write_merged),
     "single-file": Format("one original-layout checkpoint with the erasure folded in (.safetensors)", False,
-                          _write_single_file),
+                          _write_single_file, transformers=False),
 }
 
 
@@ -224,7 +231,8 @@ def import_lora(pipe: StableDiffusionPipeline, path: str | Path, name: str) -> P
     path = Path(path)
     header, tensors = read_safetensors(path)
     try:
-        state = _peft_keys(StableDiffusionPipeline.lora_state_dict(dict(tensors))[0])  # it pops what it converts
+        read = type(pipe).lora_state_dict(dict(tensors))  # it pops what it converts
+        state = _peft_keys(read[0] if isinstance(read, tuple) else read)  # SD 1.x/SDXL: (state, alphas); SD3: state
     except (ValueError, KeyError) as err:
         raise PatchError(f"{path.name} is not a LoRA that diffusers can read ({err}).") from err
     problems = _misfits(pipe, state)

@@ -15,7 +15,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from .models import world_of
+from .models import is_transformer, world_of
 
 __all__ = ["GenerationSettings", "check_settings", "generate", "generate_pairs", "generate_many", "unknown_words",
            "MAX_PROMPT_CHARS", "MAX_SEED"]
@@ -38,11 +38,16 @@ class GenerationSettings:
 
 
 def native_size(pipe: StableDiffusionPipeline) -> int:
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """The side the model was made for; SD3's and FLUX's pipelines name it (FLUX: 1024 px, whatever the weights)."""
+    side = pipe.default_sample_size if is_transformer(pipe) else pipe.unet.config.sample_size
+    return side * pipe.vae_scale_factor
 
 
 def size_step(pipe: StableDiffusionPipeline) -> int:
-    """Image sides must be multiples of this: the VAE's and the UNet's downsampling together."""
+    """Image sides must be multiples of this: the VAE's and the UNet's downsampling together, or the VAE's and the
+    transformer's patches (FLUX packs 2x2 latents)."""
+    if is_transformer(pipe):
+        return pipe.vae_scale_factor * getattr(pipe, "patch_size", 2)
     return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 

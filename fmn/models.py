@@ -1,9 +1,10 @@
-"""Loading a Stable Diffusion 1.x / 2.x or SDXL pipeline from wherever the user has one.
+"""Loading a Stable Diffusion 1.x / 2.x, SDXL, SD3 or FLUX pipeline from wherever the user has one.
 
 One entry point, `load_pipeline`, takes the embedded shapes-world model (the default),
-a local diffusers folder, a single ``.safetensors`` checkpoint, or a Hugging Face hub id,
-and returns a ready `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) on the best device. Only safetensors are
-read: pickle files (``.ckpt``, ``.bin``, ``.pt``) can run code when loaded.
+a local diffusers folder, a single ``.safetensors`` checkpoint (SD 1.x/2.x and SDXL), or a Hugging Face hub id,
+and returns a ready `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
+`FluxPipeline`) on the best device. Only safetensors are read: pickle files (``.ckpt``, ``.bin``, ``.pt``) can run
+code when loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 
 from .world.world import World
@@ -23,10 +24,11 @@ from .world.world import World
 __all__ = ["EMBEDDED", "ModelLoadError", "is_sdxl", "load_pipeline", "pick_device", "world_of"]
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "fmn-shapes"
-SUPPORTED = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
-SUPPORTED_NAMES = "Stable Diffusion 1.x, 2.x and SDXL"
+SUPPORTED = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
+                                          StableDiffusion3Pipeline, FluxPipeline)}
+SUPPORTED_NAMES = "Stable Diffusion 1.x, 2.x, SDXL, SD3 and FLUX"
 SDXL_PREFIX = "conditioner.embedders.1."  # only SDXL's single-file checkpoints hold a second text encoder here
-# key prefixes that only this architecture's single-file checkpoints hold -> its name
+# key prefixes that only this architecture's single-file checkpoints hold -> its name (loaded as folders only)
 FOREIGN_PREFIXES = {
     "double_blocks.": "FLUX",
     "model.diffusion_model.joint_blocks.": "Stable Diffusion 3",
@@ -54,6 +56,11 @@ def is_sdxl(pipe) -> bool:
     return isinstance(pipe, StableDiffusionXLPipeline)
 
 
+def is_transformer(pipe) -> bool:
+    """SD3 and FLUX: a transformer whose joint attention reads the text tokens, where SD 1.x/2.x/SDXL have a UNet."""
+    return getattr(pipe, "transformer", None) is not None
+
+
 def _pipeline_class(name: str, where: str) -> type:
     if name not in SUPPORTED:
         raise ModelLoadError(f"{where} holds a {name}: not supported yet ({SUPPORTED_NAMES} only).")
@@ -66,8 +73,9 @@ def _check_folder(folder: Path) -> type:
     if not index.exists():
         raise ModelLoadError(f"{folder} is not a diffusers folder: it has no model_index.json.")
     cls = _pipeline_class(json.loads(index.read_text()).get("_class_name", "?"), str(folder))
-    if not any(folder.glob("unet/*.safetensors")):
-        raise ModelLoadError(f"{folder} has no safetensors weights in unet/; only safetensors are loaded "
+    denoiser = "transformer" if cls in (StableDiffusion3Pipeline, FluxPipeline) else "unet"
+    if not any(folder.glob(f"{denoiser}/*.safetensors")):
+        raise ModelLoadError(f"{folder} has no safetensors weights in {denoiser}/; only safetensors are loaded "
                              "(pickle files can run code).")
     return cls
 
@@ -86,7 +94,8 @@ def _check_single_file(path: Path) -> type:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file ({err}).") from err
     for prefix, arch in FOREIGN_PREFIXES.items():
         if any(k.startswith(prefix) for k in keys):
-            raise ModelLoadError(f"{path.name} is a {arch} checkpoint: not supported yet ({SUPPORTED_NAMES} only).")
+            raise ModelLoadError(f"{path.name} is a {arch} single-file checkpoint: load {arch} from its diffusers "
+                                 "folder or hub id (single files are read for SD 1.x/2.x and SDXL).")
     return StableDiffusionXLPipeline if any(k.startswith(SDXL_PREFIX) for k in keys) else StableDiffusionPipeline
 
 
@@ -146,11 +155,11 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     config: str | None = None,
 ) -> StableDiffusionPipeline:
-    """Loads an SD 1.x/2.x or SDXL pipeline.
+    """Loads an SD 1.x/2.x, SDXL, SD3 or FLUX pipeline.
 
     Args:
         source: None or "" for the embedded model; a diffusers folder; a ``.safetensors``
-            single-file checkpoint (``config`` names the diffusers folder or hub id whose
+            single-file checkpoint of SD 1.x/2.x or SDXL (``config`` names the diffusers folder or hub id whose
             configs describe it); or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         device, dtype: override `pick_device`'s choice.
     Raises:

@@ -2,7 +2,7 @@
 
 Forget-Me-Not proposes shipping an erasure as a lightweight patch that can be combined
 with others (Zhang et al. 2023, arXiv 2303.17591). Every method here produces the same
-kind of patch: LoRA factors for some linear layers of the UNet and/or the text encoder,
+kind of patch: LoRA factors for some linear layers of the UNet (SD3's or FLUX's transformer) and/or the text encoder,
 held by peft adapters, plus metadata (method, concepts, settings, the base model's
 fingerprint, the format version). On a pipeline, each patch is a named adapter: applying,
 stacking, switching off (the frozen reference for training) and removing are adapter
@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import written
+from .models import is_transformer
 
 __all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors", "fingerprint", "adapter_name",
            "attach", "activate", "active", "frozen", "detach", "new_adapter", "adapter_tensors",
@@ -39,7 +40,7 @@ __all__ = ["Patch", "PatchError", "NotAPatch", "components", "read_safetensors",
 
 FORMAT = "fmn-patch"
 VERSION = 1
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's second
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")  # SDXL's second; SD3's T5
 MAX_PATCH_BYTES = 512 * 2**20
 
 
@@ -54,11 +55,14 @@ class NotAPatch(PatchError):
 
 def fingerprint(pipe: StableDiffusionPipeline) -> str:
     """A short id of the base model: its configs and a few weight statistics, equal across dtypes and devices."""
-    probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.text_encoder.get_input_embeddings().weight]
+    denoiser = pipe.transformer if is_transformer(pipe) else pipe.unet
+    ends = ((denoiser.context_embedder, denoiser.proj_out) if is_transformer(pipe)
+            else (denoiser.conv_in, denoiser.conv_out))  # where the denoiser reads and writes
+    probes = [*(layer.weight for layer in ends), pipe.text_encoder.get_input_embeddings().weight]
     stats = [round(float(t.detach().float().abs().mean()), 4) for t in probes]
     text_config = {k: v for k, v in pipe.text_encoder.config.to_diff_dict().items()
                    if k not in ("dtype", "torch_dtype")}
-    blob = json.dumps([dict(pipe.unet.config), text_config, stats], sort_keys=True, default=str)
+    blob = json.dumps([dict(denoiser.config), text_config, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

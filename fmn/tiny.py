@@ -4,7 +4,11 @@
 transformer blocks); ``tiny_pipeline("sd2")`` mirrors SD 2.x (v-prediction, linear
 projections, per-block head dims); ``tiny_pipeline("sdxl")`` mirrors SDXL (two text encoders
 whose hidden states are concatenated, the second's pooled projection and the image size as
-added conditioning, several transformer layers per block). ``sd15_pipeline("full")`` has SD 1.5's exact shapes
+added conditioning, several transformer layers per block); ``tiny_pipeline("sd3")`` mirrors Stable Diffusion 3
+(an MMDiT whose joint attention reads two CLIP encoders' states side by side and T5's after them, flow matching)
+and ``tiny_pipeline("flux")`` FLUX.1-dev (double-stream blocks reading T5's states, then single-stream blocks,
+CLIP's pooled output and a distilled guidance as conditioning, rotary positions, packed 2x2 latents).
+``sd15_pipeline("full")`` has SD 1.5's exact shapes
 (UNet 860 M, CLIP ViT-L/14 text encoder 123 M, VAE 84 M parameters): speed does not
 depend on weight values, so it times an erasure at full size without a download.
 Weights are random: shapes and code paths are real.
@@ -19,14 +23,26 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
 from .models import EMBEDDED
-from .world.tokenizer import build_tokenizer
+from .world.tokenizer import build_t5_tokenizer, build_tokenizer
 
 __all__ = ["tiny_pipeline", "sd15_pipeline", "sdxl_pipeline"]
 
@@ -38,22 +54,29 @@ def _tiny_text_config(tokenizer, width: int, hidden_act: str, **extra) -> CLIPTe
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=hidden_act, **extra)
 
 
-def _tiny_vae() -> AutoencoderKL:
+def _tiny_vae(**extra) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=32, block_out_channels=(8, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=8,
+        layers_per_block=1, norm_num_groups=8, **extra,
     )
 
 
-def tiny_pipeline(kind: str = "sd15", seed: int = 0) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """A random-weight SD-family pipeline that generates 32x32 images in well under a second."""
-    assert kind in ("sd15", "sd2", "sdxl")
+def _tiny_t5(tokenizer, width: int) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                                   num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id))
+
+
+def tiny_pipeline(kind: str = "sd15", seed: int = 0):
+    """A random-weight pipeline of the kind ("sd15", "sd2", "sdxl", "sd3", "flux") that generates 32x32 images
+    in about a second."""
+    assert kind in ("sd15", "sd2", "sdxl", "sd3", "flux")
     torch.manual_seed(seed)
     with TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp), merges=200)
-    if kind == "sdxl":
-        return _tiny_sdxl(tokenizer)
+    if kind in ("sdxl", "sd3", "flux"):
+        return {"sdxl": _tiny_sdxl, "sd3": _tiny_sd3, "flux": _tiny_flux}[kind](tokenizer)
     width = 32
     text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, width, "gelu" if kind == "sd2" else "quick_gelu"))
     unet = UNet2DConditionModel(
@@ -83,6 +106,45 @@ def _tiny_sdxl(tokenizer: CLIPTokenizer) -> StableDiffusionXLPipeline:
     return StableDiffusionXLPipeline(
         vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler("epsilon"), force_zeros_for_empty_prompt=True,
+    )
+
+
+def _tiny_sd3(tokenizer: CLIPTokenizer) -> StableDiffusion3Pipeline:
+    """SD3's layout in small: both CLIP encoders' penultimate states side by side (32 + 32), zero-padded to T5's
+    width (64), then T5's states after them in the joint sequence; their pooled projections (32 + 32) and the
+    step condition the blocks. The VAE's scale and shift are SD3's."""
+    t5_tokenizer = build_t5_tokenizer()
+    clip = [CLIPTextModelWithProjection(_tiny_text_config(tokenizer, 32, "gelu", projection_dim=32)) for _ in "ab"]
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=16,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(scaling_factor=1.5305, shift_factor=0.0609), text_encoder=clip[0], tokenizer=tokenizer,
+        text_encoder_2=clip[1], tokenizer_2=tokenizer, text_encoder_3=_tiny_t5(t5_tokenizer, 64),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def _tiny_flux(tokenizer: CLIPTokenizer) -> FluxPipeline:
+    """FLUX.1-dev's layout in small: two double-stream blocks (text and image tokens, each with its own
+    projections, in one joint attention), one single-stream block, T5's states (64 wide) as the text tokens,
+    CLIP's pooled output (32) and the distilled guidance as conditioning; latents packed 2x2 (4 channels -> 16).
+    The VAE's scale and shift and the scheduler's resolution-dependent shift are FLUX's."""
+    t5_tokenizer = build_t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=CLIPTextModel(_tiny_text_config(tokenizer, 32, "quick_gelu")), tokenizer=tokenizer,
+        text_encoder_2=_tiny_t5(t5_tokenizer, 64), tokenizer_2=t5_tokenizer,
     )
 
 

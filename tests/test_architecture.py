@@ -16,7 +16,7 @@ FLOORS = [
      "fmn.world.tokenizer", "fmn.world.render"),
     # load; run independent jobs here or on Ray; write files whole
     ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
-    ("fmn.generate", "fmn.attention", "fmn.heatmaps", "fmn.diffusion"),  # generate and trace
+    ("fmn.generate", "fmn.attention", "fmn.transformer_attention", "fmn.heatmaps", "fmn.diffusion"),  # generate, trace
     ("fmn.patch", "fmn.export"),  # patches as adapters, the frozen reference; out to other tools and back in
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods

@@ -214,7 +214,7 @@ def test_uce_erases_in_context_and_keeps_whole_prompts():
     from fmn.erase.uce import UCE, UCEConfig
 
     pipe = tiny_pipeline()
-    concept, guide, _ = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
+    concept, guide, _, _ = UCE(["circle"], UCEConfig())._rows(pipe, "a blue circle on sand", "circle")
 
     def keys(rows):
         # LoRA-wrapped once patched
@@ -281,7 +281,7 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
     spans = method.spans(pipe)
     with torch.no_grad():
         kept_before = encode(pipe, ["a blue star on grass", *keep]).states
-        circle, guide, start = method._rows(pipe, "a blue circle on sand", "circle")
+        circle, guide, _, start = method._rows(pipe, "a blue circle on sand", "circle")
     drift = {}
     for label, weight in (("kept", 1.0), ("not kept", 0.0)):
         patch = erase(pipe, ["circle"], "text-map", name=label.replace(" ", "-"), **{**settings, "keep_weight": weight})
@@ -305,16 +305,12 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
         assert torch.equal(encode(pipe, ["a blue star on grass", *keep]).states, kept_before)  # switched off: the base
 
 
-def test_text_map_patch_is_the_one_of_a_pass_per_prompt_and_per_set():
-    """The spans read in batched passes and each step's erased and keep prompts in one pass give the patch of the
-    plain reading (each prompt and its guided twin in a pass of their own; a step's erased prompts, then its keep
-    prompts, in two passes), seed for seed, within float rounding."""
+def test_text_map_patch_is_the_one_of_a_pass_per_set():
+    """Each step's erased and keep prompts in one text-encoder pass give the patch of the plain reading (a step's
+    erased prompts, then its keep prompts, in two passes), seed for seed, within float rounding."""
     from fmn.erase.text_map import TextMap, TextMapConfig
 
     class Plain(TextMap):
-        def _rows_of(self, pipe, prompts, guide=None):
-            return [super(Plain, self)._rows_of(pipe, [prompt], guide)[0] for prompt in prompts]
-
         def loss(self, pipe, refs, generator):
             picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:self.config.batch]]
             states = encode(pipe, [s.prompt for s in picked]).states.float()

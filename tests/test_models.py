@@ -67,12 +67,15 @@ def test_corrupt_safetensors_file(tmp_path):
 def test_other_architectures_are_named(tmp_path):
     path = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2)}, path)
-    with pytest.raises(ModelLoadError, match="FLUX checkpoint: not supported yet"):
+    with pytest.raises(ModelLoadError, match="FLUX single-file checkpoint: load FLUX from its diffusers folder"):
         load_pipeline(path)
     folder = tmp_path / "flux"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelLoadError, match="FluxPipeline: not supported yet"):
+    with pytest.raises(ModelLoadError, match="no safetensors weights in transformer/"):
+        load_pipeline(folder)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(ModelLoadError, match="KandinskyPipeline: not supported yet"):
         load_pipeline(folder)
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from diffusers import StableDiffusionPipeline
 
-from ..models import world_of
+from ..models import is_transformer, world_of
 from ..patch import Patch, adapter_name, attach, fingerprint
 from ..world.world import World
 
@@ -119,6 +119,9 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
                cancelled=None) -> Patch:
     """The method's patch, attached to the pipeline (inactive) as adapter `name`: trained by the
     shared loop, or solved in closed form, as the method declares."""
+    if is_transformer(pipe) and not method.on_transformers:
+        usable = ", ".join(n for n, cls in METHODS.items() if cls.on_transformers)
+        raise ValueError(f"{method.name} erases UNet models (SD 1.x/2.x, SDXL); on SD3 and FLUX use {usable}.")
     run = train_patch if method.trains else solve_patch
     return run(pipe, method, name, on_progress, cancelled)
 

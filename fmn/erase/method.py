@@ -2,9 +2,9 @@
 
 A method is a class that registers itself (`@register`) and declares, as class attributes:
 its ``name`` (the CLI's and the app's), its settings dataclass ``Config``, whether it
-``takes_images`` of the concept, and whether it ``trains`` (the shared loop in `loop.py` runs
-its ``targets``/``references``/``loss``) or is a closed form (its ``solve`` returns the
-patch's tensors). Nothing outside this registry asks which method it is.
+``takes_images`` of the concept, whether it runs ``on_transformers`` (SD3, FLUX), and whether it
+``trains`` (the shared loop in `loop.py` runs its ``targets``/``references``/``loss``) or is a
+closed form (its ``solve`` returns the patch's tensors). Nothing outside this registry asks which method it is.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class ErasureMethod:
     Config: ClassVar[type[MethodConfig]]
     takes_images: ClassVar[bool] = False  # learns from the user's images of the concept
     trains: ClassVar[bool] = True  # the shared loop trains it; False: `solve(pipe)` is a closed form
+    on_transformers: ClassVar[bool] = False  # erases SD3 and FLUX too (their joint attention), not only UNet models
 
     def __init__(self, concepts: list[str], config: MethodConfig, images: torch.Tensor | None = None):
         if images is not None and not self.takes_images:

@@ -30,12 +30,12 @@ from typing import NamedTuple
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..diffusion import encode
+from ..diffusion import encode, text_segments
+from ..models import is_transformer
+from .joint import joint_inputs
 from .method import MethodConfig
 
-__all__ = ["TargetsConfig", "Span", "EmbeddingTargets", "find"]
-
-ENCODE_BATCH = 256  # prompts a text-encoder call when the spans are read: one call for a concept, a few for a mass list
+__all__ = ["TargetsConfig", "Span", "EmbeddingTargets", "find", "text_rows"]
 
 
 @dataclass
@@ -71,6 +71,13 @@ def find(word: str, prompt: str) -> re.Match | None:
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, re.IGNORECASE)
 
 
+def text_rows(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+    """The rows the edited layers read for the prompts, (B, positions, D) in float32: the text encoders' states on a
+    UNet (every cross-attention layer reads them); on SD3 and FLUX each joint block's own text-side input, the
+    blocks side by side (`joint.py`)."""
+    return joint_inputs(pipe, prompts) if is_transformer(pipe) else encode(pipe, prompts).states.float()
+
+
 class EmbeddingTargets:
     """For a method with a `TargetsConfig`: its concepts' rows and where they go."""
 
@@ -83,32 +90,27 @@ class EmbeddingTargets:
         of the prompt, and a linear edit takes it along); name them with ``prior``."""
         return []
 
-    def _pair(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
-              guide: str | None = None) -> tuple[list[str], list[int], int]:
-        """The prompt and the prompt with the word replaced by the guide (default: the config's), where each one's
-        rows start (the word's last token; the guide's, or the token before the word) and how many rows each keeps
-        (L, the same for both, set by the later start); the prompt may be the word alone."""
+    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
+              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(L, D) twice, (L,) and a position: the prompt's rows (`text_rows`) from the word's last token on, those
+        of the prompt with the word replaced by the guide (default: the config's) from the guide's last token (or
+        the token before the word) on, which of them are the word's token row, and where the first start. On SD3
+        each encoder of the text sequence (CLIP's, T5's) gives its own such rows, one after the other. L is the
+        same for both, set by the later start; the prompt may be the word alone."""
         guide = self.config.guide if guide is None else guide
         at = find(word, prompt).start()
         head, tail = prompt[:at], prompt[at + len(word):]
-        starts = [len(pipe.tokenizer(text, truncation=True).input_ids) - 2 for text in (head + word, head + guide)]
-        return [prompt, head + guide + tail], starts, pipe.tokenizer.model_max_length - max(starts)
-
-    def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
-              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(L, D) twice, and a position: the prompt's embeddings from the word's last token on, those of the
-        prompt with the guide in the word's place from its start on (`_pair`), and where the first start."""
-        return self._rows_of(pipe, [(prompt, word)], guide)[0]
-
-    def _rows_of(self, pipe: StableDiffusionPipeline, prompts: list[tuple[str, str]],
-                 guide: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """`_rows` of each (prompt, word), the text encoder reading `ENCODE_BATCH` prompts a call."""
-        pairs = [self._pair(pipe, prompt, word, guide) for prompt, word in prompts]
-        texts = [text for pair_texts, _, _ in pairs for text in pair_texts]
-        states = torch.cat([encode(pipe, texts[i:i + ENCODE_BATCH]).states.float()
-                            for i in range(0, len(texts), ENCODE_BATCH)]).unflatten(0, (-1, 2))  # (P, 2, 77, D)
-        return [(pair[0, start:start + length], pair[1, guide_start:guide_start + length], start)
-                for (_, (start, guide_start), length), pair in zip(pairs, states)]
+        states = text_rows(pipe, [prompt, head + guide + tail])
+        rows, guides, token, first = [], [], [], None
+        for tokenizer, begin, length in text_segments(pipe):
+            starts = [begin + max(0, len(tokenizer(text, truncation=True, max_length=length).input_ids) - 2)
+                      for text in (head + word, head + guide)]
+            n = begin + length - max(starts)
+            rows.append(states[0, starts[0]:starts[0] + n])
+            guides.append(states[1, starts[1]:starts[1] + n])
+            token.append(torch.arange(n) == 0)
+            first = starts[0] if first is None else first
+        return torch.cat(rows), torch.cat(guides), torch.cat(token), first
 
     def _word_in(self, prompt: str) -> str:
         """The (longest) concept an in-context prompt shows."""
@@ -124,12 +126,12 @@ class EmbeddingTargets:
         prompts = ([(word, word) for word in self.concepts]
                    + [(p, self._word_in(p)) for p in cfg.in_context if in_context])
         spans = []
-        for (prompt, word), (rows, guide, start) in zip(prompts, self._rows_of(pipe, prompts)):
-            # the rows after the token carry the rest too: onto the guide's
+        for prompt, word in prompts:
+            rows, guide, token, start = self._rows(pipe, prompt, word)
+            # the token's row past the guide's by push; the rows after it carry the rest too: onto the guide's
             after = cfg.push_after if word in cfg.prior else 0.0
-            targets = torch.cat([guide[:1] + cfg.push * (guide[:1] - rows[:1]),
-                                 guide[1:] + after * (guide[1:] - rows[1:])])
-            spans.append(Span(prompt, start, rows, targets))
+            scale = torch.where(token, cfg.push, after)[:, None].to(rows)  # (L, 1)
+            spans.append(Span(prompt, start, rows, guide + scale * (guide - rows)))
         return spans
 
     def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0,

@@ -16,6 +16,11 @@ SPEED's projection onto the null space of the kept rows was tried and not kept: 
 128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
 the way cost the kept concepts more than the plain edit did.
 
+On SD3 and FLUX (UCE's analogue on joint attention) the edited layers are each joint block's text-side key and
+value projections (``add_k_proj``, ``add_v_proj``); each block reads its own rows, the text stream as it enters
+the block (`joint.py`), so the same formula is solved block by block, the concept's rows and targets taken at the
+same positions of every block's input. RECE's inversion runs block by block too.
+
 RECE (Gong et al. 2024, arXiv 2407.12383). After the edit, some other embedding still makes
 the edited layers give the concept's original keys and values; an attacker who learns words
 can find it. RECE finds it in closed form, the regularised least squares over every edited layer
@@ -35,9 +40,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..diffusion import encode
+from ..models import is_transformer
+from .joint import joint_projections
 from .method import ErasureMethod, register
-from .targets import EmbeddingTargets, TargetsConfig
+from .targets import EmbeddingTargets, TargetsConfig, text_rows
 
 __all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 
@@ -63,7 +69,8 @@ class RECEConfig(UCEConfig):
 
 @dataclass
 class Edit:
-    """One closed-form edit of every attn2 key/value projection: W' = W + B_W A."""
+    """One closed-form edit of layers that read the same rows (every attn2 key/value projection of a UNet, or one
+    joint block's text-side ones): W' = W + B_W A."""
 
     weights: dict[str, torch.Tensor]  # module name -> W (out, D), float32
     a: torch.Tensor  # (k, D), shared by every layer
@@ -95,14 +102,30 @@ class Edit:
             rhs += edited.T @ w
         return torch.linalg.solve(lhs, rhs @ rows.T).T
 
-    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+    def tensors(self, component: str = "unet") -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and LoRA config, keyed as in a patch file."""
         tensors = {}
         for name in self.weights:
-            tensors[f"unet.{name}.lora_A.weight"] = self.a.clone()
-            tensors[f"unet.{name}.lora_B.weight"] = self.b[name]
+            tensors[f"{component}.{name}.lora_A.weight"] = self.a.clone()
+            tensors[f"{component}.{name}.lora_B.weight"] = self.b[name]
         rank = self.a.shape[0]
-        return tensors, {"unet": {"r": rank, "lora_alpha": rank, "target_modules": sorted(self.weights)}}
+        return tensors, {component: {"r": rank, "lora_alpha": rank, "target_modules": sorted(self.weights)}}
+
+
+def _one_patch(parts: list[tuple[dict[str, torch.Tensor], dict]]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Several edits' tensors and LoRA configs (one component, one rank: as many rows each) as one patch's."""
+    tensors, lora = {}, {}
+    for part, config in parts:
+        tensors |= part
+        for component, c in config.items():
+            merged = lora.setdefault(component, {**c, "target_modules": []})
+            assert merged["r"] == c["r"], "every edit of one patch has the same rank"
+            merged["target_modules"] = sorted(merged["target_modules"] + c["target_modules"])
+    return tensors, lora
+
+
+# one group of layers that read the same rows: their weights, and the columns of `text_rows` they read
+Group = tuple[dict[str, torch.Tensor], slice]
 
 
 @register
@@ -110,6 +133,26 @@ class UCE(EmbeddingTargets, ErasureMethod):
     name = "uce"
     Config = UCEConfig
     trains = False
+    on_transformers = True
+
+    @staticmethod
+    def groups(pipe: StableDiffusionPipeline) -> tuple[str, list[Group]]:
+        """The component edited and its layers by the rows they read: on a UNet every attn2 key/value projection
+        reads the whole text rows; on SD3 and FLUX each joint block's text-side key and value projections read
+        the block's own columns (`joint.py`)."""
+        if not is_transformer(pipe):
+            return "unet", [({name: module.weight.float() for name, module in pipe.unet.named_modules()
+                              if name.endswith(("attn2.to_k", "attn2.to_v"))}, slice(None))]
+        modules = dict(pipe.transformer.named_modules())
+        blocks = [n.removesuffix(".add_k_proj") for n in joint_projections(pipe.transformer) if n.endswith("k_proj")]
+        width = modules[f"{blocks[0]}.add_k_proj"].weight.shape[1]
+        return "transformer", [({f"{b}.{x}": modules[f"{b}.{x}"].weight.float() for x in ("add_k_proj", "add_v_proj")},
+                                 slice(i * width, (i + 1) * width)) for i, b in enumerate(blocks)]
+
+    @classmethod
+    def weights(cls, pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+        """Every edited layer's weight, (out, D) in float32, by module name."""
+        return {name: w for group, _ in cls.groups(pipe)[1] for name, w in group.items()}
 
     def kept_rows(self, pipe: StableDiffusionPipeline) -> torch.Tensor:
         """The rows to keep, (j, D): each preserved word's from its last token to the end, and every row of
@@ -117,19 +160,17 @@ class UCE(EmbeddingTargets, ErasureMethod):
         cfg = self.config
         kept = [self._rows(pipe, word, word, guide="")[0] for word in cfg.preserve]
         if cfg.keep_prompts:
-            kept.append(cfg.keep_weight ** 0.5 * encode(pipe, cfg.keep_prompts).states.float().flatten(0, 1))
-        return torch.cat(kept) if kept else torch.zeros(0, pipe.unet.config.cross_attention_dim)
-
-    @staticmethod
-    def weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
-        return {name: module.weight.float() for name, module in pipe.unet.named_modules()
-                if name.endswith(("attn2.to_k", "attn2.to_v"))}
+            kept.append(cfg.keep_weight ** 0.5 * text_rows(pipe, cfg.keep_prompts).flatten(0, 1))
+        width = sum(next(iter(group.values())).shape[1] for group, _ in self.groups(pipe)[1])
+        return torch.cat(kept) if kept else torch.zeros(0, width)
 
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and the LoRA config of the edit, keyed as in a patch file."""
-        erase, targets = self.erased_rows(pipe)
-        return Edit.solve(self.weights(pipe), erase, targets, self.kept_rows(pipe), self.config.lam).tensors()
+        (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
+        component, groups = self.groups(pipe)
+        return _one_patch([Edit.solve(weights, erase[:, cols], targets[:, cols], kept[:, cols], self.config.lam)
+                           .tensors(component) for weights, cols in groups])
 
 
 @register
@@ -139,13 +180,20 @@ class RECE(UCE):
 
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
-        cfg, weights = self.config, self.weights(pipe)
         (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
         # the rows inverted, and the guide's rows they map to
-        source, aims = self.erased_rows(pipe, first=cfg.rows, in_context=False)
+        source, aims = self.erased_rows(pipe, first=self.config.rows, in_context=False)
+        component, groups = self.groups(pipe)
+        return _one_patch([self._robust(weights, erase[:, cols], targets[:, cols], kept[:, cols], source[:, cols],
+                                        aims[:, cols]).tensors(component) for weights, cols in groups])
+
+    def _robust(self, weights: dict[str, torch.Tensor], erase: torch.Tensor, targets: torch.Tensor,
+                kept: torch.Tensor, source: torch.Tensor, aims: torch.Tensor) -> Edit:
+        """One group's edit, then `rounds` times: the inputs that bring the concept's rows back, erased too."""
+        cfg = self.config
         edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
         for _ in range(cfg.rounds):
             erase = torch.cat([erase, edit.inverse(source, cfg.reg)])
             targets = torch.cat([targets, aims])
             edit = Edit.solve(weights, erase, targets, kept, cfg.lam)
-        return edit.tensors()
+        return edit

@@ -1,23 +1,31 @@
-"""Builds a CLIP tokenizer (``vocab.json`` + ``merges.txt``) for the shapes world, offline.
+"""Builds a CLIP tokenizer (``vocab.json`` + ``merges.txt``) for the shapes world, offline, and a T5-style one.
 
 The layout is CLIP's own: the 256 byte symbols, the same with the end-of-word mark
 ``</w>``, one entry per learned merge, then the two special tokens. Because every byte
 is in the vocabulary, any text tokenizes (unknown words fall apart into pieces, never
 into an error). Merges are learned with the `tokenizers` BPE trainer on world captions.
+
+`build_t5_tokenizer` makes the SentencePiece-style (Unigram, ``▁`` marks a word's start) tokenizer that
+SD3's and FLUX's T5 encoders read, for the tiny random pipelines: the world's words are pieces of their own,
+and any other word falls apart into single characters.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
+import string
+from collections import Counter
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5Tokenizer
 
 from .scenes import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption, sample_scene
 
-__all__ = ["build_tokenizer"]
+__all__ = ["build_tokenizer", "build_t5_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Common English words learned as whole tokens, so that prompts outside the world
@@ -63,3 +71,13 @@ def build_tokenizer(out_dir: str | Path, merges: int = 400) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer.from_pretrained(out_dir, model_max_length=77)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
+
+
+def build_t5_tokenizer() -> T5Tokenizer:
+    """A Unigram tokenizer in T5's layout (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2): one piece per word of the
+    world's captions, scored by its frequency, then every printable character, so that any text tokenizes."""
+    counts = Counter(w for line in _corpus() for w in re.findall(r"\w+|[^\w\s]", line))
+    total = sum(counts.values())
+    words = [("\u2581" + w, math.log(n / total)) for w, n in counts.most_common()]
+    chars = [(c, -20.0) for c in ["\u2581", *string.ascii_letters, *string.digits, *string.punctuation]]
+    return T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *words, *chars], extra_ids=0)

@@ -1,0 +1,218 @@
+"""SD3 and FLUX on tiny random pipelines built from configs: loading from a folder, seeded generation through the
+same path as SD 1.x, per-word heatmaps from the joint attention (the images unchanged by tracing, the probabilities
+those of the block's own attention), erasure through the registry and patch format, and exports."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmn.generate import GenerationSettings
+from fmn.models import is_transformer
+from fmn.studio import Studio
+
+KINDS = ["sd3", "flux"]
+SETTINGS = GenerationSettings("a red circle on grass, Mimo", steps=3, width=32, height=32)
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    """Diffusers folders of the tiny SD3 and FLUX."""
+    from fmn.tiny import tiny_pipeline
+
+    out = {}
+    for kind in KINDS:
+        folder = tmp_path_factory.mktemp(kind)
+        tiny_pipeline(kind).save_pretrained(folder)
+        out[kind] = str(folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def studios(folders) -> dict[str, Studio]:
+    return {kind: Studio(folder, device="cpu") for kind, folder in folders.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_folder_loads_and_generates_with_seeds(studios, kind):
+    studio = studios[kind]
+    assert is_transformer(studio.pipe) and type(studio.pipe).__name__ == {"sd3": "StableDiffusion3Pipeline",
+                                                                           "flux": "FluxPipeline"}[kind]
+    first, again = studio.generate(SETTINGS, [0, 1]), studio.generate(SETTINGS, [0, 1])
+    assert first[0].size == (32, 32) and np.array_equal(pixels(first), pixels(again))  # seeds reproduce
+    assert not np.array_equal(pixels(first[:1]), pixels(first[1:]))  # and differ from each other
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_generate_command_reads_a_transformer_folder(folders, tmp_path, kind):
+    from fmn.__main__ import main
+
+    out = tmp_path / "image.png"
+    assert main(["generate", "--model", folders[kind], "--prompt", "a red circle", "--steps", "2", "--width", "32",
+                 "--height", "32", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["generate", "--model", folders[kind], "--prompt", "a red circle", "--width", "36",
+                 "--out", str(out)]) == 2  # not a multiple of the VAE's and the patches' 8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tracing_leaves_the_images_unchanged(studios, kind):
+    studio = studios[kind]
+    plain = studio.generate(SETTINGS, [0, 1])
+    traced, tc = studio.generate_traced(SETTINGS, [0, 1])
+    assert np.array_equal(pixels(plain), pixels(traced)) and tc.steps == 3
+    assert tc.n_maps == 3 * 2  # every step, both joint blocks (FLUX's single-stream block is not read)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_maps_are_the_blocks_own_attention(studios, kind, monkeypatch):
+    """The traced probabilities equal softmax(q k^T / sqrt(d)) of the queries and keys the block hands to SDPA,
+    at the image rows and text columns (SD3 orders the joint sequence [image, text], FLUX [text, image])."""
+    from fmn.transformer_attention import install_joint
+
+    pipe = studios[kind].pipe
+    seen, traced = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        named = dict(zip(("query", "key"), args)) | kwargs  # FLUX's dispatcher names them
+        seen.append((named["query"], named["key"]))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with install_joint(pipe.transformer, lambda name, probs, attn: traced.append(probs)), torch.no_grad():
+        pipe("a red circle", num_inference_steps=1, width=32, height=32, guidance_scale=1.0,
+             generator=torch.Generator().manual_seed(0))
+    joint = [(q, k) for q, k in seen if q.shape[2] == 16 + traced[0].shape[-1]]  # not the text encoders' calls
+    assert len(traced) == 2 and len(joint) == {"sd3": 2, "flux": 3}[kind]  # FLUX's single-stream block comes last
+    for (q, k), probs in zip(joint, traced):
+        n_text = probs.shape[-1]
+        full = (q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1).mean(1)  # (B, S, S)
+        image, text = (slice(0, 16), slice(16, None)) if kind == "sd3" else (slice(n_text, None), slice(0, n_text))
+        torch.testing.assert_close(probs, full[:, image, text], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_word_has_a_map_from_its_clip_and_t5_tokens(studios, kind):
+    studio = studios[kind]
+    result = studio.inspect(SETTINGS)
+    assert list(result.word_maps) == ["a", "red", "circle", "on", "grass", "mimo"]
+    assert all(m.shape == (4, 4) and torch.isfinite(m).all() for m in result.word_maps.values())
+    _, tc = studio.generate_traced(SETTINGS, [0])
+    positions = dict(tc._word_spans())
+    t5_start = 77 if kind == "sd3" else 0  # SD3: CLIP's 77 positions, then T5's
+    assert [p for p in positions["circle"] if p >= t5_start]  # T5's token of the word
+    assert (kind == "sd3") == any(p < t5_start for p in positions["circle"])  # CLIP's, where the sequence has it
+    assert len([p for p in positions["mimo"] if p >= t5_start]) > 1  # an unknown word: T5 spells it out
+    assert 0 < tc.share("circle") < 1 and tc.share("circle") != tc.share("grass")
+
+
+def test_a_transformer_trace_refuses_resolutions(studios):
+    with pytest.raises(ValueError, match="one resolution"):
+        studios["sd3"].inspect(SETTINGS, resolutions={4})
+
+
+@pytest.mark.parametrize("kind, method", [(k, m) for k in KINDS for m in ("uce", "rece")])
+def test_the_closed_forms_edit_each_joint_blocks_text_projections(studios, kind, method):
+    """The patch changes every joint block's add_k_proj/add_v_proj (FLUX: the double-stream blocks'), sends the
+    concept's rows toward what the guide's give, and a keep prompt holds that prompt's: W' x against W x on each
+    block's own input."""
+    from fmn.erase import make_method
+    from fmn.erase.joint import joint_inputs
+
+    studio, keep = studios[kind], "a blue square on grass"
+    none = dict(preserve=[], in_context=[], keep_prompts=[])
+    erase, targets = make_method("uce", ["circle"], **none).erased_rows(studio.pipe)
+    kept = joint_inputs(studio.pipe, [keep])[0]
+    width = kept.shape[1] // 2  # two joint blocks
+    misses, changes = [], []
+    for keep_prompts in ([], [keep]):
+        patch_id = studio.erase("circle", method, **(none | {"keep_prompts": keep_prompts}))
+        patch = studio.patches[patch_id]
+        modules = patch.lora["transformer"]["target_modules"]
+        assert sorted(patch.lora) == ["transformer"] and modules == sorted(
+            f"transformer_blocks.{i}.attn.add_{x}_proj" for i in range(2) for x in "kv")
+        for module in modules:
+            cols = slice(int(module.split(".")[1]) * width, (int(module.split(".")[1]) + 1) * width)
+            w = dict(studio.pipe.transformer.named_modules())[module].weight.float()
+            a, b = (patch.tensors[f"transformer.{module}.lora_{f}.weight"].float() for f in "AB")
+            edited = w + b @ a
+            misses.append([(erase[:, cols] @ m.T - targets[:, cols] @ w.T).norm() for m in (w, edited)])
+            changes.append((kept[:, cols] @ (edited - w).T).norm() / (kept[:, cols] @ w.T).norm())
+        plain, erased = studio.generate(SETTINGS, [0]), studio.generate(SETTINGS, [0], patches=[patch_id])
+        assert not np.array_equal(pixels(plain), pixels(erased))
+        studio.remove_patch(patch_id)
+        assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))  # removed: the model as loaded
+    assert all(after < 0.5 * before for before, after in misses[:4])  # nothing kept: the rows land near the targets
+    assert all(held < 0.5 * free for free, held in zip(changes[:4], changes[4:]))  # kept: the prompt barely moves
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_erase_save_and_heatmap_compare_from_the_command_line(folders, tmp_path, kind):
+    import json
+
+    from fmn.__main__ import main
+
+    patch = tmp_path / "circle.safetensors"
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "uce", "--device", "cpu",
+                 "--out", str(patch)]) == 0
+    out = tmp_path / "maps.png"
+    assert main(["heatmap", "--model", folders[kind], "--prompt", "a red circle", "--patch", str(patch), "--compare",
+                 "--num-images", "2", "--steps", "2", "--width", "32", "--height", "32", "--device", "cpu",
+                 "--out", str(out), "--json", str(tmp_path / "maps.json")]) == 0
+    shares = json.loads((tmp_path / "maps.json").read_text())["shares"]
+    assert list(shares) == ["a", "red", "circle"] and shares["circle"]["before"] != shares["circle"]["after"]
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "text-map",
+                 "--out", str(tmp_path / "no.safetensors")]) == 2  # a UNet method, refused with the ones that run
+
+
+def test_a_transformer_patch_onto_another_model_is_refused(studios, tmp_path):
+    from fmn.patch import PatchError
+
+    patch_id = studios["sd3"].erase("circle", "uce")
+    saved = studios["sd3"].save_patch(patch_id, tmp_path)
+    studios["sd3"].remove_patch(patch_id)
+    with pytest.raises(PatchError, match="was made for another model"):
+        studios["flux"].load_patch(saved)
+
+
+def comfy_reads(key: str, transformer) -> bool:
+    """ComfyUI's SD3/FLUX LoRA loader (comfy/lora.py, model_lora_keys_unet) maps ``transformer.<module>`` and
+    ``lora_transformer_<module, dots as underscores>`` for every weight of the diffusers transformer's modules."""
+    modules = {n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
+    names = {f"transformer.{n}" for n in modules} | {"lora_transformer_" + n.replace(".", "_") for n in modules}
+    stem = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]  # no .lora_A.weight, .alpha
+    return stem in names and key.split(stem, 1)[1] in (".lora_A.weight", ".lora_B.weight", ".lora_down.weight",
+                                                       ".lora_up.weight", ".alpha")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders, tmp_path, kind):
+    from diffusers import DiffusionPipeline
+    from safetensors import safe_open
+
+    from fmn.generate import generate
+
+    studio = studios[kind]
+    patch_id = studio.erase("circle", "uce")
+    erased = pixels(studio.generate(SETTINGS, [0], patches=[patch_id]))
+    lora = studio.export([patch_id], "diffusers-lora", tmp_path / "lora.safetensors")
+    kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")
+    merged = studio.export([patch_id], "merged", tmp_path / "merged")
+    with pytest.raises(ValueError, match="export SD3 and FLUX as diffusers-lora, kohya, merged"):
+        studio.export([patch_id], "single-file", tmp_path / "single.safetensors")
+    studio.remove_patch(patch_id)
+    for path, prefix in ((lora, "transformer."), (kohya, "lora_transformer_")):
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+        assert keys and all(k.startswith(prefix) and comfy_reads(k, studio.pipe.transformer) for k in keys)
+    plain = DiffusionPipeline.from_pretrained(folders[kind])  # diffusers alone, no fmn code
+    plain.load_lora_weights(str(lora))
+    assert np.abs(pixels(generate(plain, SETTINGS, [0])) - erased).mean() <= 1  # of 255
+    assert np.abs(pixels(generate(DiffusionPipeline.from_pretrained(merged), SETTINGS, [0])) - erased).mean() <= 1
+    back = studio.load_patch(lora)  # and back in, as a LoRA made elsewhere
+    assert np.abs(pixels(studio.generate(SETTINGS, [0], patches=[back])) - erased).mean() <= 1
+    studio.remove_patch(back)
