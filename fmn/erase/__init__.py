@@ -9,12 +9,12 @@ import line below; `erase` finds it by name and never asks which one it is.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 from diffusers import StableDiffusionPipeline
 
 from ..models import is_transformer, world_of
-from ..patch import Patch, adapter_name, attach, fingerprint
+from ..patch import Patch, adapter_name, attach, detach, fingerprint
 from ..world.world import World
 
 # each registers its methods, in this order: isort must leave the line as it is
@@ -123,7 +123,30 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
         usable = ", ".join(n for n, cls in METHODS.items() if cls.on_transformers)
         raise ValueError(f"{method.name} erases UNet models (SD 1.x/2.x, SDXL); on SD3 and FLUX use {usable}.")
     run = train_patch if method.trains else solve_patch
-    return run(pipe, method, name, on_progress, cancelled)
+    patch = run(pipe, method, name, on_progress, cancelled)
+    side = getattr(method.config, "unet_edit", "")  # text-map's closed form beside (text_map.py)
+    return _stacked(pipe, patch, _side_edit(method, side), name) if side else patch
+
+
+def _side_edit(method: ErasureMethod, side: str) -> ErasureMethod:
+    """The closed form `side` on the method's concepts: it holds what the method holds, sends the concept's rows
+    where the method sends them, and keeps those rows as they are (what the method's own edit gives)."""
+    cfg = method.config
+    held = KeepSet(cfg.preserve, cfg.keep_prompts, cfg.in_context)
+    return make_method(side, method.concepts, replace_with=cfg.guide or None, held=held, seed=cfg.seed,
+                       push=cfg.push, push_after=cfg.push_after, prior=cfg.prior, keep_targets=True)
+
+
+def _stacked(pipe: StableDiffusionPipeline, patch: Patch, side: ErasureMethod, name: str) -> Patch:
+    """The patch with a closed form's edit of another component added, one file and one adapter: dropping either
+    side (an encoder swap) leaves the other's erasure."""
+    tensors, lora = side.solve(pipe)  # on the unedited model: the patch is attached, inactive
+    if set(lora) & set(patch.lora):
+        raise ValueError(f"{side.name} edits {', '.join(lora)}, which {patch.method} changes already.")
+    stacked = replace(patch, tensors=patch.tensors | tensors, lora=patch.lora | lora)
+    detach(pipe, name)
+    attach(pipe, stacked, name)
+    return stacked
 
 
 def erase(pipe: StableDiffusionPipeline, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,

@@ -13,6 +13,9 @@ No image is drawn and the UNet is not touched: a step encodes prompts only. With
 later rows of every concept past the guide's (`default_prior`; half as far as a closed form pushes a concept
 named in its `prior`, since those rows carry the rest of the prompt too), which a linear edit cannot afford, so a
 prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
+With `unet_edit`, a closed form (`uce.py`) also edits the cross-attention, held by the same words and prompts, in
+the same patch: the text encoder's LoRA alone, or the UNet's edit under the unedited text encoder (a LoRA loaded
+with its CLIP strength at 0), still erases.
 Given images of the (first) concept, it first learns the concept as they show it, a word by textual inversion,
 and sends that word's rows in the same prompts to the same targets (`learned_word.py`).
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
@@ -32,7 +35,7 @@ from ..diffusion import encode
 from ..inversion import text_encoder_components
 from .layers import layer_names
 from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_distance, span_loss
-from .method import ErasureMethod, TrainingConfig, register
+from .method import METHODS, ErasureMethod, TrainingConfig, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
 
 __all__ = ["TextMapConfig", "TextMap"]
@@ -48,11 +51,17 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     batch: int = 32  # erased prompts a step
     keep_batch: int = 32  # keep prompts a step
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
+    # a closed form ("uce", "rece") solved beside, into the same patch: the denoiser's cross-attention erases too,
+    # so a patch loaded with its text-encoder part off (an encoder swap) still erases ("": the text encoder only)
+    unet_edit: str = ""
 
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
         LearnedWordConfig.check(self)
+        closed = [name for name, cls in METHODS.items() if not cls.trains]
+        if self.unet_edit and self.unet_edit not in closed:
+            raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed)}) or nothing.")
         if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
             raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: "
                              "use 1 or more (passes at most 1000).")

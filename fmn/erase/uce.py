@@ -51,6 +51,9 @@ __all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 @dataclass
 class UCEConfig(TargetsConfig):
     lam: float = 0.5  # paper: lambda about 0.5
+    # ours: the targets are kept rows too (what they give stays), for an edit stacked beside a text-side one that
+    # sends the concept there already (text-map's `unet_edit`): else the edit moves those rows on, some back
+    keep_targets: bool = False
 
 
 @dataclass
@@ -154,20 +157,23 @@ class UCE(EmbeddingTargets, ErasureMethod):
         """Every edited layer's weight, (out, D) in float32, by module name."""
         return {name: w for group, _ in cls.groups(pipe)[1] for name, w in group.items()}
 
-    def kept_rows(self, pipe: StableDiffusionPipeline) -> torch.Tensor:
-        """The rows to keep, (j, D): each preserved word's from its last token to the end, and every row of
-        the keep prompts (weighted)."""
+    def kept_rows(self, pipe: StableDiffusionPipeline, targets: torch.Tensor) -> torch.Tensor:
+        """The rows to keep, (j, D): each preserved word's from its last token to the end, every row of
+        the keep prompts (weighted), and the `targets` if the config keeps them."""
         cfg = self.config
         kept = [self._rows(pipe, word, word, guide="")[0] for word in cfg.preserve]
         if cfg.keep_prompts:
             kept.append(cfg.keep_weight ** 0.5 * text_rows(pipe, cfg.keep_prompts).flatten(0, 1))
+        if cfg.keep_targets:
+            kept.append(targets)
         width = sum(next(iter(group.values())).shape[1] for group, _ in self.groups(pipe)[1])
         return torch.cat(kept) if kept else torch.zeros(0, width)
 
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and the LoRA config of the edit, keyed as in a patch file."""
-        (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
+        erase, targets = self.erased_rows(pipe)
+        kept = self.kept_rows(pipe, targets)
         component, groups = self.groups(pipe)
         return _one_patch([Edit.solve(weights, erase[:, cols], targets[:, cols], kept[:, cols], self.config.lam)
                            .tensors(component) for weights, cols in groups])
@@ -180,7 +186,8 @@ class RECE(UCE):
 
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
-        (erase, targets), kept = self.erased_rows(pipe), self.kept_rows(pipe)
+        erase, targets = self.erased_rows(pipe)
+        kept = self.kept_rows(pipe, targets)
         # the rows inverted, and the guide's rows they map to
         source, aims = self.erased_rows(pipe, first=self.config.rows, in_context=False)
         component, groups = self.groups(pipe)
