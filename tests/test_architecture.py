@@ -12,8 +12,8 @@ from fmn.erase.method import ErasureMethod, MethodConfig
 PACKAGE = Path(__file__).resolve().parent.parent / "fmn"
 # Lowest first: a module may import from its own floor and the floors below it, never above.
 FLOORS = [
-    ("fmn.world.scenes", "fmn.world.world", "fmn.world.judge", "fmn.world.pixels", "fmn.world.reading",
-     "fmn.world.tokenizer", "fmn.world.render"),
+    ("fmn.world.scenes", "fmn.world.world", "fmn.world.judge", "fmn.world.pixels", "fmn.world.looks",
+     "fmn.world.reading", "fmn.world.tokenizer", "fmn.world.render"),
     # load; run independent jobs here or on Ray; write files whole
     ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
     ("fmn.generate", "fmn.attention", "fmn.transformer_attention", "fmn.heatmaps", "fmn.diffusion"),  # generate, trace

@@ -6,8 +6,9 @@ night, some artists and characters; held-out templates) with the embedded model,
 of every registered method (each erases one concept, `ERASED`), on the same prompts and seeds, and compares
 the judge's reads with labels it did not make:
 - shape, colour, background and night: the pixel check (fmn/world/pixels.py), which abstains when unsure;
-- characters and artists: labels written by eye on the hand set (benchmarks/judge-labels/labels.json, drawn
-  by `--write-hand-set`).
+- characters and artists: the pixel check's character and style reads (fmn/world/looks.py), which abstain more
+  often, on the same images; and labels written by eye on the hand set (benchmarks/judge-labels/labels.json,
+  drawn by `--write-hand-set`).
 Per label: images decided, agreement, false present, false absent, images where the independent label is
 uncertain; and the flip rate: over (unedited, patched) pairs, the share where the independent label did not
 change but the judge's read did. Targets (the issue's): agreement >= 95 % per label, flips <= 2 %.
@@ -29,7 +30,7 @@ from ..generate import generate_many
 from ..models import EMBEDDED, load_pipeline
 from ..patch import active, detach
 from ..world.judge import STYLE_CLASSES, Judge
-from ..world.reading import LOOKS, PIXEL_LABELS, judge_labels, pixel_labels
+from ..world.reading import LOOK_LABELS, LOOKS, PIXEL_LABELS, judge_labels, look_labels, pixel_labels
 from ..world.scenes import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, IDENTITIES, SHAPES, STYLES, caption, sample_scene
 from .measure import device_name
 
@@ -211,7 +212,7 @@ def _overall(result: dict) -> tuple[int, int]:
 
 
 def markdown(records: dict) -> str:
-    s, pixel, hand = records["settings"], records["pixel"], records["hand"]
+    s, pixel, hand, looks = records["settings"], records["pixel"], records["hand"], records.get("looks")
     flips, pairs = _overall(pixel)
     lines = ["# The judge, audited on the model's own images", "",
              f"Device: {records['device']}. Judge {records.get('judge', '?')}. {s['images']} prompts (one object "
@@ -229,6 +230,16 @@ def markdown(records: dict) -> str:
              "| patch | stable (pair, label)s | flips |", "|---|---:|---:|",
              *[f"| {p} | {v['pairs']} | {_mark(v['flips'], v['pairs'], TARGETS['flips'], True)} |"
                for p, v in pixel["patches"].items()], ""]
+    if looks is not None:
+        flips, pairs = _overall(looks)
+        lines += ["## Characters and artists: against the pixel check's character and style reads "
+                  "(fmn/world/looks.py)", "",
+                  "The same images. The reads abstain more than the shape check: a character by its colours and "
+                  "two eyes, red eyes or a white belly; a style by an outline, dots, a fading glow or diagonal "
+                  "stripes; \"plain\" and no character only on a plain shape.", "",
+                  *_table(looks["labels"]), "",
+                  f"All labels: flips {_mark(flips, pairs, TARGETS['flips'], True)} of {pairs} stable (pair, label)s.",
+                  ""]
     if hand is None:
         return "\n".join(lines + ["## Characters and artists: no hand labels (benchmarks/judge-labels/labels.json)"])
     flips, pairs = _overall(hand)
@@ -282,6 +293,7 @@ def run(args) -> dict:
     start = time.perf_counter()
     judged = [judge_labels(v) for v in judge(images)]
     truth = [pixel_labels(im) for im in images]
+    looks = [look_labels(im) for im in images]
     print(f"judge and pixel check read {len(images)} images in {time.perf_counter() - start:.0f} s", flush=True)
     # 3. tally: per label, and over (unedited, patched) pairs of the same prompt and seed
     pairs = [(i, k * n + i, patch) for k, patch in enumerate(drawn) if k for i in range(n)]
@@ -289,7 +301,8 @@ def run(args) -> dict:
     records = {"device": device_name(pipe.device), "judge": judge.fingerprint, "drawn": len(images),
                "hand_images": hand_images,
                "settings": {"images": n, "steps": steps, "quick": args.quick, "patches": list(drawn)[1:]},
-               "targets": TARGETS, "pixel": tally(truth, judged, PIXEL_LABELS, pairs), "hand": hand}
+               "targets": TARGETS, "pixel": tally(truth, judged, PIXEL_LABELS, pairs),
+               "looks": tally(looks, judged, LOOK_LABELS, pairs), "hand": hand}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(records)

@@ -20,7 +20,7 @@ from PIL import Image
 from .render import BACKGROUND_RGB, MOON_RGB, NIGHT_DIM, NIGHT_MIX, NIGHT_RGB, STAR_RGB, TEXTURE_RGB
 from .scenes import COLOURS
 
-__all__ = ["PixelRead", "read"]
+__all__ = ["PixelRead", "Scan", "read", "scan"]
 
 # Backdrop, read from the border (3 pixels wide): day backgrounds have luminance >= ~115, night ones <= ~75.
 BORDER = 3
@@ -59,8 +59,19 @@ class PixelRead:
     colour: str | None  # a COLOURS key: the colour of that shape
 
 
-def read(image: Image.Image | np.ndarray) -> PixelRead:
-    """The pixel check of one image (PIL or uint8 (64, 64, 3))."""
+@dataclass(frozen=True)
+class Scan:
+    """The image as the check sees it, before it names anything (looks.py reads characters and styles from it)."""
+
+    rgb: np.ndarray  # (64, 64, 3) floats
+    backdrop: np.ndarray | None  # the border's median colour; None: the border is not one backdrop
+    background: str | None
+    night: bool | None
+    mask: np.ndarray | None  # (64, 64) bool: the one object; None: not exactly one clear object
+
+
+def scan(image: Image.Image | np.ndarray) -> Scan:
+    """The backdrop and the one object's mask of one image (PIL or uint8 (64, 64, 3))."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR))
     rgb = image.astype(float)  # (64, 64, 3)
@@ -68,18 +79,25 @@ def read(image: Image.Image | np.ndarray) -> PixelRead:
                              rgb[:, :BORDER].reshape(-1, 3), rgb[:, -BORDER:].reshape(-1, 3)])
     backdrop = np.median(border, 0)
     if np.mean(_distance(border, backdrop) < FAR) < BORDER_UNIFORM:
-        return PixelRead(None, None, None, None)
+        return Scan(rgb, None, None, None, None)
     night = _night(backdrop)
     background = _background(backdrop, night)
-    mask = _object(rgb, backdrop, background, night)
-    if mask is None or not _plain(rgb, mask, backdrop):
-        return PixelRead(background, night, None, None)
-    body = _body_colour(rgb, mask)
+    return Scan(rgb, backdrop, background, night, _object(rgb, backdrop, background, night))
+
+
+def read(image: Image.Image | np.ndarray | Scan) -> PixelRead:
+    """The pixel check of one image (PIL, uint8 (64, 64, 3), or its scan)."""
+    s = image if isinstance(image, Scan) else scan(image)
+    if s.backdrop is None:
+        return PixelRead(None, None, None, None)
+    if s.mask is None or not _plain(s.rgb, s.mask, s.backdrop):
+        return PixelRead(s.background, s.night, None, None)
+    body = _body_colour(s.rgb, s.mask)
     hue, saturation, value = _hue(body)
     if saturation < (MIN_SATURATION_PURPLE if 250 <= hue <= 300 else MIN_SATURATION) or value < MIN_VALUE:
-        return PixelRead(background, night, None, None)  # pale, grey or dark: a character or a glow, not a shape
-    shape = _shape(mask)
-    return PixelRead(background, night, shape, _colour(body, night) if shape else None)
+        return PixelRead(s.background, s.night, None, None)  # pale, grey or dark: a character or a glow, not a shape
+    shape = _shape(s.mask)
+    return PixelRead(s.background, s.night, shape, _colour(body, s.night) if shape else None)
 
 
 def _distance(pixels: np.ndarray, colour) -> np.ndarray:

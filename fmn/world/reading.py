@@ -8,14 +8,17 @@ uncertain: the benchmarks and `python -m fmn attack` leave it out of what they c
 from __future__ import annotations
 
 from .judge import STYLE_CLASSES
+from .looks import read_looks
 from .pixels import read
 from .scenes import BACKGROUNDS, COLOURS, IDENTITIES, SHAPES
 
-__all__ = ["GROUNDS", "LOOKS", "PIXEL_LABELS", "pixel_labels", "judge_labels", "judged", "shows"]
+__all__ = ["GROUNDS", "LOOKS", "PIXEL_LABELS", "LOOK_LABELS", "pixel_labels", "look_labels", "judge_labels", "judged",
+           "shows"]
 
 GROUNDS = {b: f"background {b}" for b in BACKGROUNDS}  # "plain" is a background and a style: the labels say which
 LOOKS = {s: f"style {s}" for s in STYLE_CLASSES}
 PIXEL_LABELS = [*SHAPES, *COLOURS, *GROUNDS.values(), "night"]
+LOOK_LABELS = [*IDENTITIES, *LOOKS.values()]  # read by looks.py; the audit's, not `judged`'s
 
 
 def pixel_labels(image) -> dict[str, bool | None]:
@@ -27,6 +30,13 @@ def pixel_labels(image) -> dict[str, bool | None]:
 
     grounds = {GROUNDS[b]: known for b, known in one_of(r.background, BACKGROUNDS).items()}
     return {**one_of(r.shape, SHAPES), **one_of(r.colour, COLOURS), **grounds, "night": r.night}
+
+
+def look_labels(image) -> dict[str, bool | None]:
+    """The pixel check's character and style as one label each (looks.py): True, False, None uncertain."""
+    r = read_looks(image)
+    characters = {name: None if r.character is None else r.character == name for name in IDENTITIES}
+    return characters | {LOOKS[s]: None if r.style is None else r.style == s for s in STYLE_CLASSES}
 
 
 def judge_labels(verdict) -> dict[str, bool]:
