@@ -43,7 +43,8 @@ Type a prompt, pick a seed, and see the image with one cross-attention heatmap p
 (DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
-# the status and loss plot redrawn at most this often while erasing: each redraw costs the page and the server time
+# the status, its progress bar and the loss plot redrawn at most this often while erasing: on a 2-core machine
+# every redraw in the page takes CPU from the erasure
 STREAM_EVERY_S = 1.0
 # small images shown large: keep their pixels sharp
 CSS = ("#image img, #heatmaps img, #slider img { image-rendering: pixelated; } "
@@ -136,9 +137,9 @@ class Handlers:
                 yield {ui.erase_status: f"Erasing: done after {len(losses)} step(s); drawing the before/after…"}
                 break
             losses.append({"step": event.step, "loss": event.loss})
-            progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
             if event.elapsed - shown_at >= STREAM_EVERY_S:
                 shown_at = event.elapsed
+                progress((event.step, event.total), desc=f"erasing, loss {event.loss:.3f}")
                 yield {ui.erase_status: f"Erasing: step {event.step}/{event.total}, {event.elapsed:.0f} s",
                        ui.loss_plot: pd.DataFrame(losses)}
         patches = session + [event.patch_id]
@@ -384,7 +385,7 @@ def _wire(h: Handlers, ui: SimpleNamespace, demo: gr.Blocks) -> None:
         h.run_erase, [ui.concept, ui.method, ui.uploads, ui.replace_with, ui.erase_steps, ui.session, ui.adversarial,
                       ui.keep],
         [ui.erase_status, ui.loss_plot, ui.grid, ui.slider, ui.patch_file, ui.session, ui.judged, ui.heat_grid,
-         ui.heat_word, ui.comparison], api_name="erase")
+         ui.heat_word, ui.comparison], api_name="erase", show_progress_on=[ui.erase_status])
     ui.cancel.click(None, cancels=[erasing])
     ui.attack_button.click(h.break_it, [ui.concept, ui.uploads, ui.session],
                            [ui.attack_grid, ui.attack_judged, ui.heat_grid, ui.heat_word, ui.comparison],

@@ -84,6 +84,16 @@ def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path, capsys)
     assert Image.open(plain).tobytes() != Image.open(erased).tobytes()
 
 
+def test_erase_stacks_a_unet_edit_into_the_default_patch(tiny_dirs, tmp_path, capsys):
+    patch = tmp_path / "circle.safetensors"
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--steps",
+                             "2", "--unet-edit", "uce", "--out", str(patch))
+    assert status == 0, lines
+    loaded = Patch.load(patch)
+    assert loaded.method == "text-map" and set(loaded.lora) == {"text_encoder", "unet"}
+    assert loaded.settings["unet_edit"] == "uce"
+
+
 def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative --out paths land here
     model = str(tiny_dirs["sd15"])
@@ -145,6 +155,7 @@ def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
     ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "inf"], "Learning rate inf"),
     ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "-0.01"], "Learning rate -0.01"),
     ("sd15", ["--concept", "circle", "--method", "uce", "--steps", "10"], "uce has no setting steps"),
+    ("sd15", ["--concept", "circle", "--method", "uce", "--unet-edit", "rece"], "uce has no setting unet_edit"),
     (None, ["--concept", "dragon"], "never saw dragon"),  # the embedded model knows the words of its world
 ])
 def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, message):

@@ -47,6 +47,10 @@ def _add_method_options(parser) -> None:
     parser.add_argument("--prior", help="uce, rece, text-map: a comma list of concepts the model draws when their "
                         "word is missing (a real model's 'person'; by default none for uce and rece, every concept "
                         "for text-map): their later rows are pushed too")
+    parser.add_argument("--unet-edit", choices=[name for name, cls in METHODS.items() if not cls.trains],
+                        help="text-map: also edit the UNet's cross-attention with this closed form, in the same "
+                        "patch, so that it erases with either part off (an encoder swap); it costs kept concepts "
+                        "(docs/methods.md)")
     parser.add_argument("--adversarial", action="store_true",
                         help="trained methods: also erase the words an attacker learns against the patch "
                         "(slower, more robust)")
@@ -76,10 +80,10 @@ def run(args) -> None:
 
 
 def _settings(args, **given) -> dict:
-    """The method's settings from the command line: --steps, --lr, --push, --prior and those `given`, where set
-    (unset: the method's default), then --adversarial and --keep."""
+    """The method's settings from the command line: --steps, --lr, --push, --prior, --unet-edit and those `given`,
+    where set (unset: the method's default), then --adversarial and --keep."""
     prior = None if args.prior is None else split_concepts(args.prior)
-    given = dict(steps=args.steps, lr=args.lr, push=args.push, prior=prior, **given)
+    given = dict(steps=args.steps, lr=args.lr, push=args.push, prior=prior, unet_edit=args.unet_edit, **given)
     settings = {name: value for name, value in given.items() if value is not None}
     if args.adversarial:
         settings["adversarial"] = True
