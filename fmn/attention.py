@@ -29,7 +29,8 @@ from diffusers.models.attention_processor import Attention
 
 from .models import is_transformer
 
-__all__ = ["AttentionProbsProcessor", "install", "trace", "Trace", "cross_attention_resolutions", "word_spans"]
+__all__ = ["AttentionProbsProcessor", "install", "trace", "hooked", "Trace", "cross_attention_resolutions",
+           "word_spans"]
 
 # sink(layer_name, probs, attn) with probs of shape (batch * heads, pixels, tokens)
 Sink = Callable[[str, torch.Tensor, Attention], None]
@@ -393,9 +394,17 @@ def trace(
             yield tc
         return
     tc = Trace(pipe, prompt, step_range, resolutions, map_size)
-    hook = pipe.unet.register_forward_pre_hook(tc._on_unet_call, with_kwargs=True)
+    with hooked(pipe.unet, tc, tc._on_unet_call, install):
+        yield tc
+
+
+@contextmanager
+def hooked(denoiser: torch.nn.Module, tc, on_call, install_processors) -> Iterator[None]:
+    """While the block runs: `on_call` before every call of the denoiser (the trace counts its steps) and the
+    tracing processors `install_processors(denoiser, tc)` puts in; both removed after, whatever happens."""
+    hook = denoiser.register_forward_pre_hook(on_call, with_kwargs=True)
     try:
-        with install(pipe.unet, tc):
-            yield tc
+        with install_processors(denoiser, tc):
+            yield
     finally:
         hook.remove()

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from .attention import Sink, Trace, word_spans
+from .attention import Sink, Trace, hooked, word_spans
 from .diffusion import text_segments
 
 __all__ = ["JointAttentionTracer", "JointTrace", "image_to_text", "install_joint", "joint_trace"]
@@ -155,9 +155,5 @@ def joint_trace(pipe: DiffusionPipeline, prompt: str | list[str], step_range: tu
         raise ValueError(f"resolutions={resolutions}: a transformer's joint blocks all run at one resolution "
                          "(the latent's patches); leave it out")
     tc = JointTrace(pipe, prompt, step_range, map_size)
-    hook = pipe.transformer.register_forward_pre_hook(tc._on_transformer_call, with_kwargs=True)
-    try:
-        with install_joint(pipe.transformer, tc):
-            yield tc
-    finally:
-        hook.remove()
+    with hooked(pipe.transformer, tc, tc._on_transformer_call, install_joint):
+        yield tc
