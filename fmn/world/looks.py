@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .pixels import LUMA, Scan, _components, _erode, _far_from_backdrop, _filled, read, scan
+from .pixels import LUMA, Scan, components, erode, far_from_backdrop, filled, read, scan
 from .render import NIGHT_DIM
 
 __all__ = ["LookRead", "read_looks"]
@@ -92,7 +92,7 @@ def _shadowed(s: Scan) -> bool:
 
 def _erode_n(mask: np.ndarray, n: int) -> np.ndarray:
     for _ in range(n):
-        mask = _erode(mask)
+        mask = erode(mask)
     return mask
 
 
@@ -108,7 +108,7 @@ def _hsv(colours: np.ndarray) -> np.ndarray:
 
 def _object(s: Scan) -> _Object | None:
     rgb = s.rgb / (NIGHT_DIM if s.night else 1.0)
-    region = _filled(s.mask)
+    region = filled(s.mask)
     core = _erode_n(region, CORE)
     if core.sum() < MIN_CORE:
         return None
@@ -131,7 +131,7 @@ def _flat(obj: _Object) -> bool:
 
 def _eyes(obj: _Object) -> bool:
     """Two dark marks inside the body's core, level with each other, apart, in its upper part."""
-    labels, sizes = _components(obj.core & (obj.lum < DARK * np.median(obj.lum[obj.core])))
+    labels, sizes = components(obj.core & (obj.lum < DARK * np.median(obj.lum[obj.core])))
     ys, xs = np.nonzero(obj.region)
     height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     centres = [np.argwhere(labels == n).mean(0) for n, size in enumerate(sizes, 1) if size >= EYE_PIXELS]
@@ -216,7 +216,7 @@ def _vellor(s: Scan, obj: _Object) -> bool:
 def _fade(s: Scan, obj: _Object) -> float:
     """How far from the backdrop the object's outermost pixels are, as a share of the pixels two further in:
     about 0.85 for a crisp edge, lower where a glow fades outward."""
-    far = _far_from_backdrop(s.rgb, s.backdrop, s.background, s.night)
+    far = far_from_backdrop(s.rgb, s.backdrop, s.background, s.night)
     outer = obj.region & ~_erode_n(obj.region, 1)
     inner = _erode_n(obj.region, 2) & ~_erode_n(obj.region, 3)
     return float(far[outer].mean() / max(far[inner].mean(), 1.0))
@@ -234,7 +234,7 @@ def _zaranth(s: Scan, obj: _Object) -> bool:
 def _quimby(s: Scan, obj: _Object) -> bool:
     tint = np.median(obj.rgb[obj.core], 0)
     spots = obj.core & (np.linalg.norm(obj.rgb - tint, axis=-1) > DOT_FAR)
-    _, sizes = _components(spots)
+    _, sizes = components(spots)
     dots = sum(1 for size in sizes if size <= DOT_PIXELS)
     share = spots.sum() / obj.core.sum()
     return _pale(obj) and dots >= DOTS and _within(share, DOT_SHARE) and _fade(s, obj) >= CRISP

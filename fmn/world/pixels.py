@@ -20,7 +20,7 @@ from PIL import Image
 from .render import BACKGROUND_RGB, MOON_RGB, NIGHT_DIM, NIGHT_MIX, NIGHT_RGB, STAR_RGB, TEXTURE_RGB
 from .scenes import COLOURS
 
-__all__ = ["PixelRead", "Scan", "read", "scan"]
+__all__ = ["PixelRead", "Scan", "read", "scan", "components", "erode", "far_from_backdrop", "filled", "LUMA"]
 
 # Backdrop, read from the border (3 pixels wide): day backgrounds have luminance >= ~115, night ones <= ~75.
 BORDER = 3
@@ -147,7 +147,7 @@ def _background(backdrop: np.ndarray, night: bool | None) -> str | None:
     return min(d, key=d.get) if first <= BACKGROUND_NEAR and second - first >= BACKGROUND_MARGIN else None
 
 
-def _far_from_backdrop(rgb, backdrop, background, night) -> np.ndarray:
+def far_from_backdrop(rgb, backdrop, background, night) -> np.ndarray:
     """Each pixel's distance to the backdrop: its colour, its texture (grass, grains, waves) and the blends."""
     far = _distance(rgb, backdrop)
     if background in TEXTURE_RGB and night is not None:
@@ -157,20 +157,20 @@ def _far_from_backdrop(rgb, backdrop, background, night) -> np.ndarray:
 
 def _object(rgb, backdrop, background, night) -> np.ndarray | None:
     """The one object's mask, or None if there is not exactly one clear object."""
-    far = _far_from_backdrop(rgb, backdrop, background, night)
+    far = far_from_backdrop(rgb, backdrop, background, night)
     sky = (_distance(rgb, MOON_RGB) < MOON_LIKE) | (_distance(rgb, STAR_RGB) < MOON_LIKE)
     sky &= night is not False  # by day, white is a belly or a highlight, not a star
     first = _largest(far > FAR, sky)
     if first is None:
         return None
     colour = np.median(rgb[first], 0)
-    cut = max(FAR * 0.75, 0.5 * float(_far_from_backdrop(colour[None], backdrop, background, night)[0]))
+    cut = max(FAR * 0.75, 0.5 * float(far_from_backdrop(colour[None], backdrop, background, night)[0]))
     return _largest(far > cut, sky)
 
 
 def _largest(mask: np.ndarray, sky: np.ndarray) -> np.ndarray | None:
     """The largest component that is neither a speck nor the moon, if it is the only one and clear of the edge."""
-    labels, sizes = _components(mask)
+    labels, sizes = components(mask)
     kept = [(size, n) for n, size in enumerate(sizes, 1)
             if size >= SPECK and np.mean(sky[labels == n]) < 0.3]
     kept.sort(reverse=True)
@@ -182,7 +182,7 @@ def _largest(mask: np.ndarray, sky: np.ndarray) -> np.ndarray | None:
     return found
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """4-connected components: a label image (0 outside the mask, 1..n inside) and each component's size."""
     h, w = mask.shape
     cells, labels, sizes = mask.tolist(), np.zeros((h, w), int), []
@@ -206,21 +206,21 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return labels, sizes
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
+def erode(mask: np.ndarray) -> np.ndarray:
     """Pixels whose four neighbours are all in the mask."""
     m = np.pad(mask, 1)
     return mask & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
 
 
-def _filled(mask: np.ndarray) -> np.ndarray:
+def filled(mask: np.ndarray) -> np.ndarray:
     """The mask with its holes filled: every pixel outside it that the image's edge cannot reach."""
-    labels, _ = _components(np.pad(~mask, 1, constant_values=True))
+    labels, _ = components(np.pad(~mask, 1, constant_values=True))
     return mask | (labels != labels[0, 0])[1:-1, 1:-1]
 
 
 def _body_colour(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The median colour inside the object, its blurred edge left out."""
-    inner = _erode(mask)
+    inner = erode(mask)
     return np.median(rgb[inner if inner.any() else mask], 0)
 
 
@@ -228,9 +228,9 @@ def _plain(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> bool:
     """True if the object is one flat colour: (nearly) every pixel on the line from that colour to the backdrop,
     no dark marks inside it (a character's eyes and mouth), and through any hole the backdrop (not a glow's
     pale core)."""
-    body, hole = _body_colour(rgb, mask), _filled(mask) & ~mask
+    body, hole = _body_colour(rgb, mask), filled(mask) & ~mask
     foreign = _to_segment(rgb[mask], body, backdrop) > FOREIGN
-    dark = rgb[_erode(mask)] @ LUMA < DARK * _luminance(body)
+    dark = rgb[erode(mask)] @ LUMA < DARK * _luminance(body)
     if not dark.size or (hole.any() and _distance(np.median(rgb[hole], 0), backdrop) > HOLE_SEEN):
         return False
     return float(np.mean(foreign)) <= FOREIGN_SHARE and float(np.mean(dark)) <= DARK_SHARE
@@ -259,22 +259,22 @@ def _features(mask: np.ndarray) -> dict[str, float]:
     """The object's geometry: the share, number and offset (from the centre, in heights) of its holes, the fill of
     its box, solidity, width/height, the share of its area in the top half of its box and how much the distance
     of its edge from its centre varies (std/mean: 0.02-0.03 for a circle, 0.11 a square, 0.23 a star)."""
-    filled = _filled(mask)
-    ys, xs = np.nonzero(filled)
+    solid = filled(mask)
+    ys, xs = np.nonzero(solid)
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    area = float(filled.sum())
-    holes, _ = _components(filled & ~mask)
+    area = float(solid.sum())
+    holes, _ = components(solid & ~mask)
     inside = holes > 0
     offset = np.hypot(ys.mean() - np.nonzero(inside)[0].mean(), xs.mean() - np.nonzero(inside)[1].mean()) \
         if inside.any() else 0.0
-    upper = filled[top:(top + bottom) // 2].sum() + (filled[(top + bottom) // 2].sum() / 2 if (bottom - top) % 2 else 0)
-    edge_y, edge_x = np.nonzero(filled & ~_erode(filled))
+    upper = solid[top:(top + bottom) // 2].sum() + (solid[(top + bottom) // 2].sum() / 2 if (bottom - top) % 2 else 0)
+    edge_y, edge_x = np.nonzero(solid & ~erode(solid))
     radius = np.hypot(edge_y - ys.mean(), edge_x - xs.mean())
     angle = np.arctan2(edge_y - ys.mean(), edge_x - xs.mean())
     return {"hole": 1 - mask.sum() / area, "holes": int(holes.max()), "hole_offset": offset / (bottom - top),
             "radial": float(radius.std() / radius.mean()), "arms": _arms(angle, radius),
             "fill": area / ((bottom - top) * (right - left)),
-            "solidity": area / _hull_area(filled), "aspect": (right - left) / (bottom - top), "top": upper / area}
+            "solidity": area / _hull_area(solid), "aspect": (right - left) / (bottom - top), "top": upper / area}
 
 
 def _arms(angle: np.ndarray, radius: np.ndarray, bins: int = 48) -> int:
