@@ -27,11 +27,11 @@ MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream i
 
 @dataclass
 class Text:
-    """A batch of prompts as the UNet reads them: the hidden states its cross-attention attends to, and on
-    SDXL the second text encoder's pooled projection, which the UNet also takes (with the image size)."""
+    """A batch of prompts as the denoiser reads them: the hidden states its cross-attention (SD3's, FLUX's joint
+    attention) attends to, and on SDXL, SD3 and FLUX the pooled CLIP projection it also takes."""
 
-    states: torch.Tensor  # (B, 77, D); SDXL: both encoders' penultimate states side by side
-    pooled: torch.Tensor | None = None  # SDXL: (B, P)
+    states: torch.Tensor  # (B, 77, D); SDXL: both encoders' penultimate states side by side; SD3, FLUX: `text_segments`
+    pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX: (B, P)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -51,6 +51,8 @@ class Text:
 
 def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
     """The prompts padded to the tokenizer's length, read by the text encoder(s) as generation reads them."""
+    if is_transformer(pipe):
+        return _encode_joint(pipe, prompts)
     if is_sdxl(pipe):
         states, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
@@ -58,6 +60,17 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
     # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
     return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
+
+
+def _encode_joint(pipe, prompts: list[str]) -> Text:
+    """SD3's and FLUX's text sequence (`text_segments`) and pooled CLIP projection, as their pipelines build them."""
+    device = pipe.text_encoder.device  # not pipe.device: see `encode`
+    if type(pipe).__name__ == "FluxPipeline":
+        states, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, device=device)
+    else:
+        states, _, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, prompt_3=None, device=device,
+                                                  do_classifier_free_guidance=False)
+    return Text(states, pooled)
 
 
 def text_segments(pipe) -> list[tuple[object, int, int]]:

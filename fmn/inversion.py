@@ -22,7 +22,6 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .diffusion import denoise, encode, noisy
-from .models import is_sdxl
 
 __all__ = ["InversionConfig", "Inverted", "inverted", "invert"]
 
@@ -52,8 +51,9 @@ def text_encoders(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
 
 
 def text_encoder_components(pipe: StableDiffusionPipeline) -> list[str]:
-    """The pipeline's text encoders by component name (SDXL: both), as patches name them."""
-    return ["text_encoder", "text_encoder_2"] if is_sdxl(pipe) else ["text_encoder"]
+    """The pipeline's text encoders by component name (SDXL: two; SD3: CLIP-L, CLIP-G, T5; FLUX: CLIP-L, T5), as
+    patches name them."""
+    return [c for c in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, c, None) is not None]
 
 
 def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:

@@ -23,7 +23,7 @@ def _left(pipe, patch: str, word) -> list[float]:
     """Per span of the learned word, how much of the way to its targets its rows have left to go with `patch` on."""
     with torch.no_grad(), active(pipe, [patch]), inverted(pipe, word.inverted):
         states = encode(pipe, [s.prompt for s in word.spans]).states
-    return [((row[s.start:s.start + len(s.rows)] - s.targets).norm() / (s.rows - s.targets).norm()).item()
+    return [((row[s.positions] - s.targets).norm() / (s.rows - s.targets).norm()).item()
             for row, s in zip(states, word.spans)]
 
 
