@@ -1,7 +1,7 @@
 """SD3 and FLUX on tiny random pipelines built from configs: loading from a folder, seeded generation through the
 same path as SD 1.x, per-word heatmaps from the joint attention (the images unchanged by tracing, the probabilities
 those of the block's own attention), erasure through the registry and patch format (the closed forms on the joint
-blocks, text-map on the text encoders), and exports."""
+blocks, text-map on the text encoders), the attack's inversion in T5's and CLIP's tables, and exports."""
 
 import numpy as np
 import pytest
@@ -209,6 +209,51 @@ def test_text_map_trains_the_text_encoders(studios, kind):
         assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))
     # measured: 2.8 % (SD3) and 1.5 % (FLUX) drift held, 13 % and 3.5 % without the keep prompts
     assert drift[1.0] < 0.6 * drift[0.0], drift
+
+
+def flow_loss(pipe, latents, learned=None, n=8) -> float:
+    """The inversion's own loss (the noise the transformer's velocity implies) on fixed noise and steps."""
+    from contextlib import nullcontext
+
+    from fmn.diffusion import denoise, encode, noisy
+    from fmn.inversion import inverted
+
+    zt, noise, t = noisy(pipe, latents.repeat(n // len(latents), 1, 1, 1), torch.Generator().manual_seed(123))
+    with torch.no_grad(), inverted(pipe, learned) if learned else nullcontext():
+        return (denoise(pipe, zt, t, encode(pipe, ["a photo of circle"] * n)) - noise).pow(2).mean().item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_attack_learns_the_concepts_words_in_t5s_table_and_clips(studios, kind):
+    """Concept inversion on SD3 and FLUX: rows for the name's tokens in each encoder's own table (T5's own ids),
+    learned on the flow-matching loss of the images; they lower it, change the encoding of a prompt that names the
+    concept in every part (SD3: CLIP's and T5's sequence; both: the pooled CLIP row) and of no other prompt, and
+    no weight changes."""
+    from fmn.attack import AttackConfig, concept_inversion
+    from fmn.diffusion import encode, reference_latents
+    from fmn.inversion import inverted, text_encoders
+
+    pipe = studios[kind].pipe
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = reference_latents(pipe, [], 1, 0, None, images)
+    modules = [pipe.transformer, *text_encoders(pipe)]
+    weights = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    before = flow_loss(pipe, latents)
+    learned = concept_inversion(pipe, "circle", [], AttackConfig(steps=30, lr=5e-2, batch=2), images=images)
+    t5 = pipe.tokenizer_3 if kind == "sd3" else pipe.tokenizer_2
+    assert learned.token_ids[-1] == t5("circle", add_special_tokens=False).input_ids != learned.token_ids[0]
+    assert [v.shape[1] for v in learned.vectors] == [e.get_input_embeddings().weight.shape[1]
+                                                    for e in text_encoders(pipe)]
+    assert flow_loss(pipe, latents, learned) < before
+    with torch.no_grad():
+        plain = encode(pipe, ["a red circle", "a blue square"])
+        with inverted(pipe, learned):
+            read = encode(pipe, ["a red circle", "a blue square"])
+    parts = {"sd3": [slice(0, 77), slice(77, None)], "flux": [slice(None)]}[kind]
+    assert all(not torch.allclose(read.states[0, part], plain.states[0, part]) for part in parts)
+    assert not torch.allclose(read.pooled[0], plain.pooled[0])
+    assert torch.equal(read.states[1], plain.states[1]) and torch.equal(read.pooled[1], plain.pooled[1])
+    assert all(torch.equal(v, w[k]) for m, w in zip(modules, weights) for k, v in m.state_dict().items())
 
 
 def test_a_transformer_patch_onto_another_model_is_refused(studios, tmp_path):
