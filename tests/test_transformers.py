@@ -211,6 +211,26 @@ def test_text_map_trains_the_text_encoders(studios, kind):
     assert drift[1.0] < 0.6 * drift[0.0], drift
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_map_from_images_learns_the_word_in_every_encoders_table(studios, kind):
+    from fmn.erase import make_method
+    from fmn.erase.learned_word import learn_word
+    from fmn.inversion import text_encoders
+
+    studio, images = studios[kind], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = dict(preserve=[], in_context=["a red circle on grass"], keep_prompts=["a blue square"], batch=2,
+                    keep_batch=1, learned_batch=2, inversion_steps=3)
+    method = make_method("text-map", ["circle"], images, **settings)
+    with torch.no_grad():  # as the erasure loop computes its references
+        word = learn_word(studio.pipe, method, images, method.config)
+    assert [v.shape[1] for v in word.inverted.vectors] == [e.get_input_embeddings().weight.shape[1]
+                                                          for e in text_encoders(studio.pipe)]
+    assert [s.prompt for s in word.spans] == ["circle", "a red circle on grass"]
+    patch_id = studio.erase("circle", "text-map", images=images, steps=3, **settings)
+    assert all(key.startswith("text_encoder") for key in studio.patches[patch_id].tensors)
+    studio.remove_patch(patch_id)
+
+
 def flow_loss(pipe, latents, learned=None, n=8) -> float:
     """The inversion's own loss (the noise the transformer's velocity implies) on fixed noise and steps."""
     from contextlib import nullcontext
