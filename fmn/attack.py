@@ -2,7 +2,8 @@
 
 The attacker holds the erased model and a few images of the concept. Textual inversion
 against the erased model (its patches active) learns new input embeddings for the concept's
-words; prompts that name the concept then read those embeddings (`fmn.inversion.inverted`).
+words, in every text encoder's table (SD3's and FLUX's T5 included, on its own tokens); prompts
+that name the concept then read those embeddings (`fmn.inversion.inverted`).
 The share of such images in which the concept shows again is the recovery rate. Without
 images, the unedited model (patches switched off) draws them, as an attacker with the
 original model could. Given an eye (`looks_like`: how surely images show the concept; on
@@ -37,8 +38,10 @@ from .patch import activate, active
 __all__ = ["AttackConfig", "Reading", "Recovery", "concept_inversion", "recovery", "encoder_swap", "PLAIN",
            "SIDES"]
 
-# The two sides of a patch an attacker can drop: each runs with the other side unedited
-SIDES = {"UNet part, unedited text encoder": ("unet",), "text-encoder part alone": ("text_encoder", "text_encoder_2")}
+# The two sides of a patch an attacker can drop: each runs with the other side unedited (SD3's, FLUX's transformer
+# is their UNet)
+SIDES = {"UNet part, unedited text encoder": ("unet", "transformer"),
+         "text-encoder part alone": ("text_encoder", "text_encoder_2", "text_encoder_3")}
 # The attacker's plain prompts: the concept alone and in simple templates
 PLAIN = TEMPLATES
 

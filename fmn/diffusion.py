@@ -4,7 +4,8 @@ Prompts as the UNet reads them (`encode`, a `Text`) and where a concept's tokens
 (`concept_positions`), the UNet's prediction under them (`denoise`), latents of a concept
 (`reference_latents`: the user's images or the model's own) and a latent noised to a random
 training step (`noisy`), written once so that every loss in `fmn.erase`, `fmn.inversion` and
-`fmn.attack` reads prompts and noises the same way, on SD 1.x/2.x and on SDXL.
+`fmn.attack` reads prompts and noises the same way, on SD 1.x/2.x, SDXL, SD3 and FLUX (flow matching: the
+transformer's velocity read as the noise it implies).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import FluxPipeline, StableDiffusionPipeline
 
 from .models import is_sdxl, is_transformer
 
@@ -22,16 +23,17 @@ __all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents"
 # SD3's and FLUX's text sequence: the tokenizers whose tokens the joint attention reads, in order; the last is T5's
 JOINT_TEXT = {"StableDiffusion3Pipeline": ("tokenizer", "tokenizer_3"), "FluxPipeline": ("tokenizer_2",)}
 
+FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, which FLUX.1-dev's distilled guidance embeds
 MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream is the same as one by one
 
 
 @dataclass
 class Text:
-    """A batch of prompts as the UNet reads them: the hidden states its cross-attention attends to, and on
-    SDXL the second text encoder's pooled projection, which the UNet also takes (with the image size)."""
+    """A batch of prompts as the denoiser reads them: the hidden states its cross-attention (SD3's, FLUX's joint
+    attention) attends to, and on SDXL, SD3 and FLUX the pooled CLIP projection it also takes."""
 
-    states: torch.Tensor  # (B, 77, D); SDXL: both encoders' penultimate states side by side
-    pooled: torch.Tensor | None = None  # SDXL: (B, P)
+    states: torch.Tensor  # (B, 77, D); SDXL: both encoders' penultimate states side by side; SD3, FLUX: `text_segments`
+    pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX: (B, P)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -51,6 +53,8 @@ class Text:
 
 def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
     """The prompts padded to the tokenizer's length, read by the text encoder(s) as generation reads them."""
+    if is_transformer(pipe):
+        return _encode_joint(pipe, prompts)
     if is_sdxl(pipe):
         states, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
@@ -58,6 +62,17 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
     ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
     # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
     return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
+
+
+def _encode_joint(pipe, prompts: list[str]) -> Text:
+    """SD3's and FLUX's text sequence (`text_segments`) and pooled CLIP projection, as their pipelines build them."""
+    device = pipe.text_encoder.device  # not pipe.device: see `encode`
+    if isinstance(pipe, FluxPipeline):
+        states, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, device=device)
+    else:
+        states, _, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, prompt_3=None, device=device,
+                                                  do_classifier_free_guidance=False)
+    return Text(states, pooled)
 
 
 def text_segments(pipe) -> list[tuple[object, int, int]]:
@@ -78,13 +93,38 @@ def text_segments(pipe) -> list[tuple[object, int, int]]:
 
 def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
     """The UNet's prediction for noisy latents (B, 4, h, w) at steps t under the prompts. SDXL's UNet also
-    takes the pooled text and the image size (original = target size, no crop), as its pipeline passes them."""
+    takes the pooled text and the image size (original = target size, no crop), as its pipeline passes them.
+    SD3's and FLUX's transformer predict a velocity, returned as the noise it implies (`_denoise_flow`)."""
+    if is_transformer(pipe):
+        return _denoise_flow(pipe, latents, t, text)
     if text.pooled is None:
         return pipe.unet(latents, t, text.states).sample
     height, width = (side * pipe.vae_scale_factor for side in latents.shape[-2:])
     size = torch.tensor([height, width, 0, 0, height, width], device=latents.device, dtype=text.pooled.dtype)
     added = {"text_embeds": text.pooled, "time_ids": size.expand(len(latents), -1)}
     return pipe.unet(latents, t, text.states, added_cond_kwargs=added).sample
+
+
+def _denoise_flow(pipe, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
+    """Flow matching: x_t = (1 - s) x_0 + s noise at s = t / 1000, and the transformer predicts v = noise - x_0, so
+    the noise it implies is x_t + (1 - s) v: every loss written on the noise reads alike on every model. FLUX's
+    latents are packed 2x2 and positioned as its pipeline does, with its default distilled guidance."""
+    sigma = (t.float() / pipe.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(latents)  # (B, 1, 1, 1)
+    if not isinstance(pipe, FluxPipeline):
+        velocity = pipe.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text.states,
+                                    pooled_projections=text.pooled).sample
+        return latents + (1 - sigma) * velocity
+    b, c, h, w = latents.shape
+    packed = pipe._pack_latents(latents, b, c, h, w)  # (B, h/2 * w/2, 4c)
+    guidance = (torch.full((b,), FLUX_GUIDANCE, device=latents.device)
+                if pipe.transformer.config.guidance_embeds else None)
+    velocity = pipe.transformer(
+        hidden_states=packed, timestep=t.float() / pipe.scheduler.config.num_train_timesteps, guidance=guidance,
+        pooled_projections=text.pooled, encoder_hidden_states=text.states,
+        txt_ids=torch.zeros(text.states.shape[1], 3, device=latents.device),
+        img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)).sample
+    scale = pipe.vae_scale_factor
+    return latents + (1 - sigma) * pipe._unpack_latents(velocity, h * scale, w * scale, scale)  # (B, c, h, w)
 
 
 def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
@@ -103,10 +143,15 @@ def reference_latents(pipe: StableDiffusionPipeline, prompts: list[str], per_pro
     else `per_prompt` images per prompt drawn by the model as it is now. Returns (N, 4, h, w)."""
     if images is not None:
         posterior = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist
-        return posterior.mean * pipe.vae.config.scaling_factor
+        return (posterior.mean - (pipe.vae.config.shift_factor or 0.0)) * pipe.vae.config.scaling_factor
     group = max(1, MAX_BATCH // per_prompt)  # prompts per call: one call each costs 4x on 2 CPU cores
-    return torch.cat([pipe(prompts[i:i + group], num_inference_steps=steps, num_images_per_prompt=per_prompt,
-                           generator=generator, output_type="latent").images for i in range(0, len(prompts), group)])
+    latents = torch.cat([pipe(prompts[i:i + group], num_inference_steps=steps, num_images_per_prompt=per_prompt,
+                              generator=generator, output_type="latent").images
+                         for i in range(0, len(prompts), group)])
+    if isinstance(pipe, FluxPipeline):  # its pipeline hands latents back packed, at its default size
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        latents = pipe._unpack_latents(latents, side, side, pipe.vae_scale_factor)
+    return latents
 
 
 def noisy(pipe: StableDiffusionPipeline, latents: torch.Tensor, generator: torch.Generator
@@ -116,4 +161,7 @@ def noisy(pipe: StableDiffusionPipeline, latents: torch.Tensor, generator: torch
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),),
                       generator=generator).to(pipe.device)
+    if is_transformer(pipe):  # flow matching: on the straight line from the latents (t = 0) to the noise (t = 1000)
+        sigma = (t.float() / pipe.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(latents)
+        return (1 - sigma) * latents + sigma * noise, noise, t
     return pipe.scheduler.add_noise(latents, noise, t), noise, t

@@ -5,8 +5,10 @@ captures the uploaded images, whose attention is then re-steered) and the concep
 attack (an embedding that brings an erased concept back, learned against the erased model).
 
 The learned vectors replace the input embeddings of the concept's own tokens wherever they
-occur in a prompt (`inverted`), so prompts are written as usual and the model's vocabulary,
-tokenizer and weights are never changed. Only the vectors train, on the ordinary denoising
+occur in a prompt (`inverted`), in every text encoder's table, each on its own tokenizer's ids
+(SD3's and FLUX's T5 has its own vocabulary), so prompts are written as usual and the model's
+vocabulary, tokenizers and weights are never changed. On SD3 and FLUX the loss is the flow-matching
+one, read as noise (`fmn.diffusion.denoise`). Only the vectors train, on the ordinary denoising
 loss of the images' latents under prompts that name the concept (Gal et al. 2022). Given a
 `score` (as diffusers' textual-inversion script validates by sampling images every few steps),
 the vectors that scored best, the starting ones included, are the result.
@@ -20,9 +22,10 @@ from typing import Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
+from transformers import T5EncoderModel
 
 from .diffusion import denoise, encode, noisy
-from .models import is_sdxl
+from .models import is_transformer
 
 __all__ = ["InversionConfig", "Inverted", "inverted", "invert"]
 
@@ -40,11 +43,12 @@ class InversionConfig:
 
 @dataclass
 class Inverted:
-    """Learned input embeddings for the token ids of a concept's name: one table's rows per text encoder
-    (SDXL has two, of different widths, both reading the same tokens)."""
+    """Learned input embeddings for the tokens of a concept's name: per text encoder, its own tokenizer's ids and
+    their rows of its table (SDXL's two encoders, of different widths, read the same ids; SD3's and FLUX's T5 has
+    its own vocabulary)."""
 
-    token_ids: list[int]
-    vectors: list[torch.Tensor]  # per text encoder, (len(token_ids), D)
+    token_ids: list[list[int]]  # per text encoder
+    vectors: list[torch.Tensor]  # per text encoder, (len(its token_ids), D)
 
 
 def text_encoders(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
@@ -52,21 +56,30 @@ def text_encoders(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
 
 
 def text_encoder_components(pipe: StableDiffusionPipeline) -> list[str]:
-    """The pipeline's text encoders by component name (SDXL: both), as patches name them."""
-    return ["text_encoder", "text_encoder_2"] if is_sdxl(pipe) else ["text_encoder"]
+    """The pipeline's text encoders by component name (SDXL: two; SD3: CLIP-L, CLIP-G, T5; FLUX: CLIP-L, T5), as
+    patches name them."""
+    return [c for c in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, c, None) is not None]
 
 
-def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[int]:
-    return pipe.tokenizer(concept, add_special_tokens=False).input_ids
+def input_table(encoder: torch.nn.Module) -> torch.nn.Embedding:
+    """The embedding layer the encoder's forward reads its ids through: T5's stack holds its own, tied to `shared`
+    (which ``get_input_embeddings`` returns)."""
+    return encoder.encoder.embed_tokens if isinstance(encoder, T5EncoderModel) else encoder.get_input_embeddings()
+
+
+def concept_token_ids(pipe: StableDiffusionPipeline, concept: str) -> list[list[int]]:
+    """Per text encoder, its tokenizer's ids of the concept's name."""
+    return [getattr(pipe, c.replace("text_encoder", "tokenizer"))(concept, add_special_tokens=False).input_ids
+            for c in text_encoder_components(pipe)]
 
 
 @contextmanager
 def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
     """Inside the block every occurrence of the concept's tokens reads the learned vectors."""
     handles = []
-    for encoder, vectors in zip(text_encoders(pipe), learned.vectors):
-        table = encoder.get_input_embeddings()
-        ids = torch.tensor(learned.token_ids, device=table.weight.device)
+    for encoder, token_ids, vectors in zip(text_encoders(pipe), learned.token_ids, learned.vectors):
+        table = input_table(encoder)
+        ids = torch.tensor(token_ids, device=table.weight.device)
 
         def swap(module, inputs, output, ids=ids, vectors=vectors):
             input_ids = inputs[0]
@@ -84,9 +97,10 @@ def inverted(pipe: StableDiffusionPipeline, learned: Inverted):
 
 @contextmanager
 def only_vectors_learn(pipe: StableDiffusionPipeline):
-    """Inside the block no weight of the UNet or the text encoders takes gradients; after it each is as it was
-    (an adversarial erasure inverts between its own training steps, with its adapter trainable)."""
-    params = [*pipe.unet.parameters(), *(p for encoder in text_encoders(pipe) for p in encoder.parameters())]
+    """Inside the block no weight of the UNet (SD3's, FLUX's transformer) or the text encoders takes gradients; after
+    it each is as it was (an adversarial erasure inverts between its own training steps, with its adapter trainable)."""
+    denoiser = pipe.transformer if is_transformer(pipe) else pipe.unet
+    params = [*denoiser.parameters(), *(p for encoder in text_encoders(pipe) for p in encoder.parameters())]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -112,8 +126,8 @@ def invert(pipe: StableDiffusionPipeline, concept: str, latents: torch.Tensor,
     with only_vectors_learn(pipe):
         token_ids = concept_token_ids(pipe, concept)
         tables = [encoder.get_input_embeddings().weight for encoder in text_encoders(pipe)]
-        vectors = [(table[token_ids] if start is None else begun).detach().clone().float().requires_grad_(True)
-                   for table, begun in zip(tables, start.vectors if start is not None else tables)]
+        vectors = [(table[ids] if start is None else begun).detach().clone().float().requires_grad_(True)
+                   for table, ids, begun in zip(tables, token_ids, start.vectors if start is not None else tables)]
         learned = Inverted(token_ids, vectors)
         prompts = prompts or [t.format(concept) for t in TEMPLATES]
         scored: list[tuple[float, Inverted]] = []

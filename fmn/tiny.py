@@ -63,9 +63,10 @@ def _tiny_vae(**extra) -> AutoencoderKL:
 
 
 def _tiny_t5(tokenizer, width: int) -> T5EncoderModel:
+    """In eval mode, as `from_pretrained` gives it: T5's dropout (0.1) would make its states random."""
     return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
                                    num_heads=4, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id))
+                                   eos_token_id=tokenizer.eos_token_id)).eval()
 
 
 def tiny_pipeline(kind: str = "sd15", seed: int = 0):

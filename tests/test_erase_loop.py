@@ -281,7 +281,7 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
     spans = method.spans(pipe)
     with torch.no_grad():
         kept_before = encode(pipe, ["a blue star on grass", *keep]).states
-        circle, guide, _, start = method._rows(pipe, "a blue circle on sand", "circle")
+        circle, guide, _, positions = method._rows(pipe, "a blue circle on sand", "circle")
     drift = {}
     for label, weight in (("kept", 1.0), ("not kept", 0.0)):
         patch = erase(pipe, ["circle"], "text-map", name=label.replace(" ", "-"), **{**settings, "keep_weight": weight})
@@ -291,9 +291,9 @@ def test_text_map_moves_the_concepts_rows_in_the_text_encoder_and_keeps_the_keep
             drift[label] = ((encode(pipe, ["a blue star on grass", *keep]).states - kept_before).norm()
                             / kept_before.norm()).item()
             if label == "kept":
-                left = [((encode(pipe, [s.prompt]).states[0, s.start:s.start + len(s.rows)] - s.targets).norm()
+                left = [((encode(pipe, [s.prompt]).states[0, s.positions] - s.targets).norm()
                          / (s.rows - s.targets).norm()).item() for s in spans]
-                moved = encode(pipe, ["a blue circle on sand"]).states[0, start:start + len(circle)]
+                moved = encode(pipe, ["a blue circle on sand"]).states[0, positions]
         activate(pipe, [])
     # the tiny model's random 32-wide encoder, 150 steps: measured 42-54 % of the way left, 7.4 % drift against
     # 28 % without the keep prompts, and the unseen prompt's rows 0.73 of the way to the guide's
@@ -314,7 +314,7 @@ def test_text_map_patch_is_the_one_of_a_pass_per_set():
         def loss(self, pipe, refs, generator):
             picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:self.config.batch]]
             states = encode(pipe, [s.prompt for s in picked]).states.float()
-            loss = torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
+            loss = torch.stack([(row[s.positions] - s.targets).pow(2).mean()
                                 for row, s in zip(states, picked)]).mean()
             idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:self.config.keep_batch]
             kept = encode(pipe, [refs.keep_prompts[i] for i in idx]).states.float()

@@ -28,10 +28,10 @@ def denoising_loss(pipe, concept, latents, learned=None, n=16):
 
 def test_inverted_words_change_only_prompts_that_name_the_concept():
     pipe = tiny_pipeline()
-    ids = concept_token_ids(pipe, "circle")
+    ids = concept_token_ids(pipe, "circle")  # one text encoder: one list
     table = pipe.text_encoder.get_input_embeddings().weight
-    same = Inverted(ids, [table[ids].detach().clone()])
-    other = Inverted(ids, [torch.randn(len(ids), table.shape[1])])
+    same = Inverted(ids, [table[ids[0]].detach().clone()])
+    other = Inverted(ids, [torch.randn(len(ids[0]), table.shape[1])])
     with torch.no_grad():
         plain = encode(pipe, ["a red circle", "a blue square"]).states
         with inverted(pipe, same):
@@ -66,7 +66,7 @@ def test_attack_learns_against_the_erased_model_and_leaves_no_patch_active():
     base = denoising_loss(pipe, "circle", latents)
     patch = erase(pipe, ["circle"], "esd-x", steps=5, sample_steps=4, trajectories=2)
     learned = concept_inversion(pipe, "circle", [patch.name], AttackConfig(steps=5, images=2, image_steps=4))
-    assert [v.shape for v in learned.vectors] == [(len(concept_token_ids(pipe, "circle")),
+    assert [v.shape for v in learned.vectors] == [(len(concept_token_ids(pipe, "circle")[0]),
                                                    pipe.text_encoder.config.hidden_size)]
     assert torch.isfinite(learned.vectors[0]).all()
     assert denoising_loss(pipe, "circle", latents) == base  # the patch is attached but switched off again

@@ -1,6 +1,7 @@
 """SD3 and FLUX on tiny random pipelines built from configs: loading from a folder, seeded generation through the
 same path as SD 1.x, per-word heatmaps from the joint attention (the images unchanged by tracing, the probabilities
-those of the block's own attention), erasure through the registry and patch format, and exports."""
+those of the block's own attention), erasure through the registry and patch format (the closed forms on the joint
+blocks, text-map on the text encoders), the attack's inversion in T5's and CLIP's tables, and exports."""
 
 import numpy as np
 import pytest
@@ -165,8 +166,114 @@ def test_erase_save_and_heatmap_compare_from_the_command_line(folders, tmp_path,
                  "--out", str(out), "--json", str(tmp_path / "maps.json")]) == 0
     shares = json.loads((tmp_path / "maps.json").read_text())["shares"]
     assert list(shares) == ["a", "red", "circle"] and shares["circle"]["before"] != shares["circle"]["after"]
-    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "text-map",
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "esd-x",
                  "--out", str(tmp_path / "no.safetensors")]) == 2  # a UNet method, refused with the ones that run
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_map_trains_the_text_encoders(studios, kind):
+    """Text-map on SD3's CLIP-L, CLIP-G and T5 and FLUX's CLIP-L and T5: the patch's LoRA sits on the text encoders
+    alone; the concept's rows in each encoder's output (SD3: CLIP's sequence and T5's; FLUX: T5's; both: the pooled
+    row) move toward their targets; a keep prompt's rows hold, where without it they drift further; the patched
+    pipeline generates, and removed, leaves the model as loaded."""
+    from fmn.erase import make_method
+    from fmn.erase.encoders import encoder_rows
+    from fmn.patch import active
+
+    studio, keep = studios[kind], ["a blue square on grass", "a red star on sand"]
+    settings = dict(preserve=[], in_context=["a red circle on grass", "a circle on water"], keep_prompts=keep,
+                    batch=4, keep_batch=2, steps=60)
+    method = make_method("text-map", ["circle"], **settings)
+    spans, segments = method.spans(studio.pipe), method.segments(studio.pipe)
+    assert [length for _, _, length in segments] == {"sd3": [77, 256, 1], "flux": [512, 1]}[kind]
+    with torch.no_grad():
+        kept = encoder_rows(studio.pipe, keep)
+    plain, drift = studio.generate(SETTINGS, [0]), {}
+    for weight in (1.0, 0.0):
+        patch_id = studio.erase("circle", "text-map", **settings, keep_weight=weight)
+        patch = studio.patches[patch_id]
+        assert sorted(patch.lora) == ["text_encoder", "text_encoder_2", "text_encoder_3"][:{"sd3": 3, "flux": 2}[kind]]
+        assert all(key.startswith("text_encoder") for key in patch.tensors)
+        with torch.no_grad(), active(studio.pipe, [patch_id]):
+            drift[weight] = ((encoder_rows(studio.pipe, keep) - kept).norm() / kept.norm()).item()
+            now = encoder_rows(studio.pipe, [s.prompt for s in spans])
+        if weight:  # each encoder's rows, and the pooled one, part of the way to their targets
+            for s, rows in zip(spans, now):
+                for _, begin, length in segments:
+                    at = (s.positions >= begin) & (s.positions < begin + length)
+                    left = (rows[s.positions[at]] - s.targets[at]).norm() / (s.rows[at] - s.targets[at]).norm()
+                    assert left < 0.85, (s.prompt, begin, left)
+            erased = studio.generate(SETTINGS, [0], patches=[patch_id])
+            assert not np.array_equal(pixels(plain), pixels(erased)) and np.isfinite(pixels(erased)).all()
+        studio.remove_patch(patch_id)
+        assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))
+    # measured: 2.8 % (SD3) and 1.5 % (FLUX) drift held, 13 % and 3.5 % without the keep prompts
+    assert drift[1.0] < 0.6 * drift[0.0], drift
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_map_from_images_learns_the_word_in_every_encoders_table(studios, kind):
+    from fmn.erase import make_method
+    from fmn.erase.learned_word import learn_word
+    from fmn.inversion import text_encoders
+
+    studio, images = studios[kind], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = dict(preserve=[], in_context=["a red circle on grass"], keep_prompts=["a blue square"], batch=2,
+                    keep_batch=1, learned_batch=2, inversion_steps=3)
+    method = make_method("text-map", ["circle"], images, **settings)
+    with torch.no_grad():  # as the erasure loop computes its references
+        word = learn_word(studio.pipe, method, images, method.config)
+    assert [v.shape[1] for v in word.inverted.vectors] == [e.get_input_embeddings().weight.shape[1]
+                                                          for e in text_encoders(studio.pipe)]
+    assert [s.prompt for s in word.spans] == ["circle", "a red circle on grass"]
+    patch_id = studio.erase("circle", "text-map", images=images, steps=3, **settings)
+    assert all(key.startswith("text_encoder") for key in studio.patches[patch_id].tensors)
+    studio.remove_patch(patch_id)
+
+
+def flow_loss(pipe, latents, learned=None, n=8) -> float:
+    """The inversion's own loss (the noise the transformer's velocity implies) on fixed noise and steps."""
+    from contextlib import nullcontext
+
+    from fmn.diffusion import denoise, encode, noisy
+    from fmn.inversion import inverted
+
+    zt, noise, t = noisy(pipe, latents.repeat(n // len(latents), 1, 1, 1), torch.Generator().manual_seed(123))
+    with torch.no_grad(), inverted(pipe, learned) if learned else nullcontext():
+        return (denoise(pipe, zt, t, encode(pipe, ["a photo of circle"] * n)) - noise).pow(2).mean().item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_attack_learns_the_concepts_words_in_t5s_table_and_clips(studios, kind):
+    """Concept inversion on SD3 and FLUX: rows for the name's tokens in each encoder's own table (T5's own ids),
+    learned on the flow-matching loss of the images; they lower it, change the encoding of a prompt that names the
+    concept in every part (SD3: CLIP's and T5's sequence; both: the pooled CLIP row) and of no other prompt, and
+    no weight changes."""
+    from fmn.attack import AttackConfig, concept_inversion
+    from fmn.diffusion import encode, reference_latents
+    from fmn.inversion import inverted, text_encoders
+
+    pipe = studios[kind].pipe
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = reference_latents(pipe, [], 1, 0, None, images)
+    modules = [pipe.transformer, *text_encoders(pipe)]
+    weights = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    before = flow_loss(pipe, latents)
+    learned = concept_inversion(pipe, "circle", [], AttackConfig(steps=30, lr=5e-2, batch=2), images=images)
+    t5 = pipe.tokenizer_3 if kind == "sd3" else pipe.tokenizer_2
+    assert learned.token_ids[-1] == t5("circle", add_special_tokens=False).input_ids != learned.token_ids[0]
+    assert [v.shape[1] for v in learned.vectors] == [e.get_input_embeddings().weight.shape[1]
+                                                    for e in text_encoders(pipe)]
+    assert flow_loss(pipe, latents, learned) < before
+    with torch.no_grad():
+        plain = encode(pipe, ["a red circle", "a blue square"])
+        with inverted(pipe, learned):
+            read = encode(pipe, ["a red circle", "a blue square"])
+    parts = {"sd3": [slice(0, 77), slice(77, None)], "flux": [slice(None)]}[kind]
+    assert all(not torch.allclose(read.states[0, part], plain.states[0, part]) for part in parts)
+    assert not torch.allclose(read.pooled[0], plain.pooled[0])
+    assert torch.equal(read.states[1], plain.states[1]) and torch.equal(read.pooled[1], plain.pooled[1])
+    assert all(torch.equal(v, w[k]) for m, w in zip(modules, weights) for k, v in m.state_dict().items())
 
 
 def test_a_transformer_patch_onto_another_model_is_refused(studios, tmp_path):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..diffusion import encode, reference_latents
+from ..diffusion import reference_latents
 from ..inversion import InversionConfig, Inverted, invert, inverted
+from .encoders import encoder_rows
 from .targets import EmbeddingTargets, Span, find
 
 __all__ = ["LearnedWordConfig", "LearnedWord", "learn_word", "span_loss", "span_distance"]
@@ -73,11 +74,11 @@ def span_loss(pipe: StableDiffusionPipeline, spans: list[Span], batch: int, gene
     `word`, if given), from their targets."""
     picked = [spans[i] for i in torch.randperm(len(spans), generator=generator)[:batch]]
     with inverted(pipe, word) if word is not None else nullcontext():
-        return span_distance(encode(pipe, [s.prompt for s in picked]).states.float(), picked)
+        return span_distance(encoder_rows(pipe, [s.prompt for s in picked]), picked)
 
 
 def span_distance(states: torch.Tensor, spans: list[Span]) -> torch.Tensor:
     """Mean squared distance of each span's rows in `states` (the first len(spans) prompts' encodings) from its
     targets."""
-    return torch.stack([(row[s.start:s.start + len(s.rows)] - s.targets).pow(2).mean()
+    return torch.stack([(row[s.positions] - s.targets).pow(2).mean()
                         for row, s in zip(states, spans)]).mean()

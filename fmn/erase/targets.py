@@ -61,8 +61,8 @@ class Span(NamedTuple):
     """One prompt's rows to erase and where they go."""
 
     prompt: str
-    start: int  # the position of the concept's (last) token in the prompt's embeddings
-    rows: torch.Tensor  # (L, D) the embeddings from there to the end
+    positions: torch.Tensor  # (L,) where the rows sit: from the concept's (last) token on, per encoder
+    rows: torch.Tensor  # (L, D) the embeddings there
     targets: torch.Tensor  # (L, D) the guide's rows, pushed past as the config says
 
 
@@ -78,6 +78,14 @@ def text_rows(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor
     return joint_inputs(pipe, prompts) if is_transformer(pipe) else encode(pipe, prompts).states.float()
 
 
+def _last_token(tokenizer, text: str, length: int) -> int:
+    """The position of the text's last token (CLIP's follow a start token, T5's have none; both end with one);
+    0 for a row no tokenizer reads (text-map's pooled row)."""
+    if tokenizer is None:
+        return 0
+    return max(0, len(tokenizer(text, truncation=True, max_length=length).input_ids) - 2)
+
+
 class EmbeddingTargets:
     """For a method with a `TargetsConfig`: its concepts' rows and where they go."""
 
@@ -90,27 +98,35 @@ class EmbeddingTargets:
         of the prompt, and a linear edit takes it along); name them with ``prior``."""
         return []
 
+    def reads(self, pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+        """The rows the method's edit reads for the prompts: `text_rows`."""
+        return text_rows(pipe, prompts)
+
+    def segments(self, pipe: StableDiffusionPipeline) -> list[tuple[object, int, int]]:
+        """Where each encoder's rows sit among those `reads` gives: `text_segments`."""
+        return text_segments(pipe)
+
     def _rows(self, pipe: StableDiffusionPipeline, prompt: str, word: str,
-              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """(L, D) twice, (L,) and a position: the prompt's rows (`text_rows`) from the word's last token on, those
-        of the prompt with the word replaced by the guide (default: the config's) from the guide's last token (or
-        the token before the word) on, which of them are the word's token row, and where the first start. On SD3
-        each encoder of the text sequence (CLIP's, T5's) gives its own such rows, one after the other. L is the
-        same for both, set by the later start; the prompt may be the word alone."""
+              guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L, D) twice, (L,) twice: the prompt's rows (`reads`) from the word's last token on, those of the prompt
+        with the word replaced by the guide (default: the config's) from the guide's last token (or the token before
+        the word) on, which of them are the word's token row, and where the first sit. On SD3 each encoder of the text
+        sequence (CLIP's, T5's) gives its own such rows, one after the other (`segments`); a segment without a
+        tokenizer (text-map's pooled row) is one row after the token. L is the same for both, set by the later
+        start; the prompt may be the word alone."""
         guide = self.config.guide if guide is None else guide
         at = find(word, prompt).start()
         head, tail = prompt[:at], prompt[at + len(word):]
-        states = text_rows(pipe, [prompt, head + guide + tail])
-        rows, guides, token, first = [], [], [], None
-        for tokenizer, begin, length in text_segments(pipe):
-            starts = [begin + max(0, len(tokenizer(text, truncation=True, max_length=length).input_ids) - 2)
-                      for text in (head + word, head + guide)]
+        states = self.reads(pipe, [prompt, head + guide + tail])
+        rows, guides, token, positions = [], [], [], []
+        for tokenizer, begin, length in self.segments(pipe):
+            starts = [begin + _last_token(tokenizer, text, length) for text in (head + word, head + guide)]
             n = begin + length - max(starts)
             rows.append(states[0, starts[0]:starts[0] + n])
             guides.append(states[1, starts[1]:starts[1] + n])
-            token.append(torch.arange(n) == 0)
-            first = starts[0] if first is None else first
-        return torch.cat(rows), torch.cat(guides), torch.cat(token), first
+            token.append((torch.arange(n) == 0) & (tokenizer is not None))
+            positions.append(torch.arange(starts[0], starts[0] + n))
+        return torch.cat(rows), torch.cat(guides), torch.cat(token), torch.cat(positions)
 
     def _word_in(self, prompt: str) -> str:
         """The (longest) concept an in-context prompt shows."""
@@ -127,11 +143,11 @@ class EmbeddingTargets:
                    + [(p, self._word_in(p)) for p in cfg.in_context if in_context])
         spans = []
         for prompt, word in prompts:
-            rows, guide, token, start = self._rows(pipe, prompt, word)
+            rows, guide, token, positions = self._rows(pipe, prompt, word)
             # the token's row past the guide's by push; the rows after it carry the rest too: onto the guide's
             after = cfg.push_after if word in cfg.prior else 0.0
             scale = torch.where(token, cfg.push, after)[:, None].to(rows)  # (L, 1)
-            spans.append(Span(prompt, start, rows, guide + scale * (guide - rows)))
+            spans.append(Span(prompt, positions, rows, guide + scale * (guide - rows)))
         return spans
 
     def erased_rows(self, pipe: StableDiffusionPipeline, first: int = 0,

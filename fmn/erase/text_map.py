@@ -29,11 +29,9 @@ from math import ceil
 
 import torch
 from diffusers import StableDiffusionPipeline
-from torch import nn
 
-from ..diffusion import encode
 from ..inversion import text_encoder_components
-from .layers import layer_names
+from .encoders import encoder_layers, encoder_rows, encoder_segments
 from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_distance, span_loss
 from .method import METHODS, ErasureMethod, TrainingConfig, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
@@ -71,7 +69,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
 class References:
     spans: list[Span]  # the erased prompts' rows and where they go
     keep_prompts: list[str]
-    keep_states: torch.Tensor  # (K, 77, D) what the unedited text encoder gives them
+    keep_states: torch.Tensor  # (K, positions, D) what the unedited text encoders give them (`encoder_rows`)
     learned: LearnedWord | None = None  # the concept as the user's images show it, if given
 
 
@@ -80,6 +78,7 @@ class TextMap(EmbeddingTargets, ErasureMethod):
     name = "text-map"
     Config = TextMapConfig
     takes_images = True
+    on_transformers = True  # SD3's CLIP-L, CLIP-G and T5, FLUX's CLIP-L and T5 (`encoders.py`)
 
     def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):
         if not config.steps:  # the words alone and the in-context prompts: each in about `passes` steps' batches
@@ -93,9 +92,15 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         return list(concepts)
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        """Every linear layer inside the transformer blocks of each text encoder (SDXL: both)."""
-        return {c: [n for n in layer_names(getattr(pipe, c), (nn.Linear,)) if "layers." in n]
-                for c in text_encoder_components(pipe)}
+        """Every linear layer inside the transformer blocks of each text encoder (SDXL: both; SD3: three)."""
+        return {c: encoder_layers(getattr(pipe, c)) for c in text_encoder_components(pipe)}
+
+    def reads(self, pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+        """The text encoders' own output, where the LoRA acts (on SD3 and FLUX with the pooled row, `encoders.py`)."""
+        return encoder_rows(pipe, prompts)
+
+    def segments(self, pipe: StableDiffusionPipeline) -> list[tuple[object, int, int]]:
+        return encoder_segments(pipe)
 
     @property
     def learns_new_words(self) -> bool:
@@ -103,7 +108,7 @@ class TextMap(EmbeddingTargets, ErasureMethod):
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
         keep = [*self.config.preserve, *self.config.keep_prompts]
-        states = encode(pipe, keep).states.float() if keep else torch.zeros(0)
+        states = encoder_rows(pipe, keep) if keep else torch.zeros(0)
         learned = None if self.images is None else learn_word(pipe, self, self.images, self.config, self.config.seed)
         return References(self.spans(pipe), keep, states, learned)
 
@@ -113,7 +118,7 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         kept = (torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
                 if len(refs.keep_prompts) and cfg.keep_weight else torch.zeros(0, dtype=torch.long))
         # one text-encoder pass a step: the erased prompts, then the keep prompts
-        states = encode(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept]).states.float()
+        states = encoder_rows(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept])
         loss = span_distance(states, picked)
         if refs.learned is not None:  # the name and the learned word, weighed alike against what is kept
             loss = (loss + span_loss(pipe, refs.learned.spans, cfg.learned_batch, generator, refs.learned.inverted)) / 2
