@@ -114,6 +114,11 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
     if is_transformer(pipe) and not FORMATS[to].transformers:
         usable = ", ".join(name for name, f in FORMATS.items() if f.transformers)
         raise ValueError(f"{to} writes SD 1.x/2.x and SDXL layouts; export SD3 and FLUX as {usable}.")
+    t5 = sorted({c for p in patches for c in p.lora if type(getattr(pipe, c, None)).__name__.startswith("T5")})
+    if t5:
+        raise ValueError(f"These patches change T5 ({', '.join(t5)}), which diffusers' and ComfyUI's SD3 and FLUX "
+                         "LoRA loaders do not read: apply them with Forget-Me-Not Studio (--patch), or export a "
+                         "patch of the transformer (uce, rece).")
     base = fingerprint(pipe)
     for patch in patches:
         if patch.base != base:
