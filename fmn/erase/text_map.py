@@ -9,11 +9,12 @@ map that sees the whole prompt, to make the same rows (the concept's, from its t
 context) land on the same targets while every row of the keep prompts and the preserved words stays as
 it was:
     loss = mean |E'(erased prompt)[span] - targets|^2 + keep_weight * mean |E'(keep prompt) - E(keep prompt)|^2
-No image is drawn and the denoiser is not touched: a step encodes prompts only. On SD3 and FLUX the LoRA sits
-on every text encoder and the rows are the joint attention's text sequence and the pooled CLIP row (`encoders.py`).
+No image is drawn and the denoiser is not touched: a step encodes prompts only.
 With that room it pushes the later rows of every concept past the guide's (`default_prior`; half as far as a closed
 form pushes a concept named in its `prior`, since those rows carry the rest of the prompt too), which a linear edit
 cannot afford, so a prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
+On SD3 and FLUX the LoRA sits on every text encoder and the rows are the joint attention's text sequence and the
+pooled CLIP row (`encoders.py`).
 With `unet_edit`, a closed form (`uce.py`) also edits the cross-attention, held by the same words and prompts, in
 the same patch: the text encoder's LoRA alone, or the UNet's edit under the unedited text encoder (a LoRA loaded
 with its CLIP strength at 0), still erases.
