@@ -92,7 +92,7 @@ def _views(studio: Studio, concept: str, patch_id: str, done: Click) -> str:
     start = time.perf_counter()
     for patches in ((), [patch_id]):
         with active(studio.pipe, patches):
-            generate_many(studio.pipe, texts, seeds, GenerationSettings("").steps)
+            generate_many(studio.pipe, texts, seeds, GenerationSettings.steps)
     plain_s = time.perf_counter() - start
     share = (done.compare_s - plain_s) / (done.erase_s + plain_s)
     return (f"views (traced heatmaps, the grids): {done.compare_s - plain_s:+.1f} s against the same "
