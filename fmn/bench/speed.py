@@ -160,7 +160,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model from its config with random weights (required: the only mode so far)")
     parser.add_argument("--recipe", choices=["both", "reference", "ours"],
-                        help="default: both on SD 1.x, ours on SDXL, SD3 and FLUX (no published recipe there)")
+                        help="default: ours on SD3 and FLUX (no published recipe there), else both")
     parser.add_argument("--methods", help="comma-separated (default: all that run on the arch)")
     parser.add_argument("--steps", type=int, help="training steps of every trained method (default: each method's)")
     parser.add_argument("--reference-steps", type=int,
@@ -391,7 +391,7 @@ def run(args) -> list[dict]:
     unusable = [m for m in methods if m in METHODS and m not in usable]
     if unusable:
         raise ValueError(f"--methods {','.join(unusable)}: not on --arch {arch}; use {','.join(usable)}.")
-    recipe = args.recipe or ("both" if arch in ("sd15", "tiny") else "ours")
+    recipe = args.recipe or ("ours" if transformer else "both")
     recipes = ["ours", "reference"] if recipe == "both" else [recipe]
     if (arch.startswith("sdxl") or transformer) and "reference" in recipes:
         raise ValueError(f"--arch {arch}: the published recipes are SD 1.x code; use --recipe ours.")
