@@ -23,8 +23,7 @@ import gradio as gr
 import pandas as pd
 import spaces
 
-from fmn.attention import cross_attention_resolutions
-from fmn.erase import DEFAULT_METHOD, METHODS, image_methods
+from fmn.erase import DEFAULT_METHOD, image_methods
 from fmn.erase.images import MAX_IMAGES, load_concept_images
 from fmn.export import FORMATS
 from fmn.figure import write_figure
@@ -39,8 +38,8 @@ EXAMPLES = [
     ["a purple triangle in the style of Vellor at night", 2],
 ]
 INTRO = """# Forget-Me-Not Studio
-Type a prompt, pick a seed, and see the image with one cross-attention heatmap per word
-(DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
+Type a prompt, pick a seed, and see the image with one cross-attention heatmap per word (SD3 and FLUX: joint
+attention; DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
 The default model is the embedded **shapes world**: shapes, colours, the characters Mimo, Zubrik,
 Lumina and Tobble, the artists Vellor, Quimby, Zaranth and Brusk, backgrounds and night."""
 # the status, its progress bar and the loss plot redrawn at most this often while erasing: on a 2-core machine
@@ -97,10 +96,11 @@ class Handlers:
     def inspect_prompt(self, prompt, negative, seed, steps, guidance, step_from, step_to, layers=None, session=(),
                        with_original=False, request: gr.Request = None, progress=gr.Progress()):
         self.sessions.touch(visitor(request))
-        if layers is not None and not layers:
+        layered = bool(self.studio.layer_sizes())  # SD3 and FLUX: one resolution, no choice to make
+        if layered and layers is not None and not layers:
             raise ValueError("Pick at least one layer resolution for the heatmaps.")
         step_range = (int(step_from), int(step_to)) if (step_from, step_to) != (0, steps) else None
-        resolutions = {int(r) for r in layers} if layers else None
+        resolutions = {int(r) for r in layers} if layered and layers else None
         settings = GenerationSettings(prompt, negative, seed, steps, guidance)
         denoised = lambda i, n: progress((i, n), desc="denoising")  # noqa: E731
         result = self.studio.inspect(settings, step_range=step_range, resolutions=resolutions, on_step=denoised,
@@ -254,6 +254,23 @@ class Handlers:
         self.sessions.end(visitor(request))
         return f"Loaded: `{self.studio.use(source)}`"
 
+    def model_choices(self):
+        """The methods, heatmap layers and export formats the loaded model offers: redrawn after a model switch."""
+        return (gr.update(**method_options(self.studio)), gr.update(**layer_options(self.studio)),
+                gr.update(choices=self.studio.formats(), value="diffusers-lora"))
+
+
+def method_options(studio: Studio) -> dict:
+    """The Method box's choices: the methods that run on the model (SD3 and FLUX: fewer)."""
+    methods = studio.methods()
+    return {"choices": methods, "value": DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]}
+
+
+def layer_options(studio: Studio) -> dict:
+    """The heatmap layers' box: every resolution the UNet has, hidden where there is one (SD3, FLUX)."""
+    sizes = [str(r) for r in studio.layer_sizes()]
+    return {"choices": sizes, "value": sizes, "visible": bool(sizes)}
+
 
 def _components(scope: dict) -> dict:
     """The components a layout function made, by their variable names: the names `_wire` reads them by."""
@@ -287,8 +304,8 @@ def _generate_tab(h: Handlers) -> dict:
                     guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
                     step_from = gr.Slider(0, 100, value=0, step=1, label="Heatmaps from step")
                     step_to = gr.Slider(0, 100, value=25, step=1, label="Heatmaps to step")
-                    sizes = [str(r) for r in cross_attention_resolutions(h.studio.pipe.unet)]
-                    layers = gr.CheckboxGroup(sizes, value=sizes, label="Heatmaps from the layers of latent size")
+                    layers = gr.CheckboxGroup(label="Heatmaps from the layers of latent size",
+                                              **layer_options(h.studio))
                 with_original = gr.Checkbox(False, label="Compare with the original (the model without your "
                                             "session's patches)", elem_id="with-original")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -309,10 +326,11 @@ def _erase_controls(h: Handlers) -> dict:
     with gr.Column(scale=1):
         concept = gr.Textbox(label="Concept to erase (several: separate with commas)", value="circle",
                              max_length=500, elem_id="concept")
-        method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="method")
+        method = gr.Dropdown(label="Method", elem_id="method", **method_options(h.studio))
         adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
                                   "attacker learns; about twice as slow)", elem_id="adversarial")
-        uploads = gr.File(label=f"Optional: 1-{MAX_IMAGES} images of it ({', '.join(image_methods())})",
+        takes = [m for m in image_methods() if m in h.studio.methods()]
+        uploads = gr.File(label=f"Optional: 1-{MAX_IMAGES} images of it ({', '.join(takes)})",
                           file_count="multiple",
                           file_types=["image"])
         replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",
@@ -328,7 +346,7 @@ def _erase_controls(h: Handlers) -> dict:
         patch_upload = gr.File(label="Upload a patch", file_types=[".safetensors"])
         patch_file = gr.File(label="Download the patch", elem_id="patch")
         with gr.Row():
-            export_to = gr.Dropdown(list(FORMATS), value="diffusers-lora", label="Download as…",
+            export_to = gr.Dropdown(h.studio.formats(), value="diffusers-lora", label="Download as…",
                                     elem_id="export-to",
                                     info="diffusers-lora: load_lora_weights; kohya: ComfyUI, A1111; "
                                          "merged: a diffusers folder (zip); single-file: one checkpoint")
@@ -406,7 +424,8 @@ def _wire(h: Handlers, ui: SimpleNamespace, demo: gr.Blocks) -> None:
               ui.with_original]
     ui.run.click(h.inspect_prompt, inputs, [ui.image, ui.maps, ui.compared], api_name="generate")
     ui.prompt.submit(h.inspect_prompt, inputs, [ui.image, ui.maps, ui.compared], api_visibility="private")
-    ui.load.click(h.load_model, ui.source, ui.status, api_name="load_model")
+    ui.load.click(h.load_model, ui.source, ui.status, api_name="load_model").success(
+        h.model_choices, None, [ui.method, ui.layers, ui.export_to], api_visibility="private")
     demo.unload(h.end_session)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import FluxPipeline, StableDiffusionPipeline
 
+from .generate import native_size
 from .models import is_sdxl, is_transformer
 
 __all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents", "noisy", "text_segments"]
@@ -145,11 +146,11 @@ def reference_latents(pipe: StableDiffusionPipeline, prompts: list[str], per_pro
         posterior = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist
         return (posterior.mean - (pipe.vae.config.shift_factor or 0.0)) * pipe.vae.config.scaling_factor
     group = max(1, MAX_BATCH // per_prompt)  # prompts per call: one call each costs 4x on 2 CPU cores
+    side = native_size(pipe)
     latents = torch.cat([pipe(prompts[i:i + group], num_inference_steps=steps, num_images_per_prompt=per_prompt,
-                              generator=generator, output_type="latent").images
+                              height=side, width=side, generator=generator, output_type="latent").images
                          for i in range(0, len(prompts), group)])
-    if isinstance(pipe, FluxPipeline):  # its pipeline hands latents back packed, at its default size
-        side = pipe.default_sample_size * pipe.vae_scale_factor
+    if isinstance(pipe, FluxPipeline):  # its pipeline hands latents back packed
         latents = pipe._unpack_latents(latents, side, side, pipe.vae_scale_factor)
     return latents
 

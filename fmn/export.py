@@ -42,7 +42,8 @@ from .models import is_transformer, load_pipeline
 from .patch import Patch, PatchError, activate, adapter_tensors, components, fingerprint, read_safetensors
 from .single_file import save_single_file
 
-__all__ = ["FORMATS", "Format", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora", "metadata"]
+__all__ = ["FORMATS", "Format", "formats_for", "export", "import_lora", "lora_factors", "diffusers_lora", "kohya_lora",
+           "metadata"]
 
 # SDXL's first: lora_te1_; SD3's and FLUX's transformer as ComfyUI reads it (OneTrainer's layout, diffusers' names)
 KOHYA_PREFIX = {"unet": "lora_unet_", "transformer": "lora_transformer_", "text_encoder": "lora_te_",
@@ -111,9 +112,9 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         raise ValueError(f"Unknown export format {to!r}: use one of {', '.join(FORMATS)}.")
     if not patches:
         raise ValueError("Nothing to export: give at least one patch.")
-    if is_transformer(pipe) and not FORMATS[to].transformers:
-        usable = ", ".join(name for name, f in FORMATS.items() if f.transformers)
-        raise ValueError(f"{to} writes SD 1.x/2.x and SDXL layouts; export SD3 and FLUX as {usable}.")
+    if to not in formats_for(pipe):
+        raise ValueError(f"{to} writes SD 1.x/2.x and SDXL layouts; export SD3 and FLUX as "
+                         f"{', '.join(formats_for(pipe))}.")
     t5 = sorted({c for p in patches for c in p.lora if type(getattr(pipe, c, None)).__name__.startswith("T5")})
     if t5:
         raise ValueError(f"These patches change T5 ({', '.join(t5)}), which diffusers' and ComfyUI's SD3 and FLUX "
@@ -184,6 +185,11 @@ FORMATS: dict[str, Format] = {
     "single-file": Format("one original-layout checkpoint with the erasure folded in (.safetensors)", False,
                           _write_single_file, transformers=False),
 }
+
+
+def formats_for(pipe: StableDiffusionPipeline) -> list[str]:
+    """The formats this model exports to, by name: on SD3 and FLUX only those that write their layout."""
+    return [name for name, f in FORMATS.items() if f.transformers or not is_transformer(pipe)]
 
 
 def export(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: str | Path, source: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import FluxPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from .models import is_transformer, world_of
@@ -38,7 +38,10 @@ class GenerationSettings:
 
 
 def native_size(pipe: StableDiffusionPipeline) -> int:
-    """The side the model was made for; SD3's and FLUX's pipelines name it (FLUX: 1024 px, whatever the weights)."""
+    """The side the model was made for. A UNet's and SD3's transformer's configs name it in latents; FLUX's
+    transformer has no size, so its VAE's config names it in pixels (1024 on FLUX.1, its pipeline's default too)."""
+    if isinstance(pipe, FluxPipeline):
+        return pipe.vae.config.sample_size or pipe.default_sample_size * pipe.vae_scale_factor
     side = pipe.default_sample_size if is_transformer(pipe) else pipe.unet.config.sample_size
     return side * pipe.vae_scale_factor
 

@@ -24,15 +24,15 @@ import torch
 from PIL import Image
 
 from .attack import AttackConfig, Reading, Recovery, concept_inversion, encoder_swap, recovery
-from .attention import Trace, trace
+from .attention import Trace, cross_attention_resolutions, trace
 from .collateral import Collateral, collateral
-from .erase import DEFAULT_METHOD, METHODS, KeepSet, Progress, erase, keep_set, split_concepts
+from .erase import DEFAULT_METHOD, METHODS, KeepSet, Progress, erase, keep_set, methods_for, split_concepts
 from .evaluate import Comparison, Draw, Probe, compare_prompts, judge_for, probe_prompts
-from .export import export, import_lora
+from .export import export, formats_for, import_lora
 from .generate import GenerationSettings, check_settings, generate, generate_pairs, unknown_words
 from .heatmaps import word_grid
 from .inversion import Inverted, inverted
-from .models import EMBEDDED, load_pipeline, world_of
+from .models import EMBEDDED, is_transformer, load_pipeline, world_of
 from .patch import NotAPatch, Patch, activate, active, adapter_name, attach, detach
 from .world.reading import shows
 
@@ -96,6 +96,19 @@ class Studio:
                 self.pipe, self.source, self.config, self.patches = pipe, source, None, {}
                 self.originals.clear()
         return self.source
+
+    def methods(self) -> list[str]:
+        """The erasure methods that run on the model loaded (SD3 and FLUX: those made for their joint attention)."""
+        return methods_for(self.pipe)
+
+    def formats(self) -> list[str]:
+        """The export formats the model loaded writes to (SD3 and FLUX: no single file)."""
+        return formats_for(self.pipe)
+
+    def layer_sizes(self) -> list[int]:
+        """The latent sizes of the layers a heatmap may be read from; [] on SD3 and FLUX, whose joint blocks all
+        share one resolution."""
+        return [] if is_transformer(self.pipe) else cross_attention_resolutions(self.pipe.unet)
 
     def warnings(self, settings: GenerationSettings) -> list[str]:
         unknown = unknown_words(self.pipe, settings.prompt)

@@ -11,11 +11,14 @@ CLIP's pooled output and a distilled guidance as conditioning, rotary positions,
 ``sd15_pipeline("full")`` has SD 1.5's exact shapes
 (UNet 860 M, CLIP ViT-L/14 text encoder 123 M, VAE 84 M parameters): speed does not
 depend on weight values, so it times an erasure at full size without a download.
+``sd3_pipeline("full")`` and ``flux_pipeline("full")`` have SD3-medium's and FLUX.1-dev's shapes, from the
+values their diffusers configs and model cards publish (transformers of 2.0 B and 11.9 B parameters).
 Weights are random: shapes and code paths are real.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -44,7 +47,8 @@ from transformers import (
 from .models import EMBEDDED
 from .world.tokenizer import build_t5_tokenizer, build_tokenizer
 
-__all__ = ["tiny_pipeline", "sd15_pipeline", "sdxl_pipeline"]
+__all__ = ["tiny_pipeline", "sd15_pipeline", "sdxl_pipeline", "sd3_pipeline", "flux_pipeline", "sd3_transformer",
+           "flux_transformer"]
 
 
 def _tiny_text_config(tokenizer, width: int, hidden_act: str, **extra) -> CLIPTextConfig:
@@ -208,6 +212,98 @@ def sdxl_pipeline(size: str = "full", seed: int = 0) -> StableDiffusionXLPipelin
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
                                      scheduler=_scheduler("epsilon"))
+
+
+# SD3-medium's MMDiT (diffusers' SD3Transformer2DModel config): 24 joint blocks of 24 heads x 64, 16 latent channels
+SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, pos_embed_max_size=192)
+# FLUX.1-dev's (FluxTransformer2DModel config): 19 double-stream and 38 single-stream blocks of 24 heads x 128
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+
+
+def sd3_transformer(device: str | torch.device = "cpu") -> SD3Transformer2DModel:
+    """SD3-medium's transformer with random weights, made on `device` ("meta": shapes only, no memory)."""
+    with torch.device(device):
+        return SD3Transformer2DModel(**SD3_MEDIUM)
+
+
+def flux_transformer(device: str | torch.device = "cpu") -> FluxTransformer2DModel:
+    """FLUX.1-dev's transformer with random weights, made on `device` ("meta": shapes only, no memory)."""
+    with torch.device(device):
+        return FluxTransformer2DModel(**FLUX_DEV)
+
+
+def _t5_xxl(tokenizer) -> T5EncoderModel:
+    """T5 v1.1 XXL's encoder (4.8 B), the text tower SD3 and FLUX read; the vocabulary is T5's."""
+    return T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                   feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id))
+
+
+def _clip(tokenizer, width: int, layers: int, heads: int, act: str, cls=CLIPTextModelWithProjection):
+    """A CLIP text tower of the given shape (ViT-L/14: 768 x 12; OpenCLIP bigG: 1280 x 32)."""
+    return cls(CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                              hidden_act=act, projection_dim=width, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def _vae16(scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """SD3's and FLUX's VAE: 16 latent channels, no quant convs, 8x down."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, sample_size=1024,
+                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, scaling_factor=scaling_factor,
+                         shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False)
+
+
+@contextmanager
+def _made(device: str | torch.device, dtype: torch.dtype):
+    """Modules made inside are made on `device` in `dtype`: FLUX in fp32 on a CPU first would not fit an H100."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def sd3_pipeline(size: str = "full", seed: int = 0, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> StableDiffusion3Pipeline:
+    """SD3-medium's architecture with random weights ("full": transformer 2.0 B, CLIP-L, CLIP-G and T5-XXL, for a
+    GPU: made on `device` in `dtype`), or `tiny_pipeline("sd3")`. The embedded model's tokenizers."""
+    assert size in ("full", "tiny")
+    if size == "tiny":
+        return tiny_pipeline("sd3", seed)
+    torch.manual_seed(seed)
+    tokenizer, t5_tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED / "tokenizer"), build_t5_tokenizer()
+    with _made(device, dtype):
+        return StableDiffusion3Pipeline(
+            transformer=SD3Transformer2DModel(**SD3_MEDIUM), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=_vae16(1.5305, 0.0609), text_encoder=_clip(tokenizer, 768, 12, 12, "quick_gelu"), tokenizer=tokenizer,
+            text_encoder_2=_clip(tokenizer, 1280, 32, 20, "gelu"), tokenizer_2=tokenizer,
+            text_encoder_3=_t5_xxl(t5_tokenizer), tokenizer_3=t5_tokenizer)
+
+
+def flux_pipeline(size: str = "full", seed: int = 0, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> FluxPipeline:
+    """FLUX.1-dev's architecture with random weights ("full": transformer 11.9 B, CLIP-L and T5-XXL, for a GPU: made
+    on `device` in `dtype`), or `tiny_pipeline("flux")`. The embedded model's tokenizers."""
+    assert size in ("full", "tiny")
+    if size == "tiny":
+        return tiny_pipeline("flux", seed)
+    torch.manual_seed(seed)
+    tokenizer, t5_tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED / "tokenizer"), build_t5_tokenizer()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    with _made(device, dtype):
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel(**FLUX_DEV), scheduler=scheduler, vae=_vae16(0.3611, 0.1159),
+            text_encoder=_clip(tokenizer, 768, 12, 12, "quick_gelu", CLIPTextModel), tokenizer=tokenizer,
+            text_encoder_2=_t5_xxl(t5_tokenizer), tokenizer_2=t5_tokenizer)
 
 
 def _scheduler(prediction_type: str) -> DDIMScheduler:

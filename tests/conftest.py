@@ -67,6 +67,19 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def transformer_dirs(tmp_path_factory) -> dict[str, str]:
+    """Diffusers folders of the tiny random SD3 and FLUX."""
+    from fmn.tiny import tiny_pipeline
+
+    dirs = {}
+    for kind in ("sd3", "flux"):
+        folder = tmp_path_factory.mktemp(kind)
+        tiny_pipeline(kind).save_pretrained(folder)
+        dirs[kind] = str(folder)
+    return dirs
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The embedded shapes-world pipeline on the CPU."""
     from fmn.models import load_pipeline

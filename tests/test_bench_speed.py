@@ -4,6 +4,7 @@ the reference recipe, the Markdown file; and the reference recipe's ESD keeps ES
 import copy
 import json
 
+import pytest
 import torch
 
 from fmn.__main__ import _parser, main
@@ -106,3 +107,27 @@ def test_profile_names_the_loops_phases(tmp_path, capsys):
               if line.startswith("erase.")}
     assert phases == {"erase.references": 1, "erase.loss": 3, "erase.backward": 3, "erase.optimizer": 3}
     assert "fmn erasing 'circle', 3 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("build, billions", [("sd3_transformer", 2.03), ("flux_transformer", 11.90)])
+def test_the_real_size_transformers_have_their_published_sizes(build, billions):
+    """SD3-medium's transformer (2.0 B) and FLUX.1-dev's (11.9 B), made on the meta device: shapes, no memory."""
+    import fmn.tiny
+
+    model = getattr(fmn.tiny, build)("meta")
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.01
+
+
+def test_the_transformer_arches_time_erasure_generation_and_the_trace(tmp_path, capsys):
+    """--arch sd3-tiny on a CPU: the transformer methods alone, our recipe, and the generation line."""
+    with pytest.raises(SystemExit) as shown:
+        main(["bench", "speed", "--help"])
+    assert shown.value.code == 0 and "flux" in capsys.readouterr().out
+    args = _parser().parse_args(["bench", "speed", "--arch", "sd3-tiny", "--random-weights", "--probe-steps", "2",
+                                 "--device", "cpu", "--out", str(tmp_path)])
+    rows = run(args)
+    assert [(r["method"], r["recipe"]) for r in rows] == [("uce", "ours"), ("rece", "ours"), ("text-map", "ours")]
+    assert rows[0]["generate_s"] > 0 and rows[0]["traced_s"] > 0
+    assert "with the heatmap trace" in (tmp_path / "speed-cpu.md").read_text()
+    assert main(["bench", "speed", "--arch", "flux-tiny", "--random-weights", "--methods", "esd-x",
+                 "--out", str(tmp_path)]) == 2  # a UNet method

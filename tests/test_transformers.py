@@ -20,16 +20,9 @@ def pixels(images) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, str]:
-    """Diffusers folders of the tiny SD3 and FLUX."""
-    from fmn.tiny import tiny_pipeline
-
-    out = {}
-    for kind in KINDS:
-        folder = tmp_path_factory.mktemp(kind)
-        tiny_pipeline(kind).save_pretrained(folder)
-        out[kind] = str(folder)
-    return out
+def folders(transformer_dirs) -> dict[str, str]:
+    """Diffusers folders of the tiny SD3 and FLUX (shared with the app's tests)."""
+    return transformer_dirs
 
 
 @pytest.fixture(scope="module")

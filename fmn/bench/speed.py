@@ -6,7 +6,10 @@
 
 Speed does not depend on weight values, so the model is SD 1.5's architecture with random
 weights (`fmn.tiny.sd15_pipeline`; `--arch tiny`, the default on a CPU, runs in seconds), or
-SDXL base's (`--arch sdxl`, for a GPU; `--arch sdxl-tiny` on a CPU), our recipe only.
+SDXL base's (`--arch sdxl`, for a GPU; `--arch sdxl-tiny` on a CPU), our recipe only; or SD3-medium's
+(`--arch sd3`) or FLUX.1-dev's (`--arch flux`), made on the GPU in its dtype (`sd3-tiny`, `flux-tiny` on a CPU), our
+recipe and the methods that run on transformers (uce, rece, text-map), with one image's generation timed without
+and with the heatmap trace.
 Each method erases one concept under both recipes in the same run, with the same number of
 training steps, so the speed-up is a ratio of per-step cost plus the cost of the references:
 
@@ -37,6 +40,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,15 +49,16 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
+from ..attention import trace
 from ..diffusion import encode
 from ..erase import METHODS, make_method, make_patch
 from ..erase.esd import ESD
 from ..erase.method import ErasureMethod
 from ..evaluate import probe_prompts
-from ..generate import MAX_STEPS, GenerationSettings, generate
-from ..models import pick_device
+from ..generate import MAX_STEPS, GenerationSettings, generate, native_size
+from ..models import is_transformer, pick_device
 from ..patch import activate, detach, frozen
-from ..tiny import sd15_pipeline, sdxl_pipeline
+from ..tiny import flux_pipeline, sd3_pipeline, sd15_pipeline, sdxl_pipeline
 from .measure import Peak, device_name
 
 __all__ = ["add_arguments", "run", "TARGETS", "reference_recipe", "recipe_method", "bench_pipeline", "PaperESD"]
@@ -83,10 +88,15 @@ class Target:
 
 
 # The click target is the app's: its default method (fmn) and the closed form
-ARCHS = {  # random-weight models built from configs, by --arch
-    "sd15": lambda: sd15_pipeline("full"), "tiny": lambda: sd15_pipeline("tiny"),
-    "sdxl": lambda: sdxl_pipeline("full"), "sdxl-tiny": lambda: sdxl_pipeline("tiny"),
+ARCHS = {  # random-weight models built from configs, by --arch: made on (device, dtype)
+    "sd15": lambda *_: sd15_pipeline("full"), "tiny": lambda *_: sd15_pipeline("tiny"),
+    "sdxl": lambda *_: sdxl_pipeline("full"), "sdxl-tiny": lambda *_: sdxl_pipeline("tiny"),
+    "sd3": lambda device, dtype: sd3_pipeline("full", device=device, dtype=dtype),
+    "sd3-tiny": lambda *_: sd3_pipeline("tiny"),
+    "flux": lambda device, dtype: flux_pipeline("full", device=device, dtype=dtype),
+    "flux-tiny": lambda *_: flux_pipeline("tiny"),
 }
+TRANSFORMER_ARCHS = ("sd3", "sd3-tiny", "flux", "flux-tiny")  # SD3-medium's and FLUX.1-dev's shapes, our recipe only
 TARGETS = {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)}
 
 
@@ -145,11 +155,13 @@ def reference_recipe(method: ErasureMethod) -> ErasureMethod:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--arch", choices=list(ARCHS), help="model size (default: sd15 on CUDA, else tiny); "
-                        "sdxl and sdxl-tiny run our recipe only (the published recipes are SD 1.x code)")
+                        "sdxl, sd3 (SD3-medium), flux (FLUX.1-dev) and their -tiny run our recipe only (the published "
+                        "recipes are SD 1.x code); sd3 and flux also time generation and the heatmap trace")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model from its config with random weights (required: the only mode so far)")
-    parser.add_argument("--recipe", choices=["both", "reference", "ours"], default="both")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--recipe", choices=["both", "reference", "ours"],
+                        help="default: ours on SD3 and FLUX (no published recipe there), else both")
+    parser.add_argument("--methods", help="comma-separated (default: all that run on the arch)")
     parser.add_argument("--steps", type=int, help="training steps of every trained method (default: each method's)")
     parser.add_argument("--reference-steps", type=int,
                         help="the reference recipe trains this many steps and its erasure at --steps is projected")
@@ -162,6 +174,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for speed-<device>.md")
 
 
+def denoiser(pipe) -> torch.nn.Module:
+    """The model that denoises: SD3's and FLUX's transformer, or the UNet."""
+    return pipe.transformer if is_transformer(pipe) else pipe.unet
+
+
 class HeldWeights:
     """A progress callback that, at the first step, counts the bytes of the distinct weights of the
     pipeline (with its adapter) and of every model of its classes made since: any frozen copy.
@@ -169,8 +186,9 @@ class HeldWeights:
     taken out of the erasure's."""
 
     def __init__(self, pipe):
-        self.classes = {type(pipe.unet), type(pipe.text_encoder), type(pipe.vae)}
-        own = {id(pipe.unet), id(pipe.text_encoder), id(pipe.vae)}
+        models = (denoiser(pipe), pipe.text_encoder, pipe.vae)
+        self.classes = {type(m) for m in models}
+        own = {id(m) for m in models}
         self.before = {id(o) for o in gc.get_objects() if type(o) in self.classes} - own
         self.bytes, self.seconds = None, 0.0
 
@@ -220,15 +238,32 @@ def _before_after(pipe: StableDiffusionPipeline, concept: str, patch: str, steps
 
 def bench_pipeline(arch: str, recipe: str, device: torch.device) -> StableDiffusionPipeline:
     dtype = torch.float32 if recipe == "reference" else pick_device(str(device))[1]
-    pipe = ARCHS[arch]().to(device)
+    pipe = ARCHS[arch](device, dtype).to(device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
-    if recipe == "reference":  # the explicit softmax of the original code, not fused SDPA
+    if recipe == "reference" and not is_transformer(pipe):  # the explicit softmax of the original code, not SDPA
         for model in (pipe.unet, pipe.vae):
             model.set_attn_processor(AttnProcessor())
     pipe.set_progress_bar_config(disable=True)
-    pipe("warm-up", num_inference_steps=2, output_type="latent")  # CUDA context, kernels, allocator
+    side = native_size(pipe)
+    pipe("warm-up", num_inference_steps=2, height=side, width=side, output_type="latent")  # CUDA context, kernels
     return pipe
+
+
+def _generation(pipe, device: torch.device, steps: int) -> dict:
+    """Seconds of one image at the model's size, without and with the heatmap trace (`fmn.attention.trace`)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    settings = GenerationSettings("a photo of a circle on grass", steps=steps)
+
+    def timed(traced: bool) -> float:
+        sync()
+        start = time.perf_counter()
+        with trace(pipe, settings.prompt) if traced else nullcontext():
+            generate(pipe, settings)
+        sync()
+        return time.perf_counter() - start
+
+    return {"generate_s": timed(False), "traced_s": timed(True)}
 
 
 def recipe_method(name: str, recipe: str, concept: str, steps: int | None, adversarial: bool = False) -> ErasureMethod:
@@ -265,7 +300,7 @@ def _measure(pipe, method: ErasureMethod, recipe: str, args, device: torch.devic
     if isinstance(inner, ESD):
         settings["fresh_trajectories"] = isinstance(inner, PaperESD)
     label = method.name + (" adversarial" if getattr(method.config, "adversarial", False) else "")
-    return {"recipe": recipe, "method": label, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+    return {"recipe": recipe, "method": label, "dtype": str(denoiser(pipe).dtype).removeprefix("torch."),
             "steps": config.get("steps"), "settings": settings, "erase_s": erase_s, "click_s": click_s,
             "setup_s": clock.setup_s, "step_s": clock.step_s,
             "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind, "weights_held_bytes": held.bytes,
@@ -304,6 +339,9 @@ def markdown(rows: list[dict]) -> str:
         f"- click → before/after: the erasure, then the app's comparison (each probe prompt, seeds 0-2, "
         f"{first['probe_steps']} steps, before and after)",
         "- set-up: the references before step 1; per step: the mean of the training steps after the first",
+        *([f"- generation: one image at the model's size, {first['probe_steps']} steps: {first['generate_s']:.2f} s; "
+           f"with the heatmap trace {first['traced_s']:.2f} s "
+           f"({100 * (first['traced_s'] / first['generate_s'] - 1):+.0f} %)"] if "generate_s" in first else []),
         "", "| method | recipe | dtype | steps | set-up (s) | per step (ms) | erase (s) | click → before/after (s) "
         "| peak memory | weights held | patch | speed-up (reference/ours) | target (H100, sd15) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -347,9 +385,15 @@ def run(args) -> list[dict]:
                          "(speed does not depend on weight values).")
     device = pick_device(args.device)[0]
     arch = args.arch or ("sd15" if device.type == "cuda" else "tiny")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    recipes = ["ours", "reference"] if args.recipe == "both" else [args.recipe]
-    if arch.startswith("sdxl") and "reference" in recipes:
+    transformer = arch in TRANSFORMER_ARCHS
+    usable = [n for n, cls in METHODS.items() if cls.on_transformers or not transformer]
+    methods = [m.strip() for m in (args.methods or ",".join(usable)).split(",") if m.strip()]
+    unusable = [m for m in methods if m in METHODS and m not in usable]
+    if unusable:
+        raise ValueError(f"--methods {','.join(unusable)}: not on --arch {arch}; use {','.join(usable)}.")
+    recipe = args.recipe or ("ours" if transformer else "both")
+    recipes = ["ours", "reference"] if recipe == "both" else [recipe]
+    if (arch.startswith("sdxl") or transformer) and "reference" in recipes:
         raise ValueError(f"--arch {arch}: the published recipes are SD 1.x code; use --recipe ours.")
     steps = {"ours": args.steps, "reference": args.reference_steps or args.steps}
     if not 1 <= args.probe_steps <= MAX_STEPS:
@@ -365,6 +409,8 @@ def run(args) -> list[dict]:
     rows = []
     for recipe in recipes:  # one pipeline at a time, so that each peak is its own
         pipe = bench_pipeline(arch, recipe, device)
+        if transformer and recipe == "ours":
+            common |= _generation(pipe, device, args.probe_steps)
         click = recipe == "ours" or not args.reference_steps
         modes = [False, True] if args.adversarial and recipe == "ours" else [False]
         for method, adversarial in itertools.product(methods, modes):

@@ -24,7 +24,7 @@ from .loop import ErasureCancelled, ErasureError, Progress, train_patch
 from .method import METHODS, ErasureMethod, image_methods
 
 __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
-           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "image_methods"]
+           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "image_methods", "methods_for"]
 
 # the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
 DEFAULT_METHOD = "text-map"
@@ -36,6 +36,12 @@ def split_concepts(text: str | list[str]) -> list[str]:
     """The concepts named in a comma-separated text (or a list), stripped, empty ones dropped."""
     parts = text.split(",") if isinstance(text, str) else [p for item in text for p in (item or "").split(",")]
     return [p.strip() for p in parts if p.strip()]
+
+
+def methods_for(pipe: StableDiffusionPipeline) -> list[str]:
+    """The methods that erase this model, by name: on SD3 and FLUX only those declaring `on_transformers` (the app
+    offers no other)."""
+    return [name for name, cls in METHODS.items() if cls.on_transformers or not is_transformer(pipe)]
 
 
 def make_method(method: str, concepts: list[str] | str, images=None, replace_with: str | None = None,
@@ -120,8 +126,8 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
     """The method's patch, attached to the pipeline (inactive) as adapter `name`: trained by the
     shared loop, or solved in closed form, as the method declares."""
     if is_transformer(pipe) and not method.on_transformers:
-        usable = ", ".join(n for n, cls in METHODS.items() if cls.on_transformers)
-        raise ValueError(f"{method.name} erases UNet models (SD 1.x/2.x, SDXL); on SD3 and FLUX use {usable}.")
+        raise ValueError(f"{method.name} erases UNet models (SD 1.x/2.x, SDXL); on SD3 and FLUX use "
+                         f"{', '.join(methods_for(pipe))}.")
     run = train_patch if method.trains else solve_patch
     patch = run(pipe, method, name, on_progress, cancelled)
     side = getattr(method.config, "unet_edit", "")  # text-map's closed form beside (text_map.py)
