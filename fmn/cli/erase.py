@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..erase import DEFAULT_METHOD, METHODS, image_methods, split_concepts
+from ..erase import DEFAULT_METHOD, METHODS, closed_forms, image_methods, split_concepts
 from ..erase.images import MAX_IMAGES
 from .options import add_model_options, concept_images, open_studio, output_path, progress_line, require_png
 
@@ -47,7 +47,7 @@ def _add_method_options(parser) -> None:
     parser.add_argument("--prior", help="uce, rece, text-map: a comma list of concepts the model draws when their "
                         "word is missing (a real model's 'person'; by default none for uce and rece, every concept "
                         "for text-map): their later rows are pushed too")
-    parser.add_argument("--unet-edit", choices=[name for name, cls in METHODS.items() if not cls.trains],
+    parser.add_argument("--unet-edit", choices=closed_forms(),
                         help="text-map: also edit the UNet's cross-attention with this closed form, in the same "
                         "patch, so that it erases with either part off (an encoder swap); it costs kept concepts "
                         "(docs/methods.md)")

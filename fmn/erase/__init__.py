@@ -21,10 +21,10 @@ from ..world.world import World
 from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  # isort: skip
 from .keep import KeepSet, keep_set
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
-from .method import METHODS, ErasureMethod, image_methods
+from .method import METHODS, ErasureMethod, closed_forms, image_methods
 
 __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
-           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "image_methods", "methods_for"]
+           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "image_methods", "closed_forms", "methods_for"]
 
 # the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
 DEFAULT_METHOD = "text-map"

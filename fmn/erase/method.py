@@ -16,7 +16,8 @@ import torch
 
 from .images import check_images
 
-__all__ = ["METHODS", "register", "image_methods", "MethodConfig", "TrainingConfig", "ErasureMethod", "MAX_STEPS"]
+__all__ = ["METHODS", "register", "image_methods", "closed_forms", "MethodConfig", "TrainingConfig", "ErasureMethod",
+           "MAX_STEPS"]
 
 METHODS: dict[str, type["ErasureMethod"]] = {}  # name -> class, in the order they were registered
 MAX_STEPS = 5000
@@ -25,6 +26,11 @@ MAX_STEPS = 5000
 def image_methods() -> list[str]:
     """The methods that take images of the concept, by name."""
     return [name for name, cls in METHODS.items() if cls.takes_images]
+
+
+def closed_forms() -> list[str]:
+    """The methods solved in closed form (nothing trained), by name."""
+    return [name for name, cls in METHODS.items() if not cls.trains]
 
 
 def register(cls: type["ErasureMethod"]) -> type["ErasureMethod"]:

@@ -35,7 +35,7 @@ from diffusers import StableDiffusionPipeline
 from ..inversion import text_encoder_components
 from .encoders import encoder_layers, encoder_rows, encoder_segments
 from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_distance, span_loss
-from .method import METHODS, ErasureMethod, TrainingConfig, register
+from .method import ErasureMethod, TrainingConfig, closed_forms, register
 from .targets import EmbeddingTargets, Span, TargetsConfig
 
 __all__ = ["TextMapConfig", "TextMap"]
@@ -59,9 +59,9 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
         LearnedWordConfig.check(self)
-        closed = [name for name, cls in METHODS.items() if not cls.trains]
-        if self.unet_edit and self.unet_edit not in closed:
-            raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed)}) or nothing.")
+        if self.unet_edit and self.unet_edit not in closed_forms():
+            raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed_forms())}) "
+                             "or nothing.")
         if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
             raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: "
                              "use 1 or more (passes at most 1000).")
