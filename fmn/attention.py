@@ -336,9 +336,9 @@ class Trace:
         return _normalise(word_map) if normalize else word_map
 
     def share(self, word: str) -> float:
-        """The part of the cross-attention that `word`'s tokens receive, in [0, 1]: their softmax
-        probabilities (out of all 77 tokens, BOS and padding included) averaged over pixels, heads,
-        layers, steps and images. Comparable across models and patches on the same prompt and seeds,
+        """The part of the attention that `word`'s tokens receive, in [0, 1]: their softmax probabilities
+        (on a UNet out of the 77 text tokens, BOS and padding included; on SD3 and FLUX out of every key of
+        the joint attention, text and image) averaged over pixels, heads, layers, steps and images. Comparable across models and patches on the same prompt and seeds,
         unlike the min-max scaled maps: an erasure that drains a word's attention lowers it."""
         self._captured()
         return float(self._mass[:, self._positions(word)].sum(1).mean() / self.n_maps)

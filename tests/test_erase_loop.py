@@ -330,6 +330,38 @@ def test_text_map_patch_is_the_one_of_a_pass_per_set():
         torch.testing.assert_close(batched[key], plain[key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_lora_trained_through_its_merged_weight_is_peft_s_lora():
+    """Inside `merged_lora` an adapter layer gives peft's outputs and its factors peft's gradients, within float
+    rounding; with the adapters off it is peft's own path (the base layer)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from fmn.erase.merged_lora import merged_lora
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["0"]),
+                                    torch.nn.Sequential(torch.nn.Linear(6, 5)), adapter_name="a")
+    layer = model[0]
+    torch.nn.init.normal_(layer.lora_B["a"].weight)
+    x = torch.randn(3, 7, 6)
+
+    def run():
+        out = model(x)
+        factors = [layer.lora_A["a"].weight, layer.lora_B["a"].weight]
+        return out.detach(), torch.autograd.grad(out.pow(2).sum(), factors)
+
+    peft_out, peft_grads = run()
+    with merged_lora([model]):
+        merged_out, merged_grads = run()
+        layer.enable_adapters(False)  # what `frozen` does: the base layer
+        torch.testing.assert_close(model(x), layer.base_layer(x))
+        layer.enable_adapters(True)
+    torch.testing.assert_close(merged_out, peft_out)
+    for merged, plain in zip(merged_grads, peft_grads):
+        torch.testing.assert_close(merged, plain)
+    assert "forward" not in vars(layer)  # peft's own forward is back
+    assert peft_grads[0].abs().max() > 0 and not torch.equal(peft_out, layer.base_layer(x).detach())
+
+
 def test_text_map_steps_scale_with_the_prompts_it_erases():
     """Each erased prompt (a word alone or in context) is in about `passes` steps' batches: one concept and its 10
     in-context prompts take 100 steps, the mass list's 13 wordings and 80 prompts 300; steps given are kept."""
