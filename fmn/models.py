@@ -1,7 +1,8 @@
 """Loading a Stable Diffusion 1.x / 2.x, SDXL, SD3 or FLUX pipeline from wherever the user has one.
 
 One entry point, `load_pipeline`, takes the embedded shapes-world model (the default),
-a local diffusers folder, a single ``.safetensors`` checkpoint (SD 1.x/2.x and SDXL), or a Hugging Face hub id,
+a local diffusers folder, a single ``.safetensors`` checkpoint (SD 1.x/2.x and SDXL whole; SD3 and FLUX: the
+transformer, the other parts from a diffusers config), or a Hugging Face hub id,
 and returns a ready `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
 `FluxPipeline`) on the best device. Only safetensors are read: pickle files (``.ckpt``, ``.bin``, ``.pt``) can run
 code when loaded.
@@ -16,7 +17,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
 from safetensors import SafetensorError, safe_open
 
 from .world.world import World
@@ -27,12 +36,11 @@ EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "fmn-shapes"
 SUPPORTED = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
                                           StableDiffusion3Pipeline, FluxPipeline)}
 SUPPORTED_NAMES = "Stable Diffusion 1.x, 2.x, SDXL, SD3 and FLUX"
+TRANSFORMERS = {StableDiffusion3Pipeline: SD3Transformer2DModel, FluxPipeline: FluxTransformer2DModel}
 SDXL_PREFIX = "conditioner.embedders.1."  # only SDXL's single-file checkpoints hold a second text encoder here
-# key prefixes that only this architecture's single-file checkpoints hold -> its name (loaded as folders only)
-FOREIGN_PREFIXES = {
-    "double_blocks.": "FLUX",
-    "model.diffusion_model.joint_blocks.": "Stable Diffusion 3",
-}
+DIFFUSION_MODEL = "model.diffusion_model."  # an all-in-one file's denoiser; a transformer file alone has no prefix
+# the blocks only this architecture's transformer holds in the original layout -> its pipeline
+TRANSFORMER_FILES = {"joint_blocks.": StableDiffusion3Pipeline, "double_blocks.": FluxPipeline}
 
 class ModelLoadError(ValueError):
     """The model cannot be loaded; the message says why and what to do."""
@@ -81,7 +89,8 @@ def _check_folder(folder: Path) -> type:
 
 
 def _check_single_file(path: Path) -> type:
-    """The checkpoint's pipeline class, read from its keys."""
+    """The checkpoint's pipeline class, read from its keys (SD3's and FLUX's transformer bare or under
+    ``model.diffusion_model.``)."""
     if path.suffix != ".safetensors":
         raise ModelLoadError(
             f"{path.name}: only .safetensors checkpoints are loaded. Other weight files (.ckpt, .bin, .pt) "
@@ -92,10 +101,9 @@ def _check_single_file(path: Path) -> type:
             keys = set(f.keys())
     except (SafetensorError, OSError) as err:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file ({err}).") from err
-    for prefix, arch in FOREIGN_PREFIXES.items():
-        if any(k.startswith(prefix) for k in keys):
-            raise ModelLoadError(f"{path.name} is a {arch} single-file checkpoint: load {arch} from its diffusers "
-                                 "folder or hub id (single files are read for SD 1.x/2.x and SDXL).")
+    for prefix, cls in TRANSFORMER_FILES.items():
+        if any(k.removeprefix(DIFFUSION_MODEL).startswith(prefix) for k in keys):
+            return cls
     return StableDiffusionXLPipeline if any(k.startswith(SDXL_PREFIX) for k in keys) else StableDiffusionPipeline
 
 
@@ -134,18 +142,34 @@ def _extra(cls: type) -> dict:
     return dict(safety_checker=None, requires_safety_checker=False) if cls is StableDiffusionPipeline else {}
 
 
+def _load_whole_file(cls: type, path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
+    """SD 1.x/2.x or SDXL: every part's weights from the file, the configs from `config` (default: the hub id
+    diffusers names for the file's architecture)."""
+    return cls.from_single_file(path, config=config, **_extra(cls), **kw)
+
+
+def _load_transformer_file(cls: type, path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
+    """SD3 or FLUX: the transformer from the file (FLUX's are shipped alone; an all-in-one file's other parts are
+    not read), every other part and the configs from `config` (default: the hub id diffusers names for the file)."""
+    checkpoint = load_single_file_checkpoint(path)  # read once: for the default config and the transformer
+    config = config or fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    transformer = TRANSFORMERS[cls].from_single_file(checkpoint, config=config, subfolder="transformer", **kw)
+    return cls.from_pretrained(config, transformer=transformer, use_safetensors=True, **kw)
+
+
 def _load_single_file(cls: type, path: Path, config: str | None, **kw) -> StableDiffusionPipeline:
     """A single file holds weights only; the configs come from `config` or the hub's cache."""
     offline = not (config and Path(config).is_dir()) and not _hub_reachable()
+    load = _load_transformer_file if cls in TRANSFORMERS else _load_whole_file
     try:
-        return cls.from_single_file(path, config=config, local_files_only=offline, **_extra(cls), **kw)
+        return load(cls, path, config, local_files_only=offline, **kw)
     except (OSError, ValueError) as err:
         if not offline:
             raise
         raise ModelLoadError(
             f"{path.name} holds weights only, and the configs that describe it are neither cached nor reachable "
             "offline. Pass the diffusers folder (or a cached hub id) of the same architecture as its config "
-            "(--config in the command line)."
+            "(--config <diffusers folder> in the command line)."
         ) from err
 
 
@@ -159,8 +183,9 @@ def load_pipeline(
 
     Args:
         source: None or "" for the embedded model; a diffusers folder; a ``.safetensors``
-            single-file checkpoint of SD 1.x/2.x or SDXL (``config`` names the diffusers folder or hub id whose
-            configs describe it); or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+            single-file checkpoint of SD 1.x/2.x or SDXL, or of SD3's or FLUX's transformer (``config`` names the
+            diffusers folder or hub id whose configs describe it, and for SD3 and FLUX gives the other parts);
+            or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         device, dtype: override `pick_device`'s choice.
     Raises:
         ModelLoadError: the source is missing, unsupported, not safetensors or unreachable.

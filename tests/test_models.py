@@ -65,10 +65,6 @@ def test_corrupt_safetensors_file(tmp_path):
 
 
 def test_other_architectures_are_named(tmp_path):
-    path = tmp_path / "flux.safetensors"
-    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2)}, path)
-    with pytest.raises(ModelLoadError, match="FLUX single-file checkpoint: load FLUX from its diffusers folder"):
-        load_pipeline(path)
     folder = tmp_path / "flux"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
@@ -77,6 +73,65 @@ def test_other_architectures_are_named(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     with pytest.raises(ModelLoadError, match="KandinskyPipeline: not supported yet"):
         load_pipeline(folder)
+
+
+# the tiny SD3 transformer's modules (diffusers) -> Stability's names, block by block and around the blocks
+SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+             "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+             "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+             "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2"}
+SD3_QKV = {"x_block": ("to_q", "to_k", "to_v"), "context_block": ("add_q_proj", "add_k_proj", "add_v_proj")}
+SD3_OUTER = {"pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
+             "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+             "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+             "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+             "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+             "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"}
+
+
+def sd3_original_layout(transformer) -> dict[str, torch.Tensor]:
+    """The tiny SD3 transformer in Stability's layout, as `from_single_file` reads it: the inverse of diffusers'
+    converter for this config (no q/k norms, no second attention). Each block's q, k, v fused per stream; the
+    modulations diffusers reorders (the last block's text side, the final layer's) back to (shift, scale)."""
+    sd, last = transformer.state_dict(), transformer.config.num_layers - 1
+    renames = dict(SD3_OUTER) | {f"transformer_blocks.{i}.{new}": f"joint_blocks.{i}.{old}"
+                                 for i in range(last + 1) for new, old in SD3_BLOCK.items()}
+    out = {"pos_embed": sd["pos_embed.pos_embed"]}
+    for kind in ("weight", "bias"):
+        out |= {f"{old}.{kind}": sd[f"{new}.{kind}"] for new, old in renames.items() if f"{new}.{kind}" in sd}
+        out |= {f"joint_blocks.{i}.{side}.attn.qkv.{kind}": torch.cat(
+                    [sd[f"transformer_blocks.{i}.attn.{x}.{kind}"] for x in names])
+                for i in range(last + 1) for side, names in SD3_QKV.items()}
+        for module in ("final_layer", f"joint_blocks.{last}.context_block"):
+            key = f"{module}.adaLN_modulation.1.{kind}"
+            out[key] = torch.cat(out[key].chunk(2)[::-1])  # diffusers' (scale, shift) -> (shift, scale)
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values())  # every weight, once
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])  # a transformer file alone; an all-in-one's key
+def test_an_sd3_transformer_file_loads_with_its_config(transformer_dirs, tmp_path, prefix):
+    """A single file of SD3's transformer in Stability's layout plus --config: the folder's transformer weights,
+    the same image for a seed."""
+    folder = transformer_dirs["sd3"]
+    pipe = load_pipeline(folder, device="cpu")
+    path = tmp_path / "sd3.safetensors"
+    save_file({prefix + k: v for k, v in sd3_original_layout(pipe.transformer).items()}, path)
+    from_file = load_pipeline(path, device="cpu", config=folder)
+    assert type(from_file).__name__ == "StableDiffusion3Pipeline"
+    expected, loaded = pipe.transformer.state_dict(), from_file.transformer.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
+    settings = GenerationSettings("a red circle", steps=2, width=32, height=32)
+    assert np.array_equal(np.asarray(generate(from_file, settings)[0]), np.asarray(generate(pipe, settings)[0]))
+
+
+@pytest.mark.parametrize("name, key", [("sd3", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"),
+                                       ("flux", "double_blocks.0.img_attn.norm.key_norm.scale")])
+def test_a_transformer_file_without_config_offline_asks_for_one(tmp_path, name, key):
+    path = tmp_path / f"{name}.safetensors"
+    save_file({key: torch.zeros(2)}, path)
+    with pytest.raises(ModelLoadError, match="--config <diffusers folder>"):
+        load_pipeline(path, device="cpu")
 
 
 def test_folder_without_safetensors_is_refused(tiny_dirs, tmp_path):

@@ -58,13 +58,15 @@ def test_tracing_leaves_the_images_unchanged(studios, kind):
     plain = studio.generate(SETTINGS, [0, 1])
     traced, tc = studio.generate_traced(SETTINGS, [0, 1])
     assert np.array_equal(pixels(plain), pixels(traced)) and tc.steps == 3
-    assert tc.n_maps == 3 * 2  # every step, both joint blocks (FLUX's single-stream block is not read)
+    blocks = {"sd3": 2, "flux": 2 + 1}[kind]  # FLUX: both double-stream blocks and the single-stream one
+    assert tc.n_maps == 3 * blocks  # every step, every block
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_maps_are_the_blocks_own_attention(studios, kind, monkeypatch):
     """The traced probabilities equal softmax(q k^T / sqrt(d)) of the queries and keys the block hands to SDPA,
-    at the image rows and text columns (SD3 orders the joint sequence [image, text], FLUX [text, image])."""
+    at the image rows and text columns (SD3 orders the joint sequence [image, text], FLUX [text, image], in its
+    double-stream blocks and in its single-stream one alike)."""
     from fmn.transformer_attention import install_joint
 
     pipe = studios[kind].pipe
@@ -81,7 +83,7 @@ def test_the_maps_are_the_blocks_own_attention(studios, kind, monkeypatch):
         pipe("a red circle", num_inference_steps=1, width=32, height=32, guidance_scale=1.0,
              generator=torch.Generator().manual_seed(0))
     joint = [(q, k) for q, k in seen if q.shape[2] == 16 + traced[0].shape[-1]]  # not the text encoders' calls
-    assert len(traced) == 2 and len(joint) == {"sd3": 2, "flux": 3}[kind]  # FLUX's single-stream block comes last
+    assert len(traced) == len(joint) == {"sd3": 2, "flux": 3}[kind]  # FLUX's single-stream block comes last
     for (q, k), probs in zip(joint, traced):
         n_text = probs.shape[-1]
         full = (q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1).mean(1)  # (B, S, S)

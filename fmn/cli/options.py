@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..studio import Studio
 
 MODEL_HELP = "diffusers folder, .safetensors file or hub id (default: embedded)"
-CONFIG_HELP = "for a .safetensors model: its diffusers folder or hub id"
+CONFIG_HELP = "for a .safetensors model: its diffusers folder or hub id (SD3, FLUX: every part but the transformer)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
