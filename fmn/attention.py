@@ -338,8 +338,9 @@ class Trace:
     def share(self, word: str) -> float:
         """The part of the attention that `word`'s tokens receive, in [0, 1]: their softmax probabilities
         (on a UNet out of the 77 text tokens, BOS and padding included; on SD3 and FLUX out of every key of
-        the joint attention, text and image) averaged over pixels, heads, layers, steps and images. Comparable across models and patches on the same prompt and seeds,
-        unlike the min-max scaled maps: an erasure that drains a word's attention lowers it."""
+        the joint attention, text and image) averaged over pixels, heads, layers, steps and images. Comparable
+        across models and patches on the same prompt and seeds, unlike the min-max scaled maps: an erasure that
+        drains a word's attention lowers it."""
         self._captured()
         return float(self._mass[:, self._positions(word)].sum(1).mean() / self.n_maps)
 
