@@ -29,14 +29,16 @@ from fmn.export import FORMATS
 from fmn.figure import write_figure
 from fmn.generate import MAX_SEED, GenerationSettings, native_size
 from fmn.heatmaps import overlay
+from fmn.models import world_of
 from fmn.sessions import Limits, Sessions
 from fmn.studio import Erased, Studio
 
-EXAMPLES = [
+EXAMPLES = [  # the shapes world's
     ["a red circle on grass", 0],
     ["Mimo and a blue star on sand", 1],
     ["a purple triangle in the style of Vellor at night", 2],
 ]
+GENERIC_EXAMPLES = [["a photo of a dog on the grass", 0], ["a red car in the style of Van Gogh", 1]]
 INTRO = """# Forget-Me-Not Studio
 Type a prompt, pick a seed, and see the image with one cross-attention heatmap per word (SD3 and FLUX: joint
 attention; DAAM's recipe: attention of the conditional pass, averaged over heads and layers, summed over steps).
@@ -316,7 +318,10 @@ def _generate_tab(h: Handlers) -> dict:
                 compared = gr.Image(label="Original (top) and with your patches (bottom): each word's two maps on "
                                     "one scale, its share of the attention in the title", type="pil", format="png",
                                     elem_id="compared")
-        gr.Examples(EXAMPLES, inputs=[prompt, seed], outputs=[image, maps], cache_examples=True,
+        # the shapes world's drawn at start-up (a second); another model's on first click (minutes on SD3, FLUX)
+        shapes_world = world_of(h.studio.pipe) is not None
+        gr.Examples(EXAMPLES if shapes_world else GENERIC_EXAMPLES, inputs=[prompt, seed], outputs=[image, maps],
+                    cache_examples=True, cache_mode="eager" if shapes_world else "lazy",
                     fn=lambda p, s: h.inspect_prompt(p, "", s, 25, 5.0, 0, 25)[:2])
     return _components(locals())
 

@@ -8,6 +8,8 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from app import GENERIC_EXAMPLES
+
 from conftest import OUTPUT
 
 KINDS = ["sd3", "flux"]
@@ -36,6 +38,8 @@ def test_a_visitor_generates_erases_compares_and_exports(served):
     kind, client = served
     assert offered(client, "method") == ["uce", "rece", "text-map"]  # the methods that erase a transformer
     assert "single-file" not in offered(client, "export-to")
+    examples = next(c["props"]["samples"] for c in client.config["components"] if c["type"] == "dataset")
+    assert [prompt for prompt, _ in examples] == [prompt for prompt, _ in GENERIC_EXAMPLES]  # not the shapes world's
     image, maps, compared = client.predict("a red circle on grass", "", 0, STEPS, 5.0, 0, STEPS, api_name="/generate")
     assert Image.open(image).size == (32, 32) and compared is None
     assert [m["caption"] for m in maps] == WORDS  # one joint-attention map per word
