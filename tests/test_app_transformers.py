@@ -34,7 +34,7 @@ def offered(client, elem_id: str) -> list[str]:
 
 def test_a_visitor_generates_erases_compares_and_exports(served):
     kind, client = served
-    assert offered(client, "method") == ["uce", "rece", "text-map"]  # the methods that erase a transformer
+    assert offered(client, "method") == ["esd-x", "uce", "rece", "text-map"]  # the methods that erase a transformer
     assert "single-file" not in offered(client, "export-to")
     image, maps, compared = client.predict("a red circle on grass", "", 0, STEPS, 5.0, 0, STEPS, api_name="/generate")
     assert Image.open(image).size == (32, 32) and compared is None
@@ -56,7 +56,7 @@ def test_a_visitor_generates_erases_compares_and_exports(served):
     with pytest.raises(Exception, match="not in the list of choices"):  # gradio refuses what the page does not offer
         client.predict("single-file", api_name="/export")
     with pytest.raises(Exception, match="not in the list of choices"):
-        client.predict("circle", "esd-x", None, "", 0, False, "", api_name="/erase")
+        client.predict("circle", "esd-u", None, "", 0, False, "", api_name="/erase")
 
 
 @pytest.mark.parametrize("kind", KINDS)
