@@ -18,12 +18,12 @@ pipeline's own, with no second copy of the model.
 On SD3 and FLUX (flow matching) the same objective reads the transformer's velocity as the noise it implies
 (`fmn.diffusion.as_noise`), the trajectories are Euler steps of the velocity (`fmn.diffusion.sampler`), guided as
 on a UNet (on FLUX on top of its distilled guidance), and ESD-x trains each joint block's text-side key and value
-projections (``add_k_proj``, ``add_v_proj``; FLUX: its double-stream blocks'), the layers UCE edits there. They
-are the analogue of cross-attention's keys and values: the only weights through which the image tokens read the
-text. The joint attention's other projections (``to_q``, ``to_k``, ``to_v``, ``to_out``) are shared with the image
-tokens' self-attention, so training them is ESD-u's side; the text-side query and output (``add_q_proj``,
-``to_add_out``) only feed the next block's text stream, and FLUX's single-stream blocks share every weight between
-text and image. ESD-u erases UNet models only.
+projections (``add_k_proj``, ``add_v_proj``; FLUX: its double-stream blocks'), the layers UCE edits there. They are
+the analogue of cross-attention's keys and values: the weights that carry the text, and only the text, to a joint
+block's image tokens. The joint attention's other projections (``to_q``, ``to_k``, ``to_v``, ``to_out``) are
+shared with the image tokens' self-attention, so training them is ESD-u's side; the text-side query and output
+(``add_q_proj``, ``to_add_out``) only feed the next block's text stream; FLUX's single-stream blocks share every
+weight between text and image. ESD-u erases UNet models only.
 """
 
 from __future__ import annotations
