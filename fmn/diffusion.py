@@ -2,10 +2,11 @@
 
 Prompts as the UNet reads them (`encode`, a `Text`) and where a concept's tokens sit in them
 (`concept_positions`), the UNet's prediction under them (`denoise`), latents of a concept
-(`reference_latents`: the user's images or the model's own) and a latent noised to a random
-training step (`noisy`), written once so that every loss in `fmn.erase`, `fmn.inversion` and
-`fmn.attack` reads prompts and noises the same way, on SD 1.x/2.x, SDXL, SD3 and FLUX (flow matching: the
-transformer's velocity read as the noise it implies).
+(`reference_latents`: the user's images or the model's own), a latent noised to a random
+training step (`noisy`) and a sampler's start and steps (`latent_noise`, `sampler`), written once
+so that every loss in `fmn.erase`, `fmn.inversion` and `fmn.attack` reads prompts and noises the
+same way, on SD 1.x/2.x, SDXL, SD3 and FLUX (flow matching: the transformer's velocity read as the
+noise it implies).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from diffusers import FluxPipeline, StableDiffusionPipeline
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusionPipeline
 
 from .generate import native_size
 from .models import is_sdxl, is_transformer
 
-__all__ = ["Text", "encode", "denoise", "concept_positions", "reference_latents", "noisy", "text_segments"]
+__all__ = ["Text", "encode", "denoise", "prediction", "as_noise", "sampler", "latent_noise", "concept_positions",
+           "reference_latents", "noisy", "text_segments"]
 
 # SD3's and FLUX's text sequence: the tokenizers whose tokens the joint attention reads, in order; the last is T5's
 JOINT_TEXT = {"StableDiffusion3Pipeline": ("tokenizer", "tokenizer_3"), "FluxPipeline": ("tokenizer_2",)}
@@ -93,11 +95,17 @@ def text_segments(pipe) -> list[tuple[object, int, int]]:
 
 
 def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
-    """The UNet's prediction for noisy latents (B, 4, h, w) at steps t under the prompts. SDXL's UNet also
-    takes the pooled text and the image size (original = target size, no crop), as its pipeline passes them.
-    SD3's and FLUX's transformer predict a velocity, returned as the noise it implies (`_denoise_flow`)."""
+    """The UNet's prediction for noisy latents (B, 4, h, w) at steps t (B,) under the prompts. SD3's and FLUX's
+    transformer predict a velocity, returned as the noise it implies (`as_noise`)."""
+    return as_noise(pipe, latents, t, prediction(pipe, latents, t, text))
+
+
+def prediction(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
+    """What the denoiser itself predicts for noisy latents (B, 4, h, w) at steps t (B,): what a sampler steps on
+    (a UNet's noise or v, SD3's and FLUX's velocity). SDXL's UNet also takes the pooled text and the image size
+    (original = target size, no crop), as its pipeline passes them."""
     if is_transformer(pipe):
-        return _denoise_flow(pipe, latents, t, text)
+        return _velocity(pipe, latents, t, text)
     if text.pooled is None:
         return pipe.unet(latents, t, text.states).sample
     height, width = (side * pipe.vae_scale_factor for side in latents.shape[-2:])
@@ -106,15 +114,27 @@ def denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tenso
     return pipe.unet(latents, t, text.states, added_cond_kwargs=added).sample
 
 
-def _denoise_flow(pipe, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
-    """Flow matching: x_t = (1 - s) x_0 + s noise at s = t / 1000, and the transformer predicts v = noise - x_0, so
-    the noise it implies is x_t + (1 - s) v: every loss written on the noise reads alike on every model. FLUX's
-    latents are packed 2x2 and positioned as its pipeline does, with its default distilled guidance."""
-    sigma = (t.float() / pipe.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(latents)  # (B, 1, 1, 1)
+def as_noise(pipe: StableDiffusionPipeline, latents: torch.Tensor, t: torch.Tensor,
+             predicted: torch.Tensor) -> torch.Tensor:
+    """The denoiser's prediction (`prediction`) read as noise. A UNet's as it is. Flow matching: x_t = (1 - s) x_0 +
+    s noise at s = t / 1000, and the transformer predicts v = noise - x_0, so the noise it implies is
+    x_t + (1 - s) v: every loss written on the noise reads alike on every model."""
+    if not is_transformer(pipe):
+        return predicted
+    return latents + (1 - _sigma(pipe, t, latents)) * predicted
+
+
+def _sigma(pipe, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Flow matching's noise level s = t / 1000 of each latent, (B, 1, 1, 1) in the latents' dtype."""
+    return (t.float() / pipe.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(latents)
+
+
+def _velocity(pipe, latents: torch.Tensor, t: torch.Tensor, text: Text) -> torch.Tensor:
+    """SD3's and FLUX's velocity (B, c, h, w). FLUX's latents are packed 2x2 and positioned as its pipeline does,
+    with its default distilled guidance."""
     if not isinstance(pipe, FluxPipeline):
-        velocity = pipe.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text.states,
-                                    pooled_projections=text.pooled).sample
-        return latents + (1 - sigma) * velocity
+        return pipe.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text.states,
+                                pooled_projections=text.pooled).sample
     b, c, h, w = latents.shape
     packed = pipe._pack_latents(latents, b, c, h, w)  # (B, h/2 * w/2, 4c)
     guidance = (torch.full((b,), FLUX_GUIDANCE, device=latents.device)
@@ -125,7 +145,27 @@ def _denoise_flow(pipe, latents: torch.Tensor, t: torch.Tensor, text: Text) -> t
         txt_ids=torch.zeros(text.states.shape[1], 3, device=latents.device),
         img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)).sample
     scale = pipe.vae_scale_factor
-    return latents + (1 - sigma) * pipe._unpack_latents(velocity, h * scale, w * scale, scale)  # (B, c, h, w)
+    return pipe._unpack_latents(velocity, h * scale, w * scale, scale)  # (B, c, h, w)
+
+
+def sampler(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler | FlowMatchEulerDiscreteScheduler:
+    """A fresh sampler of `steps` steps over the model's own noise schedule, apart from the pipeline's: DDIM on a
+    UNet; on SD3 and FLUX flow matching's Euler steps, FLUX's resolution-dependent shift taken at its config's
+    static one (3.0: FLUX.1's at about 1024 px)."""
+    if is_transformer(pipe):
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False)
+    else:
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def latent_noise(pipe: StableDiffusionPipeline, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n latents of pure noise (n, c, h, w) at the model's native size, where a sampler starts (unpacked on FLUX)."""
+    side = native_size(pipe) // pipe.vae_scale_factor
+    z = torch.randn((n, pipe.vae.config.latent_channels, side, side), generator=generator)
+    denoiser = pipe.transformer if is_transformer(pipe) else pipe.unet
+    return z.to(denoiser.device, denoiser.dtype)
 
 
 def concept_positions(tokenizer, prompt: str, concept: str) -> list[int]:
@@ -163,6 +203,6 @@ def noisy(pipe: StableDiffusionPipeline, latents: torch.Tensor, generator: torch
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),),
                       generator=generator).to(pipe.device)
     if is_transformer(pipe):  # flow matching: on the straight line from the latents (t = 0) to the noise (t = 1000)
-        sigma = (t.float() / pipe.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(latents)
+        sigma = _sigma(pipe, t, latents)
         return (1 - sigma) * latents + sigma * noise, noise, t
     return pipe.scheduler.add_noise(latents, noise, t), noise, t

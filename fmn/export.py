@@ -119,7 +119,7 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
     if t5:
         raise ValueError(f"These patches change T5 ({', '.join(t5)}), which diffusers' and ComfyUI's SD3 and FLUX "
                          "LoRA loaders do not read: apply them with Forget-Me-Not Studio (--patch), or export a "
-                         "patch of the transformer (uce, rece).")
+                         "patch of the transformer (uce, rece, esd-x).")
     base = fingerprint(pipe)
     for patch in patches:
         if patch.base != base:

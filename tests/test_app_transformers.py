@@ -36,7 +36,7 @@ def offered(client, elem_id: str) -> list[str]:
 
 def test_a_visitor_generates_erases_compares_and_exports(served):
     kind, client = served
-    assert offered(client, "method") == ["uce", "rece", "text-map"]  # the methods that erase a transformer
+    assert offered(client, "method") == ["esd-x", "uce", "rece", "text-map"]  # the methods that erase a transformer
     assert "single-file" not in offered(client, "export-to")
     examples = next(c["props"]["samples"] for c in client.config["components"] if c["type"] == "dataset")
     assert [prompt for prompt, _ in examples] == [prompt for prompt, _ in GENERIC_EXAMPLES]  # not the shapes world's
@@ -60,7 +60,7 @@ def test_a_visitor_generates_erases_compares_and_exports(served):
     with pytest.raises(Exception, match="not in the list of choices"):  # gradio refuses what the page does not offer
         client.predict("single-file", api_name="/export")
     with pytest.raises(Exception, match="not in the list of choices"):
-        client.predict("circle", "esd-x", None, "", 0, False, "", api_name="/erase")
+        client.predict("circle", "esd-u", None, "", 0, False, "", api_name="/erase")
 
 
 @pytest.mark.parametrize("kind", KINDS)

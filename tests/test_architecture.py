@@ -97,7 +97,7 @@ def test_every_method_declares_what_it_is(name):
 
 def test_esd_x_and_esd_u_are_two_methods_with_one_objective():
     x, u = METHODS["esd-x"], METHODS["esd-u"]
-    assert x.loss is u.loss and x.Config is u.Config and x.layers is not u.layers
+    assert x.loss is u.loss and x.Config is u.Config and x.targets is not u.targets
     assert "variant" not in {f for f in vars(x.Config()).keys()}
 
 

@@ -124,10 +124,11 @@ def test_the_transformer_arches_time_erasure_generation_and_the_trace(tmp_path, 
         main(["bench", "speed", "--help"])
     assert shown.value.code == 0 and "flux" in capsys.readouterr().out
     args = _parser().parse_args(["bench", "speed", "--arch", "sd3-tiny", "--random-weights", "--probe-steps", "2",
-                                 "--device", "cpu", "--out", str(tmp_path)])
+                                 "--steps", "2", "--device", "cpu", "--out", str(tmp_path)])
     rows = run(args)
-    assert [(r["method"], r["recipe"]) for r in rows] == [("uce", "ours"), ("rece", "ours"), ("text-map", "ours")]
+    assert [(r["method"], r["recipe"]) for r in rows] == [("esd-x", "ours"), ("uce", "ours"), ("rece", "ours"),
+                                                          ("text-map", "ours")]
     assert rows[0]["generate_s"] > 0 and rows[0]["traced_s"] > 0
     assert "with the heatmap trace" in (tmp_path / "speed-cpu.md").read_text()
-    assert main(["bench", "speed", "--arch", "flux-tiny", "--random-weights", "--methods", "esd-x",
+    assert main(["bench", "speed", "--arch", "flux-tiny", "--random-weights", "--methods", "esd-u",
                  "--out", str(tmp_path)]) == 2  # a UNet method

@@ -1,7 +1,7 @@
 """SD3 and FLUX on tiny random pipelines built from configs: loading from a folder, seeded generation through the
 same path as SD 1.x, per-word heatmaps from the joint attention (the images unchanged by tracing, the probabilities
-those of the block's own attention), erasure through the registry and patch format (the closed forms on the joint
-blocks, text-map on the text encoders), the attack's inversion in T5's and CLIP's tables, and exports."""
+those of the block's own attention), erasure through the registry and patch format (the closed forms and ESD-x on the
+joint blocks, text-map on the text encoders), the attack's inversion in T5's and CLIP's tables, and exports."""
 
 import numpy as np
 import pytest
@@ -161,8 +161,72 @@ def test_erase_save_and_heatmap_compare_from_the_command_line(folders, tmp_path,
                  "--out", str(out), "--json", str(tmp_path / "maps.json")]) == 0
     shares = json.loads((tmp_path / "maps.json").read_text())["shares"]
     assert list(shares) == ["a", "red", "circle"] and shares["circle"]["before"] != shares["circle"]["after"]
-    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "esd-x",
+    assert main(["erase", "--model", folders[kind], "--concept", "circle", "--method", "esd-u",
                  "--out", str(tmp_path / "no.safetensors")]) == 2  # a UNet method, refused with the ones that run
+
+
+ESD_FAST = dict(steps=40, trajectories=2, sample_steps=4)  # a few trajectories of a few steps: seconds on a CPU
+
+
+def toward_esd_target(pipe, patch_id: str, refs, prompt: str, eta: float) -> float:
+    """How far the patch brings the prediction for `prompt` (read as noise) on ESD's cached latents toward ESD's
+    negatively guided target for that prompt, 1 - |patched - target|^2 / |unedited - target|^2: 0 unmoved, 1 on it."""
+    from fmn.diffusion import denoise, encode
+    from fmn.patch import active
+
+    with torch.no_grad():
+        text = encode(pipe, [prompt]).expand(len(refs.latents))
+        plain = denoise(pipe, refs.latents, refs.timesteps, text)
+        target = refs.eps_guide - eta * (plain - refs.eps_guide)
+        with active(pipe, [patch_id]):
+            patched = denoise(pipe, refs.latents, refs.timesteps, text)
+    return 1 - ((patched - target).pow(2).sum() / (plain - target).pow(2).sum()).item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_esd_x_trains_the_joint_blocks_text_projections(studios, kind):
+    """ESD-x on SD3 and FLUX: the patch is a LoRA on every joint block's add_k_proj/add_v_proj (FLUX: the
+    double-stream blocks') and nothing else; on the unedited model's cached trajectories of the concept, ESD's loss
+    falls (the concept's prediction moves toward its negatively guided target) and an unrelated prompt's prediction
+    moves less toward its own; the patch changes the images and, removed, leaves the model as loaded."""
+    from fmn.erase import make_method
+
+    studio, settings = studios[kind], ESD_FAST | dict(preserve=[])
+    method = make_method("esd-x", ["circle"], **settings)
+    with torch.no_grad():  # the trajectories the erasure trains on: same seed, same references
+        refs = method.references(studio.pipe, torch.Generator().manual_seed(method.config.seed))
+    plain = studio.generate(SETTINGS, [0])
+    patch_id = studio.erase("circle", "esd-x", **settings)
+    patch = studio.patches[patch_id]
+    modules = sorted(f"transformer_blocks.{i}.attn.add_{x}_proj" for i in range(2) for x in "kv")
+    assert list(patch.lora) == ["transformer"] and patch.lora["transformer"]["target_modules"] == modules
+    assert {key.split(".lora_")[0] for key in patch.tensors} == {f"transformer.{m}" for m in modules}
+    moved = {prompt: toward_esd_target(studio.pipe, patch_id, refs, prompt, method.config.eta)
+             for prompt in ("circle", "a blue square on grass")}
+    # measured: 70 % of the way for the concept, 36 % for the other prompt (SD3); 57 % and 8 % (FLUX). The other
+    # prompt moves too: its padding rows, most of the text sequence, are the concept's, and they pass the same LoRA
+    assert moved["circle"] > 0.4 and moved["circle"] > 1.5 * moved["a blue square on grass"], moved
+    assert not np.array_equal(pixels(plain), pixels(studio.generate(SETTINGS, [0], patches=[patch_id])))
+    studio.remove_patch(patch_id)
+    assert np.array_equal(pixels(studio.generate(SETTINGS, [0])), pixels(plain))
+    with pytest.raises(ValueError, match="keep_attention 1.0 holds"):  # a UNet's cross-attention maps: none here
+        studio.erase("circle", "esd-x", keep_attention=1.0, **settings)
+
+
+def test_esd_x_erases_and_generates_from_the_command_line(folders, tmp_path):
+    """On the tiny SD3 folder with ESD's default trajectories and the held words: erase --method esd-x writes a
+    patch of the transformer, and generate --patch applies it."""
+    from fmn.__main__ import main
+    from fmn.patch import Patch
+
+    patch, image = tmp_path / "circle.safetensors", tmp_path / "image.png"
+    assert main(["erase", "--model", folders["sd3"], "--concept", "circle", "--method", "esd-x", "--steps", "3",
+                 "--device", "cpu", "--out", str(patch)]) == 0
+    saved = Patch.load(patch)
+    assert saved.method == "esd-x" and list(saved.lora) == ["transformer"] and saved.settings["preserve"]
+    assert main(["generate", "--model", folders["sd3"], "--prompt", "a red circle", "--patch", str(patch),
+                 "--steps", "2", "--width", "32", "--height", "32", "--device", "cpu", "--out", str(image)]) == 0
+    assert image.is_file()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -293,15 +357,16 @@ def comfy_reads(key: str, transformer) -> bool:
                                                        ".lora_up.weight", ".alpha")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders, tmp_path, kind):
+@pytest.mark.parametrize("kind, method", [(k, m) for k in KINDS for m in ("uce", "esd-x")])
+def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders, tmp_path, kind, method):
+    """A closed form's patch and a trained one (ESD-x's LoRA on the transformer) export alike."""
     from diffusers import DiffusionPipeline
     from safetensors import safe_open
 
     from fmn.generate import generate
 
     studio = studios[kind]
-    patch_id = studio.erase("circle", "uce")
+    patch_id = studio.erase("circle", method, **(ESD_FAST | dict(steps=5) if method == "esd-x" else {}))
     erased = pixels(studio.generate(SETTINGS, [0], patches=[patch_id]))
     lora = studio.export([patch_id], "diffusers-lora", tmp_path / "lora.safetensors")
     kohya = studio.export([patch_id], "kohya", tmp_path / "kohya.safetensors")

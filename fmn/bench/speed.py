@@ -50,7 +50,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
 from ..attention import trace
-from ..diffusion import encode
+from ..diffusion import encode, latent_noise
 from ..erase import METHODS, make_method, make_patch
 from ..erase.esd import ESD
 from ..erase.method import ErasureMethod
@@ -105,17 +105,16 @@ class PaperESD:
     frozen model samples `batch` fresh trajectories of one concept to a random step and predicts there."""
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> tuple:
-        return pipe, self.scheduler(pipe), encode(pipe, self.concepts), encode(pipe, [self.config.guide])
+        return pipe, encode(pipe, self.concepts), encode(pipe, [self.config.guide])
 
     @torch.no_grad()
     def draw(self, refs: tuple, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        unedited, scheduler, concepts, guide = refs
+        unedited, concepts, guide = refs
         which = int(torch.randint(0, len(concepts), (1,), generator=generator))
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
         with frozen(unedited):
-            z = self.noise(unedited.unet, self.config.batch, generator, scheduler)
-            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited, scheduler, z, guide,
-                                                                     concepts[which:which + 1])):
+            z = latent_noise(unedited, self.config.batch, generator)
+            for i, (t, z, eps_g, eps_c) in enumerate(self.trajectory(unedited, z, guide, concepts[which:which + 1])):
                 if i == stop:
                     break
         return z, t.repeat(len(z)), eps_g, eps_c, torch.full((len(z),), which)

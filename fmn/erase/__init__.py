@@ -128,6 +128,9 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
     if is_transformer(pipe) and not method.on_transformers:
         raise ValueError(f"{method.name} erases UNet models (SD 1.x/2.x, SDXL); on SD3 and FLUX use "
                          f"{', '.join(methods_for(pipe))}.")
+    if is_transformer(pipe) and getattr(method.config, "keep_attention", 0):
+        raise ValueError(f"keep_attention {method.config.keep_attention} holds the kept words' cross-attention maps, "
+                         "which SD3 and FLUX do not have: use 0 there.")
     run = train_patch if method.trains else solve_patch
     patch = run(pipe, method, name, on_progress, cancelled)
     side = getattr(method.config, "unet_edit", "")  # text-map's closed form beside (text_map.py)

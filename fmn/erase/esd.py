@@ -12,6 +12,18 @@ Faster than the paper's recipe, same objective: the frozen model samples a batch
 trajectories once, and both of its predictions at every step are cached; training then
 draws (latent, step) pairs from the cache, so no frozen forward runs during training.
 (The paper samples a fresh trajectory every step; `fmn.bench.speed` measures that recipe.)
+The trajectories and the cache come before the adapter exists (`loop.py`): the frozen predictions are the
+pipeline's own, with no second copy of the model.
+
+On SD3 and FLUX (flow matching) the same objective reads the transformer's velocity as the noise it implies
+(`fmn.diffusion.as_noise`), the trajectories are Euler steps of the velocity (`fmn.diffusion.sampler`), guided as
+on a UNet (on FLUX on top of its distilled guidance), and ESD-x trains each joint block's text-side key and value
+projections (``add_k_proj``, ``add_v_proj``; FLUX: its double-stream blocks'), the layers UCE edits there. They are
+the analogue of cross-attention's keys and values: the weights that carry the text, and only the text, to a joint
+block's image tokens. The joint attention's other projections (``to_q``, ``to_k``, ``to_v``, ``to_out``) are
+shared with the image tokens' self-attention, so training them is ESD-u's side; the text-side query and output
+(``add_q_proj``, ``to_add_out``) only feed the next block's text stream; FLUX's single-stream blocks share every
+weight between text and image. ESD-u erases UNet models only.
 """
 
 from __future__ import annotations
@@ -19,9 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
-from ..diffusion import Text, denoise, encode
+from ..diffusion import Text, as_noise, denoise, encode, latent_noise, prediction, sampler
+from ..models import is_transformer
+from .joint import joint_projections
 from .layers import attn2_modules, unet_modules_except_attn2
 from .method import ErasureMethod, TrainingConfig, register
 
@@ -43,54 +57,39 @@ class ESDConfig(TrainingConfig):
 class Trajectories:
     """Every step of the frozen model's trajectories: (N, ...) tensors, N = concepts x trajectories x steps."""
 
-    latents: torch.Tensor  # (N, 4, h, w)
+    latents: torch.Tensor  # (N, c, h, w)
     timesteps: torch.Tensor  # (N,)
-    eps_guide: torch.Tensor  # (N, 4, h, w) at the empty prompt, or the guide concept
-    eps_concept: torch.Tensor  # (N, 4, h, w)
+    eps_guide: torch.Tensor  # (N, c, h, w) at the empty prompt, or the guide concept
+    eps_concept: torch.Tensor  # (N, c, h, w)
     concept: torch.Tensor  # (N,) index into the concepts
 
 
 class ESD(ErasureMethod):
-    """The objective both variants train; a subclass names the layers (`layers`)."""
+    """The objective both variants train; a subclass names the layers (`targets`)."""
 
     Config = ESDConfig
 
-    @staticmethod
-    def layers(unet) -> list[str]:
-        raise NotImplementedError
-
-    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        return {"unet": self.layers(pipe.unet)}
-
-    def scheduler(self, pipe: StableDiffusionPipeline) -> DDIMScheduler:
-        """The sampler of the frozen model's trajectories."""
-        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        scheduler.set_timesteps(self.config.sample_steps)
-        return scheduler
-
-    def noise(self, unet, n: int, generator: torch.Generator, scheduler: DDIMScheduler) -> torch.Tensor:
-        side = unet.config.sample_size
-        z = torch.randn((n, unet.config.in_channels, side, side), generator=generator)
-        return z.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
-
-    def trajectory(self, pipe: StableDiffusionPipeline, scheduler: DDIMScheduler, z: torch.Tensor, guide: Text,
-                   cond: Text):
-        """Yields (t, z, eps_guide, eps_concept) at every step of the DDIM sampling from z, guided toward the
-        concept (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
+    def trajectory(self, pipe: StableDiffusionPipeline, z: torch.Tensor, guide: Text, cond: Text):
+        """Yields (t, z, eps_guide, eps_concept) at every step of the sampling from z, guided toward the concept
+        (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
+        scheduler = sampler(pipe, self.config.sample_steps)  # its own: a flow-matching sampler counts its steps
         text = Text.cat([guide.expand(len(z)), cond.expand(len(z))])
         for t in scheduler.timesteps:
-            eps_g, eps_c = denoise(pipe, torch.cat([z, z]), t, text).chunk(2)
+            both, steps = torch.cat([z, z]), t.expand(2 * len(z)).to(z.device)
+            predicted = prediction(pipe, both, steps, text)  # (2B, c, h, w): at the guide, then at the concept
+            eps_g, eps_c = as_noise(pipe, both, steps, predicted).chunk(2)
             yield t, z, eps_g, eps_c
-            z = scheduler.step(eps_g + self.config.guidance * (eps_c - eps_g), t, z).prev_sample
+            out_g, out_c = predicted.chunk(2)
+            z = scheduler.step(out_g + self.config.guidance * (out_c - out_g), t, z).prev_sample
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories:
-        cfg, scheduler = self.config, self.scheduler(pipe)
+        cfg = self.config
         concepts = encode(pipe, self.concepts)  # C prompts
         guide = encode(pipe, [cfg.guide])
         rows = {k: [] for k in ("latents", "timesteps", "eps_guide", "eps_concept", "concept")}
         for i in range(len(concepts)):
-            z = self.noise(pipe.unet, cfg.trajectories, generator, scheduler)
-            for t, z, eps_g, eps_c in self.trajectory(pipe, scheduler, z, guide, concepts[i:i + 1]):
+            z = latent_noise(pipe, cfg.trajectories, generator)
+            for t, z, eps_g, eps_c in self.trajectory(pipe, z, guide, concepts[i:i + 1]):
                 for key, value in (("latents", z), ("eps_guide", eps_g), ("eps_concept", eps_c)):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
@@ -113,10 +112,19 @@ class ESD(ErasureMethod):
 @register
 class ESDX(ESD):
     name = "esd-x"
-    layers = staticmethod(attn2_modules)
+    on_transformers = True  # the joint blocks' text-side keys and values (module docstring)
+
+    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
+        """What the image reads the text through: a UNet's cross-attention (attn2), SD3's and FLUX's joint blocks'
+        text-side key and value projections."""
+        if is_transformer(pipe):
+            return {"transformer": joint_projections(pipe.transformer)}
+        return {"unet": attn2_modules(pipe.unet)}
 
 
 @register
 class ESDU(ESD):
     name = "esd-u"
-    layers = staticmethod(unet_modules_except_attn2)
+
+    def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
+        return {"unet": unet_modules_except_attn2(pipe.unet)}
