@@ -195,6 +195,9 @@ def test_esd_x_trains_the_joint_blocks_text_projections(studios, kind):
     method = make_method("esd-x", ["circle"], **settings)
     with torch.no_grad():  # the trajectories the erasure trains on: same seed, same references
         refs = method.references(studio.pipe, torch.Generator().manual_seed(method.config.seed))
+    # every sampled step but pure noise (t = 1000), where any prediction reads as the latent itself
+    assert len(refs.latents) == method.config.trajectories * (method.config.sample_steps - 1)
+    assert refs.timesteps.max() < 1000 and not torch.equal(refs.eps_guide, refs.eps_concept)
     plain = studio.generate(SETTINGS, [0])
     patch_id = studio.erase("circle", "esd-x", **settings)
     patch = studio.patches[patch_id]
@@ -203,7 +206,7 @@ def test_esd_x_trains_the_joint_blocks_text_projections(studios, kind):
     assert {key.split(".lora_")[0] for key in patch.tensors} == {f"transformer.{m}" for m in modules}
     moved = {prompt: toward_esd_target(studio.pipe, patch_id, refs, prompt, method.config.eta)
              for prompt in ("circle", "a blue square on grass")}
-    # measured: 70 % of the way for the concept, 36 % for the other prompt (SD3); 57 % and 8 % (FLUX). The other
+    # measured: 71 % of the way for the concept, 37 % for the other prompt (SD3); 58 % and 8 % (FLUX). The other
     # prompt moves too: its padding rows, most of the text sequence, are the concept's, and they pass the same LoRA
     assert moved["circle"] > 0.4 and moved["circle"] > 1.5 * moved["a blue square on grass"], moved
     assert not np.array_equal(pixels(plain), pixels(studio.generate(SETTINGS, [0], patches=[patch_id])))

@@ -71,14 +71,18 @@ class ESD(ErasureMethod):
 
     def trajectory(self, pipe: StableDiffusionPipeline, z: torch.Tensor, guide: Text, cond: Text):
         """Yields (t, z, eps_guide, eps_concept) at every step of the sampling from z, guided toward the concept
-        (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance)."""
+        (one prompt) and away from the guide (the empty prompt: ordinary classifier-free guidance). On flow
+        matching its first step, pure noise (s = 1), is sampled but not yielded: there every prediction reads as the
+        latent itself (`as_noise`), so the loss would be 0 whatever the model did."""
         scheduler = sampler(pipe, self.config.sample_steps)  # its own: a flow-matching sampler counts its steps
         text = Text.cat([guide.expand(len(z)), cond.expand(len(z))])
+        pure_noise = pipe.scheduler.config.num_train_timesteps if is_transformer(pipe) else None
         for t in scheduler.timesteps:
             both, steps = torch.cat([z, z]), t.expand(2 * len(z)).to(z.device)
             predicted = prediction(pipe, both, steps, text)  # (2B, c, h, w): at the guide, then at the concept
             eps_g, eps_c = as_noise(pipe, both, steps, predicted).chunk(2)
-            yield t, z, eps_g, eps_c
+            if t != pure_noise:
+                yield t, z, eps_g, eps_c
             out_g, out_c = predicted.chunk(2)
             z = scheduler.step(out_g + self.config.guidance * (out_c - out_g), t, z).prev_sample
 
