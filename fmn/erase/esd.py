@@ -76,12 +76,11 @@ class ESD(ErasureMethod):
         latent itself (`as_noise`), so the loss would be 0 whatever the model did."""
         scheduler = sampler(pipe, self.config.sample_steps)  # its own: a flow-matching sampler counts its steps
         text = Text.cat([guide.expand(len(z)), cond.expand(len(z))])
-        pure_noise = pipe.scheduler.config.num_train_timesteps if is_transformer(pipe) else None
         for t in scheduler.timesteps:
             both, steps = torch.cat([z, z]), t.expand(2 * len(z)).to(z.device)
             predicted = prediction(pipe, both, steps, text)  # (2B, c, h, w): at the guide, then at the concept
             eps_g, eps_c = as_noise(pipe, both, steps, predicted).chunk(2)
-            if t != pure_noise:
+            if not (is_transformer(pipe) and int(t) == pipe.scheduler.config.num_train_timesteps):
                 yield t, z, eps_g, eps_c
             out_g, out_c = predicted.chunk(2)
             z = scheduler.step(out_g + self.config.guidance * (out_c - out_g), t, z).prev_sample
