@@ -33,9 +33,9 @@ def test_both_recipes_side_by_side(tmp_path):
                                                       "fresh_trajectories": True}
     assert rows["esd-x", "ours"]["settings"] == {"steps": 2, "batch": 4, "frozen_copy": False,
                                                  "fresh_trajectories": False}
-    assert rows["fmn", "ours"]["target"].endswith("n/a (not an H100 sd15 run)")
+    assert rows["fmn", "ours"]["target"] == "—"  # the targets are SD 1.5's and FLUX's
     table = (out / "speed-cpu.md").read_text()
-    assert "| esd-x | reference |" in table and "| target (H100, sd15) |" in table
+    assert "| esd-x | reference |" in table and "| target (GPU, this arch) |" in table
     assert len(json.loads(report.read_text())) == len(rows)
 
 
@@ -132,3 +132,16 @@ def test_the_transformer_arches_time_erasure_generation_and_the_trace(tmp_path, 
     assert "with the heatmap trace" in (tmp_path / "speed-cpu.md").read_text()
     assert main(["bench", "speed", "--arch", "flux-tiny", "--random-weights", "--methods", "esd-u",
                  "--out", str(tmp_path)]) == 2  # a UNet method
+
+
+def test_each_arch_is_held_to_its_own_targets_on_a_gpu():
+    """SD 1.5's rows to issue #40's targets, FLUX's closed forms to issue #41's (<= 2 s); a CPU run is n/a."""
+    from fmn.bench.speed import _target
+
+    row = {"recipe": "ours", "device_type": "cuda", "erase_s": 1.5, "click_s": 20.0, "peak_memory_bytes": 0}
+    assert _target(row | {"arch": "flux", "method": "uce"}).endswith(": met")
+    assert _target(row | {"arch": "flux", "method": "rece", "erase_s": 2.5}).endswith(": missed")
+    assert _target(row | {"arch": "sd15", "method": "fmn", "click_s": 31.0}).endswith(": missed")
+    assert _target(row | {"arch": "sd15", "method": "uce"}).endswith(": met")
+    assert _target(row | {"arch": "flux", "method": "uce", "device_type": "cpu"}).endswith("n/a (a cpu run)")
+    assert _target(row | {"arch": "sd3", "method": "uce"}) == "—"

@@ -97,7 +97,10 @@ ARCHS = {  # random-weight models built from configs, by --arch: made on (device
     "flux-tiny": lambda *_: flux_pipeline("tiny"),
 }
 TRANSFORMER_ARCHS = ("sd3", "sd3-tiny", "flux", "flux-tiny")  # SD3-medium's and FLUX.1-dev's shapes, our recipe only
-TARGETS = {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)}
+TARGETS = {  # per arch, on a GPU: SD 1.5's (issue #40), FLUX.1-dev's closed forms (issue #41)
+    "sd15": {"fmn": Target(10, 8, 30), "esd-x": Target(60, 10), "uce": Target(2, click_s=30)},
+    "flux": {"uce": Target(2), "rece": Target(2)},
+}
 
 
 class PaperESD:
@@ -315,11 +318,13 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def _target(row: dict, official: bool) -> str:
-    target = TARGETS.get(row["method"])
+def _target(row: dict) -> str:
+    """The method's target at the row's arch: met or missed on a GPU, n/a on any other device."""
+    target = TARGETS.get(row["arch"], {}).get(row["method"])
     if target is None or row["recipe"] != "ours":
         return "—"
-    return f"{target}: " + (("met" if target.met(row) else "missed") if official else "n/a (not an H100 sd15 run)")
+    on_gpu = row["device_type"] == "cuda"
+    return f"{target}: " + (("met" if target.met(row) else "missed") if on_gpu else f"n/a (a {row['device_type']} run)")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -342,7 +347,7 @@ def markdown(rows: list[dict]) -> str:
            f"with the heatmap trace {first['traced_s']:.2f} s "
            f"({100 * (first['traced_s'] / first['generate_s'] - 1):+.0f} %)"] if "generate_s" in first else []),
         "", "| method | recipe | dtype | steps | set-up (s) | per step (ms) | erase (s) | click → before/after (s) "
-        "| peak memory | weights held | patch | speed-up (reference/ours) | target (H100, sd15) |",
+        "| peak memory | weights held | patch | speed-up (reference/ours) | target (GPU, this arch) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     number = lambda x, fmt: "—" if x is None else format(x, fmt)  # noqa: E731
@@ -360,7 +365,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compare(rows: list[dict], official: bool) -> None:
+def _compare(rows: list[dict]) -> None:
     """Fills in each row's speed-up (the reference's erasure, projected where it ran fewer steps, over ours) and
     target."""
     for r in rows:
@@ -373,7 +378,7 @@ def _compare(rows: list[dict], official: bool) -> None:
         r["speedup"] = ((ref.get("projected_erase_s") or ref["erase_s"]) / r["erase_s"]
                         if r["recipe"] == "ours" and ref else None)
         r["speedup_projected"] = bool(r["speedup"] and ref.get("projected_erase_s"))
-        r["target"] = _target(r, official)
+        r["target"] = _target(r)
 
 
 def run(args) -> list[dict]:
@@ -402,7 +407,6 @@ def run(args) -> list[dict]:
             recipe_method(method, recipe, args.concept, steps[recipe])
     common = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__, "arch": arch,
               "concept": args.concept, "probe_steps": args.probe_steps}
-    official = device.type == "cuda" and arch == "sd15"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -419,7 +423,7 @@ def run(args) -> list[dict]:
                            device, click)
             rows.append({**common, **row})
             print(f"{recipe} {row['method']}: erase {row['erase_s']:.2f} s", file=sys.stderr, flush=True)
-            _compare(rows, official)
+            _compare(rows)
             (out / f"speed-{device.type}.md").write_text(markdown(rows))
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=2))
