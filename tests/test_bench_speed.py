@@ -135,8 +135,9 @@ def test_the_transformer_arches_time_erasure_generation_and_the_trace(tmp_path, 
 
 
 def test_each_arch_is_held_to_its_own_targets_on_a_gpu():
-    """SD 1.5's rows to issue #40's targets, FLUX's closed forms to issue #41's (<= 2 s); a CPU run is n/a."""
-    from fmn.bench.speed import _target
+    """SD 1.5's rows to issue #40's targets, FLUX's closed forms and heatmap trace to issue #41's (<= 2 s, <= 20 %);
+    a CPU run is n/a."""
+    from fmn.bench.speed import _target, _trace_overhead
 
     row = {"recipe": "ours", "device_type": "cuda", "erase_s": 1.5, "click_s": 20.0, "peak_memory_bytes": 0}
     assert _target(row | {"arch": "flux", "method": "uce"}).endswith(": met")
@@ -145,3 +146,7 @@ def test_each_arch_is_held_to_its_own_targets_on_a_gpu():
     assert _target(row | {"arch": "sd15", "method": "uce"}).endswith(": met")
     assert _target(row | {"arch": "flux", "method": "uce", "device_type": "cpu"}).endswith("n/a (a cpu run)")
     assert _target(row | {"arch": "sd3", "method": "uce"}) == "—"
+    timed = {"arch": "flux", "device_type": "cuda", "generate_s": 10.0}
+    assert _trace_overhead(timed | {"traced_s": 11.5}) == "+15 %; target ≤ 20 %: met"
+    assert _trace_overhead(timed | {"traced_s": 12.5}) == "+25 %; target ≤ 20 %: missed"
+    assert _trace_overhead(timed | {"traced_s": 12.5, "arch": "sd3"}) == "+25 %"
