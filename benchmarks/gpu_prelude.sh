@@ -1,4 +1,4 @@
-# Sourced by the GPU scripts (gpu_session.sh, gpu_robust.sh): a time budget that every stage is bounded by,
+# Sourced by the GPU scripts (gpu_session.sh, gpu_robust.sh, gpu_transformers.sh): a time budget that every stage is bounded by,
 # the log to OUT/log.txt, and the pinned diffusers/transformers/peft wheels (.whl) where the device
 # machine's image lacks them. Expects `budget` (seconds) and OUT (the device tool's output folder).
 start=$(date +%s)
