@@ -319,23 +319,25 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
+def _verdict(row: dict, met: bool) -> str:
+    """A target's verdict: met or missed on a GPU run, n/a on any other device."""
+    return ("met" if met else "missed") if row["device_type"] == "cuda" else f"n/a (a {row['device_type']} run)"
+
+
 def _target(row: dict) -> str:
-    """The method's target at the row's arch: met or missed on a GPU, n/a on any other device."""
+    """The method's target at the row's arch, and its verdict."""
     target = TARGETS.get(row["arch"], {}).get(row["method"])
     if target is None or row["recipe"] != "ours":
         return "—"
-    on_gpu = row["device_type"] == "cuda"
-    return f"{target}: " + (("met" if target.met(row) else "missed") if on_gpu else f"n/a (a {row['device_type']} run)")
+    return f"{target}: {_verdict(row, target.met(row))}"
 
 
 def _trace_overhead(row: dict) -> str:
-    """The trace's cost over the plain generation, and its target at the row's arch (met or missed on a GPU)."""
+    """The trace's cost over the plain generation, and its target at the row's arch with its verdict."""
     overhead, bound = row["traced_s"] / row["generate_s"] - 1, TRACE_OVERHEAD.get(row["arch"])
     if bound is None:
         return f"{100 * overhead:+.0f} %"
-    on_gpu = row["device_type"] == "cuda"
-    met = ("met" if overhead <= bound else "missed") if on_gpu else f"n/a (a {row['device_type']} run)"
-    return f"{100 * overhead:+.0f} %; target ≤ {100 * bound:.0f} %: {met}"
+    return f"{100 * overhead:+.0f} %; target ≤ {100 * bound:.0f} %: {_verdict(row, overhead <= bound)}"
 
 
 def markdown(rows: list[dict]) -> str:
