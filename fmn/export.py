@@ -16,8 +16,9 @@ of their changes that applying them together gives. Every export carries the era
 (method, concepts, settings, base fingerprint): in the safetensors header, or ``erasure.json`` in a
 folder. Nothing is written half-way: each export goes to a temporary name first.
 
-`import_lora` is the way in: any LoRA file diffusers reads (peft, old diffusers or kohya keys)
-becomes a patch, after a check that its layers exist in the model with the shapes it expects.
+`import_lora` is the way in: any LoRA file diffusers reads (peft, old diffusers or kohya keys), and the
+``lora_transformer_`` layout above, which diffusers reads for FLUX but not for SD3, becomes a patch, after a check
+that its layers exist in the model with the shapes it expects.
 """
 
 from __future__ import annotations
@@ -217,8 +218,12 @@ def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> l
     problems = []
     for key, value in state.items():
         component, rest = key.split(".", 1)
-        if component not in components(pipe):
-            problems.append(f"{key} (a {component}: this kind of model has none)")
+        kohya = next((c for c, prefix in KOHYA_PREFIX.items() if component.startswith(prefix)), None)
+        if (kohya or component) not in components(pipe):
+            problems.append(f"its {kohya or component} layers (this kind of model has no {kohya or component})")
+            continue
+        if kohya:  # a kohya name that no module of the model has
+            problems.append(f"{component.removeprefix(KOHYA_PREFIX[kohya])} (no such layer in the {kohya})")
             continue
         if component.startswith("text_encoder") and not hasattr(getattr(pipe, component), "text_model"):
             rest = rest.removeprefix("text_model.")
@@ -236,22 +241,47 @@ def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> l
     return problems
 
 
+def _transformer_kohya_to_diffusers(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``lora_transformer_<module, dots as underscores>`` keys (the ``kohya`` export of SD3 and FLUX, ComfyUI's
+    layout), which diffusers' SD3 loader does not read, under diffusers' ``transformer.<module>.lora_A``/``lora_B``
+    keys, each module's ``alpha / rank`` folded into its B; a name no module has is kept, for the fit check."""
+    prefix = KOHYA_PREFIX["transformer"]
+    modules = {n.replace(".", "_"): n for n, _ in pipe.transformer.named_modules() if n}
+    out = {}
+    for key, value in tensors.items():
+        stem, _, factor = key.partition(".")
+        module = modules.get(stem.removeprefix(prefix)) if stem.startswith(prefix) else None
+        down = tensors.get(f"{stem}.lora_down.weight")
+        if module is None or down is None or factor not in ("lora_down.weight", "lora_up.weight", "alpha"):
+            out[key] = value  # another layout, or a layer this model lacks: the fit check names it
+        elif factor == "lora_down.weight":
+            out[f"transformer.{module}.lora_A.weight"] = value
+        elif factor == "lora_up.weight":
+            scale = float(tensors.get(f"{stem}.alpha", len(down))) / len(down)
+            out[f"transformer.{module}.lora_B.weight"] = value * scale
+    return out
+
+
 def import_lora(pipe: StableDiffusionPipeline, path: str | Path, name: str) -> Patch:
     """Reads a LoRA file in any layout diffusers reads and attaches it to the pipeline as patch `name`
     (inactive); raises PatchError, the pipeline untouched, where the file is not a LoRA or does not fit."""
     path = Path(path)
     header, tensors = read_safetensors(path)
+    converted = None
+    if is_transformer(pipe) and any(k.startswith(KOHYA_PREFIX["transformer"]) for k in tensors):
+        tensors = converted = _transformer_kohya_to_diffusers(pipe, tensors)
     try:
         read = type(pipe).lora_state_dict(dict(tensors))  # it pops what it converts
         state = _peft_keys(read[0] if isinstance(read, tuple) else read)  # SD 1.x/SDXL: (state, alphas); SD3: state
     except (ValueError, KeyError) as err:
         raise PatchError(f"{path.name} is not a LoRA that diffusers can read ({err}).") from err
-    problems = _misfits(pipe, state)
+    problems = list(dict.fromkeys(_misfits(pipe, state)))  # each once, not once per factor
     if problems:
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise PatchError(f"{path.name} does not fit this model: {'; '.join(problems[:5])}{more}.")
     try:
-        pipe.load_lora_weights(str(path), adapter_name=name)  # diffusers reads the layout, the alphas, its header
+        # the file itself where diffusers reads its layout (and the alphas and adapter config in its header)
+        pipe.load_lora_weights(dict(converted) if converted else str(path), adapter_name=name)
     except (ValueError, RuntimeError, KeyError) as err:
         raise PatchError(f"{path.name} could not be loaded as a LoRA ({err}).") from err
     changed = [c for c in components(pipe) if name in getattr(getattr(pipe, c), "peft_config", {})]

@@ -385,6 +385,27 @@ def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders
     plain.load_lora_weights(str(lora))
     assert np.abs(pixels(generate(plain, SETTINGS, [0])) - erased).mean() <= 1  # of 255
     assert np.abs(pixels(generate(DiffusionPipeline.from_pretrained(merged), SETTINGS, [0])) - erased).mean() <= 1
-    back = studio.load_patch(lora)  # and back in, as a LoRA made elsewhere
-    assert np.abs(pixels(studio.generate(SETTINGS, [0], patches=[back])) - erased).mean() <= 1
-    studio.remove_patch(back)
+    for made_elsewhere in (lora, kohya):  # and back in, as LoRAs made elsewhere (kohya's: as ComfyUI writes it)
+        back = studio.load_patch(made_elsewhere)
+        assert np.abs(pixels(studio.generate(SETTINGS, [0], patches=[back])) - erased).mean() <= 1
+        studio.remove_patch(back)
+
+
+def test_a_transformer_lora_onto_a_unet_model_is_refused_by_name(studios, tmp_path):
+    """A LoRA of FLUX's transformer, in either layout, does not fit an SD 1.5 model: the message names what is
+    missing once, not once per factor of every layer."""
+    from fmn.patch import PatchError
+
+    patch_id = studios["flux"].erase("circle", "uce")
+    files = [studios["flux"].export([patch_id], to, tmp_path / f"{to}.safetensors")
+             for to in ("diffusers-lora", "kohya")]
+    studios["flux"].remove_patch(patch_id)
+    unet = Studio(None, device="cpu")  # the embedded model: SD 1.5's architecture
+    messages = []
+    for path in files:
+        with pytest.raises(PatchError, match="does not fit this model") as refused:
+            unet.load_patch(path)
+        messages.append(str(refused.value))
+    for message in messages:
+        assert message.endswith("does not fit this model: its transformer layers (this kind of model has no "
+                                "transformer)."), message
