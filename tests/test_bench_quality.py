@@ -10,7 +10,7 @@ import pytest
 
 from fmn.__main__ import main
 from fmn.bench.protocol import Prompt, found, kept_whole, mass_probes, probes
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings, markdown
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.scenes import COLOURS, Scene, Thing
 
@@ -80,6 +80,21 @@ def test_a_target_met_exactly_is_met():
     assert met["CRA_lost"] and met["IRA_lost"] and met["UA"], met
     rows[1].CRA_lost = 0.15  # 7.5 points on the mean: missed
     assert not best_per_kind(rows)[0]["met"]["CRA_lost"]
+
+
+def test_the_table_gives_every_method_per_kind_with_the_best_in_bold():
+    """Two methods on two kinds: four lines of means against the targets; the kind's best (UA less the points
+    lost) in bold, whichever comes first."""
+    def row(method, kind, concept, ua, lost):
+        return Row(method, kind, concept, ua, 0.5, 0.5, 0.0, 0.1, lost, lost, 10.0, None, None, swap=0.9)
+
+    rows = [row("uce", "object", "circle", 0.80, 0.02), row("text-map", "object", "circle", 0.99, 0.10),
+            row("uce", "style", "Vellor", 0.97, 0.01), row("text-map", "style", "Vellor", 0.90, 0.20)]
+    table = markdown(rows, "cpu", {})
+    assert "| object | uce | 80% ✗ | 2 pts ✓ | 2 pts ✓ | 0% ✓ | 10% ✓ | 90% ✗ |" in table
+    assert "| object | **text-map** | 99% ✓ | 10 pts ✗ | 10 pts ✗ |" in table
+    assert "| style | **uce** | 97% ✓ |" in table and "| style | text-map | 90% ✗ |" in table
+    assert [(b["kind"], b["method"]) for b in best_per_kind(rows)] == [("object", "text-map"), ("style", "uce")]
 
 
 def test_probes_use_held_out_wording_and_the_right_paraphrases():
