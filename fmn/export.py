@@ -238,7 +238,7 @@ def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> l
         elif factor.startswith("B") and value.shape[0] != module.weight.shape[0]:
             problems.append(f"{module_name} (gives {value.shape[0]} outputs, "
                             f"the model's layer {module.weight.shape[0]})")
-    return problems
+    return list(dict.fromkeys(problems))  # each once, not once per factor of a layer
 
 
 def _transformer_kohya_to_diffusers(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -275,7 +275,7 @@ def import_lora(pipe: StableDiffusionPipeline, path: str | Path, name: str) -> P
         state = _peft_keys(read[0] if isinstance(read, tuple) else read)  # SD 1.x/SDXL: (state, alphas); SD3: state
     except (ValueError, KeyError) as err:
         raise PatchError(f"{path.name} is not a LoRA that diffusers can read ({err}).") from err
-    problems = list(dict.fromkeys(_misfits(pipe, state)))  # each once, not once per factor
+    problems = _misfits(pipe, state)
     if problems:
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise PatchError(f"{path.name} does not fit this model: {'; '.join(problems[:5])}{more}.")

@@ -323,11 +323,11 @@ def per_kind(rows: list[Row]) -> list[dict]:
     return out
 
 
-def best_per_kind(rows: list[Row]) -> list[dict]:
+def best_per_kind(rows: list[Row], kinds: list[dict] | None = None) -> list[dict]:
     """For each kind, the method with the best mean of UA less the points lost over its concepts, against the
-    targets."""
+    targets (`kinds`: `per_kind(rows)`, if already read)."""
     score = lambda m: m["UA"] - m["IRA_lost"] - m["CRA_lost"]  # noqa: E731
-    kinds = per_kind(rows)
+    kinds = per_kind(rows) if kinds is None else kinds
     return [max((m for m in kinds if m["kind"] == kind), key=score) for kind in dict.fromkeys(m["kind"] for m in kinds)]
 
 
@@ -363,8 +363,9 @@ def markdown(rows: list[Row], device: str, settings: dict) -> str:
              "bold), against the targets "
              + ", ".join(f"{k} {op} {_target_value(k, v)}" for k, (op, v) in TARGETS.items()) + ":", "",
              "| kind | method | " + " | ".join(TARGETS) + " |", "|---|---|" + "---|" * len(TARGETS)]
-    best = {(b["kind"], b["method"]) for b in best_per_kind(rows)}
-    for m in per_kind(rows):
+    kinds = per_kind(rows)
+    best = {(b["kind"], b["method"]) for b in best_per_kind(rows, kinds)}
+    for m in kinds:
         name = f"**{m['method']}**" if (m["kind"], m["method"]) in best else m["method"]
         lines.append(f"| {m['kind']} | {name} | "
                      + " | ".join(_target_cell(k, m[k], m["met"][k]) for k in TARGETS) + " |")
