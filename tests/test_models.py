@@ -125,6 +125,87 @@ def test_an_sd3_transformer_file_loads_with_its_config(transformer_dirs, tmp_pat
     assert np.array_equal(np.asarray(generate(from_file, settings)[0]), np.asarray(generate(pipe, settings)[0]))
 
 
+# FLUX's transformer modules (diffusers) -> Black Forest Labs' names, per double block, per single block, around them
+FLUX_DOUBLE = {"norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
+               "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+               "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+               "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2"}
+FLUX_DOUBLE_NORMS = {"attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+                     "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm"}
+FLUX_SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
+FLUX_SINGLE_NORMS = {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"}
+FLUX_FUSED = {"img_attn.qkv": ("to_q", "to_k", "to_v"), "txt_attn.qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+FLUX_OUTER = {"time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+              "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+              "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+              "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+              "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+              "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+              "context_embedder": "txt_in", "x_embedder": "img_in", "proj_out": "final_layer.linear",
+              "norm_out.linear": "final_layer.adaLN_modulation.1"}
+
+
+def flux_original_layout(transformer) -> dict[str, torch.Tensor]:
+    """A FLUX transformer in Black Forest Labs' layout, as `from_single_file` reads it: the inverse of diffusers'
+    converter. q, k, v fused per stream in the double blocks, q, k, v and the MLP's input in the single ones; the
+    final modulation back to (shift, scale); the q/k norms' weights as `scale`."""
+    sd, config = transformer.state_dict(), transformer.config
+    double = [f"double_blocks.{i}." for i in range(config.num_layers)]
+    single = [f"single_blocks.{i}." for i in range(config.num_single_layers)]
+    renames = (dict(FLUX_OUTER)
+               | {f"transformer_blocks.{i}.{new}": old + name for i, old in enumerate(double)
+                  for new, name in FLUX_DOUBLE.items()}
+               | {f"single_transformer_blocks.{i}.{new}": old + name for i, old in enumerate(single)
+                  for new, name in FLUX_SINGLE.items()})
+    norms = ({f"transformer_blocks.{i}.{new}": old + name for i, old in enumerate(double)
+              for new, name in FLUX_DOUBLE_NORMS.items()}
+             | {f"single_transformer_blocks.{i}.{new}": old + name for i, old in enumerate(single)
+                for new, name in FLUX_SINGLE_NORMS.items()})
+    out = {f"{old}.scale": sd[f"{new}.weight"] for new, old in norms.items()}
+    for kind in ("weight", "bias"):
+        out |= {f"{old}.{kind}": sd[f"{new}.{kind}"] for new, old in renames.items()}
+        out |= {f"{old}{fused}.{kind}": torch.cat([sd[f"transformer_blocks.{i}.attn.{x}.{kind}"] for x in names])
+                for i, old in enumerate(double) for fused, names in FLUX_FUSED.items()}
+        out |= {f"{old}linear1.{kind}": torch.cat([sd[f"single_transformer_blocks.{i}.{x}.{kind}"]
+                                                   for x in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")])
+                for i, old in enumerate(single)}
+        key = f"final_layer.adaLN_modulation.1.{kind}"
+        out[key] = torch.cat(out[key].chunk(2)[::-1])  # diffusers' (scale, shift) -> (shift, scale)
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values())  # every weight, once
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.mark.slow  # at FLUX.1's width, which diffusers' converter of this layout assumes: 1 + 1 blocks, 0.5 B
+def test_a_flux_transformer_file_loads_with_its_config(transformer_dirs, tmp_path):
+    """A single file of FLUX's transformer in Black Forest Labs' layout plus --config: its weights, in a pipeline
+    that generates."""
+    import shutil
+
+    from diffusers import FluxTransformer2DModel
+
+    folder = tmp_path / "flux"
+    shutil.copytree(transformer_dirs["flux"], folder)
+    with torch.device("meta"):
+        wide = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                      attention_head_dim=128, num_attention_heads=24, joint_attention_dim=64,
+                                      pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    wide = wide.to_empty(device="cpu").to(torch.bfloat16)  # bf16, as Black Forest Labs ship it
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in wide.parameters():
+            weight.normal_(0, 0.02, generator=generator)
+    shutil.rmtree(folder / "transformer")
+    wide.save_config(folder / "transformer")  # the config only: the weights come from the file
+    path = tmp_path / "flux1.safetensors"
+    save_file(flux_original_layout(wide), path)
+    from_file = load_pipeline(path, device="cpu", config=str(folder))
+    assert type(from_file).__name__ == "FluxPipeline"
+    expected, loaded = wide.state_dict(), from_file.transformer.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k].float(), loaded[k]) for k in expected)
+    image = generate(from_file, GenerationSettings("a red circle", steps=2, width=32, height=32))[0]
+    assert image.size == (32, 32) and np.asarray(image).std() > 0
+
+
 @pytest.mark.parametrize("name, key", [("sd3", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"),
                                        ("flux", "double_blocks.0.img_attn.norm.key_norm.scale")])
 def test_a_transformer_file_without_config_offline_asks_for_one(tmp_path, name, key):
