@@ -8,7 +8,9 @@ A patch holds peft LoRA factors (`fmn.patch`); the ways out:
   ``alpha`` that ComfyUI and A1111 read (diffusers reads it back through its own kohya conversion); on SD3 and
   FLUX ``lora_transformer_<diffusers module>``, a layout ComfyUI's SD3 and FLUX LoRA loader maps (as it maps the
   ``transformer.<module>.lora_A``/``lora_B`` keys of ``diffusers-lora``);
-- ``merged``: a diffusers folder with the factors folded into the weights by diffusers' `fuse_lora`;
+- ``merged``: a diffusers folder with the factors folded into the weights (each changed layer's weight plus its
+  ``B @ A``, as diffusers' `fuse_lora` folds them), every part alike: SD3's and FLUX's T5 too, which no LoRA
+  loader reads, so a text-map erasure of those models leaves as a merged folder;
 - ``single-file``: that merged model as one original-layout checkpoint (`fmn.single_file`; SD 1.x/2.x and SDXL).
 
 Several patches export as one: their factors are stacked along the rank, which is exactly the sum
@@ -117,10 +119,10 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         raise ValueError(f"{to} writes SD 1.x/2.x and SDXL layouts; export SD3 and FLUX as "
                          f"{', '.join(formats_for(pipe))}.")
     t5 = sorted({c for p in patches for c in p.lora if type(getattr(pipe, c, None)).__name__.startswith("T5")})
-    if t5:
+    if t5 and not FORMATS[to].t5:
         raise ValueError(f"These patches change T5 ({', '.join(t5)}), which diffusers' and ComfyUI's SD3 and FLUX "
-                         "LoRA loaders do not read: apply them with Forget-Me-Not Studio (--patch), or export a "
-                         "patch of the transformer (uce, rece, esd-x).")
+                         "LoRA loaders do not read: export them as merged (a diffusers folder), apply them with "
+                         "Forget-Me-Not Studio (--patch), or export a patch of the transformer (uce, rece, esd-x).")
     base = fingerprint(pipe)
     for patch in patches:
         if patch.base != base:
@@ -133,14 +135,26 @@ def _check(pipe: StableDiffusionPipeline, patches: list[Patch], to: str, out: Pa
         raise ValueError(f"{out.name}: a {to} export is one .safetensors file.")
 
 
+def _layer(pipe: StableDiffusionPipeline, module: str) -> torch.nn.Module | None:
+    """``"<component>.<module>"`` of the pipeline, or None; CLIP's ``text_model.`` level dropped on an encoder
+    without one (T5, and CLIP as recent transformers load it)."""
+    component, name = module.split(".", 1)
+    model = getattr(pipe, component, None)
+    if component.startswith("text_encoder") and not hasattr(model, "text_model"):
+        name = name.removeprefix("text_model.")
+    try:
+        return model.get_submodule(name) if model is not None else None
+    except AttributeError:
+        return None
+
+
 def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str,
             config: str | None) -> StableDiffusionPipeline:
-    """A fresh fp32 copy of the base model on the CPU with the patches fused into its weights (diffusers' fuse_lora)."""
+    """A fresh fp32 copy of the base model on the CPU with the patches folded into its weights: W + B @ A."""
     merged = load_pipeline(source, device="cpu", dtype=torch.float32, config=config)
-    merged.load_lora_weights(diffusers_lora(patches), adapter_name="erasure")
-    changed = sorted({module.split(".", 1)[0] for module in lora_factors(patches)})
-    merged.fuse_lora(components=changed, lora_scale=1.0, adapter_names=["erasure"])
-    merged.unload_lora_weights()
+    with torch.no_grad():
+        for module, (a, b) in lora_factors(patches).items():
+            _layer(merged, module).weight += b @ a
     return merged
 
 
@@ -175,13 +189,14 @@ class Format:
     # (patches, where to write, the base model's source, merge: the merged model, made when called)
     write: Callable[[list[Patch], Path, str, Callable[[], StableDiffusionPipeline]], None]
     transformers: bool = True  # writes SD3 and FLUX too, not only UNet models
+    t5: bool = True  # holds a change of T5 (no LoRA loader reads one)
 
 
 FORMATS: dict[str, Format] = {
     "diffusers-lora": Format("a LoRA file for diffusers' load_lora_weights (.safetensors)", False,
-                             _write_lora(diffusers_lora)),
+                             _write_lora(diffusers_lora), t5=False),
     "kohya": Format("a LoRA file for ComfyUI and A1111, kohya's key layout (.safetensors)", False,
-                    _write_lora(kohya_lora)),
+                    _write_lora(kohya_lora), t5=False),
     "merged": Format("a diffusers folder with the erasure folded into the weights", True, _write_merged),
     "single-file": Format("one original-layout checkpoint with the erasure folded in (.safetensors)", False,
                           _write_single_file, transformers=False),
@@ -228,7 +243,7 @@ def _misfits(pipe: StableDiffusionPipeline, state: dict[str, torch.Tensor]) -> l
         if component.startswith("text_encoder") and not hasattr(getattr(pipe, component), "text_model"):
             rest = rest.removeprefix("text_model.")
         module_name, factor = rest.split(".lora_", 1)
-        module = dict(getattr(pipe, component).named_modules()).get(module_name)
+        module = _layer(pipe, f"{component}.{module_name}")
         module = getattr(module, "base_layer", module)  # already wrapped by another patch
         if module is None or not hasattr(module, "weight"):
             problems.append(f"{module_name} (no such layer in the {component})")

@@ -247,17 +247,18 @@ def test_single_file_checkpoint_round_trip(tiny_dirs, tmp_path):
     assert np.array_equal(np.asarray(from_file), np.asarray(from_folder))
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
-def test_a_hub_id_loads_from_the_local_cache(tiny_dirs, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind, pipeline", [("sd15", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline"),
+                                            ("sd3", "StableDiffusion3Pipeline"), ("flux", "FluxPipeline")])
+def test_a_hub_id_loads_from_the_local_cache(tiny_dirs, transformer_dirs, tmp_path, monkeypatch, kind, pipeline):
     """A hub id already in the Hugging Face cache (as `hf download` leaves it) loads offline, its pipeline class
     read from its model_index.json."""
     import shutil
 
     snapshot = tmp_path / "hub" / f"models--someone--tiny-{kind}" / "snapshots" / ("0" * 40)
-    shutil.copytree(tiny_dirs[kind], snapshot)
+    shutil.copytree({**tiny_dirs, **transformer_dirs}[kind], snapshot)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     pipe = load_pipeline(f"someone/tiny-{kind}", device="cpu")
-    assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if kind == "sdxl" else "StableDiffusionPipeline")
+    assert type(pipe).__name__ == pipeline

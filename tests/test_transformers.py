@@ -233,7 +233,7 @@ def test_esd_x_erases_and_generates_from_the_command_line(folders, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_text_map_trains_the_text_encoders(studios, kind, tmp_path):
+def test_text_map_trains_the_text_encoders(studios, kind):
     """Text-map on SD3's CLIP-L, CLIP-G and T5 and FLUX's CLIP-L and T5: the patch's LoRA sits on the text encoders
     alone; the concept's rows in each encoder's output (SD3: CLIP's sequence and T5's; FLUX: T5's; both: the pooled
     row) move toward their targets; a keep prompt's rows hold, where without it they drift further; the patched
@@ -259,8 +259,6 @@ def test_text_map_trains_the_text_encoders(studios, kind, tmp_path):
         with torch.no_grad(), active(studio.pipe, [patch_id]):
             drift[weight] = ((encoder_rows(studio.pipe, keep) - kept).norm() / kept.norm()).item()
             now = encoder_rows(studio.pipe, [s.prompt for s in spans])
-        with pytest.raises(ValueError, match="change T5"):  # no SD3 or FLUX LoRA loader reads a T5 part
-            studio.export([patch_id], "diffusers-lora", tmp_path / "t5.safetensors")
         if weight:  # each encoder's rows, and the pooled one, part of the way to their targets
             for s, rows in zip(spans, now):
                 for _, begin, length in segments:
@@ -389,6 +387,33 @@ def test_exports_load_in_diffusers_and_carry_comfyuis_key_names(studios, folders
         back = studio.load_patch(made_elsewhere)
         assert np.abs(pixels(studio.generate(SETTINGS, [0], patches=[back])) - erased).mean() <= 1
         studio.remove_patch(back)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_text_map_patch_leaves_as_a_merged_folder(studios, tmp_path, kind):
+    """Text-map edits T5 too, which no SD3 or FLUX LoRA loader reads: the LoRA formats are refused and name the
+    merged folder, which encodes prompts as the patched model does, loaded by diffusers alone."""
+    from diffusers import DiffusionPipeline
+
+    from fmn.diffusion import encode
+    from fmn.patch import active
+
+    studio, prompts = studios[kind], ["a red circle", "a blue square"]
+    patch_id = studio.erase("circle", "text-map", passes=5)
+    with torch.no_grad():
+        plain = encode(studio.pipe, prompts)
+        with active(studio.pipe, [patch_id]):
+            patched = encode(studio.pipe, prompts)
+    for to in ("diffusers-lora", "kohya"):
+        with pytest.raises(ValueError, match="change T5 .* export them as merged"):
+            studio.export([patch_id], to, tmp_path / f"{to}.safetensors")
+    merged = studio.export([patch_id], "merged", tmp_path / "merged")
+    studio.remove_patch(patch_id)
+    with torch.no_grad():
+        read = encode(DiffusionPipeline.from_pretrained(merged), prompts)
+    assert torch.allclose(read.states, patched.states, atol=1e-4), (read.states - patched.states).abs().max()
+    assert torch.allclose(read.pooled, patched.pooled, atol=1e-4)
+    assert not torch.allclose(read.states[0], plain.states[0], atol=1e-3)  # the erasure is in it
 
 
 def test_a_transformer_lora_onto_a_unet_model_is_refused_by_name(studios, tmp_path):
