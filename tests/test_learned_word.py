@@ -1,11 +1,13 @@
-"""Erasing from images with the default method: text-map learns the concept from the images as a word (textual
-inversion) and erases that word too; images the methods cannot read are refused with what they should be."""
+"""Erasing from images: text-map (the default), UCE and RECE learn the concept from the images as a word (textual
+inversion) and erase that word too; images the methods cannot read are refused with what they should be."""
 
 import pytest
 import torch
 
 from fmn.diffusion import encode
 from fmn.erase import DEFAULT_METHOD, erase, make_method
+from fmn.erase.learned_word import learn_word
+from fmn.erase.uce import UCE
 from fmn.generate import native_size
 from fmn.inversion import inverted
 from fmn.patch import active
@@ -46,6 +48,35 @@ def test_text_map_erases_the_word_it_learns_from_the_images():
     # measured on the tiny model: 0.3 of the way left with the images, 0.8 by name alone
     with_images, by_name = _left(pipe, "from-images", word), _left(pipe, "by-name", word)
     assert max(with_images) < 0.5 and sum(with_images) < 0.6 * sum(by_name), (with_images, by_name)
+
+
+def _missed(weights: dict[str, torch.Tensor], patch, spans) -> float:
+    """How far the patch's edited key and value projections leave the spans' rows from what the unedited ones give
+    their targets, over how far the unedited ones leave them."""
+    missed = left = 0.0
+    for name, w in weights.items():
+        edited = w + patch.tensors[f"unet.{name}.lora_B.weight"] @ patch.tensors[f"unet.{name}.lora_A.weight"]
+        for s in spans:
+            missed += (edited @ s.rows.T - w @ s.targets.T).norm().item()
+            left += (w @ (s.rows - s.targets).T).norm().item()
+    return missed / left
+
+
+@pytest.mark.parametrize("method", ["uce", "rece"])
+def test_a_closed_form_erases_the_word_it_learns_from_the_images(method):
+    """UCE and RECE given images solve for the learned word's rows beside the name's: their edited projections send
+    those rows far nearer what the unedited ones give the targets than the same edit by name alone does."""
+    pipe = tiny_pipeline()
+    images, settings = _images(pipe), dict(in_context=["a red circle on grass"], **INVERSION)
+    with torch.no_grad():
+        weights = {name: w.clone() for name, w in UCE.weights(pipe).items()}
+        instance = make_method(method, ["circle"], images, **settings)
+        word = learn_word(pipe, instance, images, instance.config, instance.config.seed)
+    with_images = erase(pipe, ["circle"], method, images, name="from-images", **settings)
+    by_name = erase(pipe, ["circle"], method, None, name="by-name", **settings)
+    assert with_images.settings["inversion_steps"] == 60
+    missed = _missed(weights, with_images, word.spans), _missed(weights, by_name, word.spans)
+    assert missed[0] < 0.5 * missed[1], missed
 
 
 @pytest.mark.parametrize("images, message", [

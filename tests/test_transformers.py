@@ -293,6 +293,24 @@ def test_text_map_from_images_learns_the_word_in_every_encoders_table(studios, k
     studio.remove_patch(patch_id)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_closed_form_from_images_solves_for_the_learned_words_rows_too(studios, kind):
+    """UCE given images on SD3 and FLUX edits the joint blocks' text-side projections alone, and otherwise than by
+    name: the learned word's rows are solved for beside the name's (their effect: tests/test_learned_word.py)."""
+    studio, images = studios[kind], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = dict(preserve=[], in_context=["a red circle on grass"], keep_prompts=[], inversion_steps=3)
+    changes = []
+    for given in (images, None):
+        patch_id = studio.erase("circle", "uce", images=given, **settings)
+        patch = studio.patches[patch_id]
+        assert list(patch.lora) == ["transformer"]
+        assert all(m.endswith(("add_k_proj", "add_v_proj")) for m in patch.lora["transformer"]["target_modules"])
+        changes.append(torch.cat([(patch.tensors[k.replace("lora_A", "lora_B")] @ a).flatten()
+                                  for k, a in sorted(patch.tensors.items()) if "lora_A" in k]))
+        studio.remove_patch(patch_id)
+    assert (changes[0] - changes[1]).norm() > 0.05 * changes[1].norm()
+
+
 def flow_loss(pipe, latents, learned=None, n=8) -> float:
     """The inversion's own loss (the noise the transformer's velocity implies) on fixed noise and steps."""
     from contextlib import nullcontext

@@ -1,16 +1,17 @@
 """The concept as its images show it: a word learned by textual inversion, erased beside the name.
 
-Given a few images of the (first) concept, text-map (`text_map.py`) first learns input embeddings for the
-concept's tokens that make the UNet denoise those images (`fmn.inversion.invert`, Gal et al. 2022; the first stage
-of Forget-Me-Not, Zhang et al. 2023), on the unedited model, starting from the name's own embeddings. Every erased
-prompt (the word alone and in context) is then also read with the learned embeddings in the name's place, and
-those rows are sent to the same targets as the name's: the erasure covers what the images show, which a concept
-inversion attack (Pham et al. 2024) would otherwise find again from the same kind of images. A name the model never
-saw works as the learned word's placeholder: its prompts draw what the images show, and are erased.
+Given a few images of the (first) concept, text-map (`text_map.py`), UCE and RECE (`uce.py`) first learn input
+embeddings for the concept's tokens that make the UNet denoise those images (`fmn.inversion.invert`, Gal et al.
+2022; the first stage of Forget-Me-Not, Zhang et al. 2023), on the unedited model, starting from the name's own
+embeddings. Every erased prompt (the word alone and in context) is then also read with the learned embeddings in
+the name's place, and those rows are sent to the same targets as the name's (text-map trains toward them, the
+closed forms solve for them): the erasure covers what the images show, which a concept inversion attack (Pham et
+al. 2024) would otherwise find again from the same kind of images. A name the model never saw works as the learned
+word's placeholder: its prompts draw what the images show, and are erased.
 
 Cost: `inversion_steps` steps of the UNet's forward and backward pass on `inversion_batch` latents, once, before
-training, then `learned_batch` more prompts encoded a training step: on the embedded model on 2 CPU cores, an erasure
-from 8 images takes about 20 s where one by name takes 15 s.
+the erasure; text-map then encodes `learned_batch` more prompts a training step: on the embedded model on 2 CPU
+cores, its erasure from 8 images takes about 20 s where one by name takes 15 s.
 """
 
 from __future__ import annotations
@@ -36,14 +37,12 @@ class LearnedWordConfig:
     inversion_steps: int = 100  # ours: as the attack's inversion (fmn/attack.py, bench quality); Gal et al.: 5000
     inversion_lr: float = 5e-3  # textual inversion's usual step for one embedding (fmn/inversion.py)
     inversion_batch: int = 4  # latents a step (fmn/inversion.py)
-    learned_batch: int = 8  # ours: prompts with the learned word a training step, beside `batch` with the name
 
     def check(self) -> None:
-        if not (1 <= self.inversion_steps <= 1000 and 0 < self.inversion_lr < 1 and self.inversion_batch >= 1
-                and self.learned_batch >= 1):
+        if not (1 <= self.inversion_steps <= 1000 and 0 < self.inversion_lr < 1 and self.inversion_batch >= 1):
             raise ValueError(f"Inversion of {self.inversion_steps} steps at lr {self.inversion_lr}, batches of "
-                             f"{self.inversion_batch} latents and {self.learned_batch} prompts: use 1 to 1000 steps, "
-                             "a positive lr below 1 and batches of 1 or more.")
+                             f"{self.inversion_batch} latents: use 1 to 1000 steps, a positive lr below 1 and "
+                             "batches of 1 or more.")
 
 
 @dataclass

@@ -50,6 +50,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
     keep_batch: int = 32  # keep prompts a step
+    learned_batch: int = 8  # from images: prompts with the learned word a step, beside `batch` with the name
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
     # a closed form ("uce", "rece") solved beside, into the same patch: the denoiser's cross-attention erases too,
     # so a patch loaded with its text-encoder part off (an encoder swap) still erases ("": the text encoder only)
@@ -62,9 +63,9 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
         if self.unet_edit and self.unet_edit not in closed_forms():
             raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed_forms())}) "
                              "or nothing.")
-        if not (self.batch >= 1 and self.keep_batch >= 1 and 1 <= self.passes <= 1000):
-            raise ValueError(f"Batches of {self.batch} and {self.keep_batch} prompts, {self.passes} passes: "
-                             "use 1 or more (passes at most 1000).")
+        if not (self.batch >= 1 and self.keep_batch >= 1 and self.learned_batch >= 1 and 1 <= self.passes <= 1000):
+            raise ValueError(f"Batches of {self.batch}, {self.keep_batch} and {self.learned_batch} prompts, "
+                             f"{self.passes} passes: use 1 or more (passes at most 1000).")
 
 
 @dataclass

@@ -10,7 +10,9 @@ factors B = W (C* - C)^T, A = C M^-1: the same patch format as the trained metho
 (a mass erasure) the change itself is stored instead, at rank D: B = W (C* - C)^T C M^-1, A = I.
 
 Ours, on top: `in_context` prompts, `keep_prompts`, `push` past the guide and the `prior`'s later rows
-(`targets.py`, shared with text-map). The closed forms push no concept's later rows unless named in `prior`:
+(`targets.py`, shared with text-map). Given images of the (first) concept, the word they show is learned by
+textual inversion and its rows in the same prompts are erased beside the name's, to the same targets
+(`learned_word.py`, as text-map does). The closed forms push no concept's later rows unless named in `prior`:
 pushed for every concept, they cost the kept styles and colours more than they erased.
 SPEED's projection onto the null space of the kept rows was tried and not kept: in the embedded model's
 128 dimensions the kept rows' small directions are where concepts differ, and projecting them out of
@@ -42,6 +44,7 @@ from diffusers import StableDiffusionPipeline
 
 from ..models import is_transformer
 from .joint import joint_projections
+from .learned_word import LearnedWordConfig, learn_word
 from .method import ErasureMethod, register
 from .targets import EmbeddingTargets, TargetsConfig, text_rows
 
@@ -49,11 +52,15 @@ __all__ = ["UCEConfig", "UCE", "RECEConfig", "RECE", "Edit"]
 
 
 @dataclass
-class UCEConfig(TargetsConfig):
+class UCEConfig(TargetsConfig, LearnedWordConfig):
     lam: float = 0.5  # paper: lambda about 0.5
     # ours: the targets are kept rows too (what they give stays), for an edit stacked beside a text-side one that
     # sends the concept there already (text-map's `unet_edit`): else the edit moves those rows on, some back
     keep_targets: bool = False
+
+    def check(self) -> None:
+        TargetsConfig.check(self)
+        LearnedWordConfig.check(self)
 
 
 @dataclass
@@ -135,6 +142,7 @@ Group = tuple[dict[str, torch.Tensor], slice]
 class UCE(EmbeddingTargets, ErasureMethod):
     name = "uce"
     Config = UCEConfig
+    takes_images = True
     trains = False
     on_transformers = True
 
@@ -151,6 +159,19 @@ class UCE(EmbeddingTargets, ErasureMethod):
         width = modules[f"{blocks[0]}.add_k_proj"].weight.shape[1]
         return "transformer", [({f"{b}.{x}": modules[f"{b}.{x}"].weight.float() for x in ("add_k_proj", "add_v_proj")},
                                  slice(i * width, (i + 1) * width)) for i, b in enumerate(blocks)]
+
+    @property
+    def learns_new_words(self) -> bool:
+        return self.images is not None  # the word is learned from the images
+
+    def rows_to_erase(self, pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every span's rows and targets (`erased_rows`), and with images those of the same prompts read with the
+        word learned from them in the name's place (`learned_word.py`; on the unedited model)."""
+        erase, targets = self.erased_rows(pipe)
+        if self.images is None:
+            return erase, targets
+        spans = learn_word(pipe, self, self.images, self.config, self.config.seed).spans
+        return torch.cat([erase, *[s.rows for s in spans]]), torch.cat([targets, *[s.targets for s in spans]])
 
     @classmethod
     def weights(cls, pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
@@ -172,7 +193,7 @@ class UCE(EmbeddingTargets, ErasureMethod):
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
         """The patch tensors and the LoRA config of the edit, keyed as in a patch file."""
-        erase, targets = self.erased_rows(pipe)
+        erase, targets = self.rows_to_erase(pipe)
         kept = self.kept_rows(pipe, targets)
         component, groups = self.groups(pipe)
         return _one_patch([Edit.solve(weights, erase[:, cols], targets[:, cols], kept[:, cols], self.config.lam)
@@ -186,7 +207,7 @@ class RECE(UCE):
 
     @torch.no_grad()
     def solve(self, pipe: StableDiffusionPipeline) -> tuple[dict[str, torch.Tensor], dict]:
-        erase, targets = self.erased_rows(pipe)
+        erase, targets = self.rows_to_erase(pipe)
         kept = self.kept_rows(pipe, targets)
         # the rows inverted, and the guide's rows they map to
         source, aims = self.erased_rows(pipe, first=self.config.rows, in_context=False)
