@@ -57,9 +57,13 @@ def test_a_replacement_is_the_unedited_model_on_the_same_latent(method, small):
 
 
 def test_esd_u_changes_everything_but_attn2():
+    """Also beside an ESD-x patch on the same model (a session's patches share it): layers that hold only the
+    other patch's adapter compute without it while ESD-u trains."""
     pipe = tiny_pipeline()
+    beside = erase(pipe, ["square"], "esd-x", name="beside", steps=2, sample_steps=4, trajectories=2)
     patch = erase(pipe, ["circle"], "esd-u", steps=2, sample_steps=4, trajectories=2)
     assert patch.tensors and not any(".attn2." in k for k in patch.tensors)
+    assert beside.tensors and all(".attn2." in k for k in beside.tensors)
 
 
 def test_nan_loss_stops_and_leaves_the_model_untouched():

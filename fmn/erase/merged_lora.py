@@ -23,7 +23,7 @@ __all__ = ["merged_lora"]
 def _merged_forward(self: LoraLinear, x, *args, **kwargs):
     """The layer's output through its one active adapter's merged weight; peft's own path wherever that is not
     the same function (adapters off or merged, several active, dropout, DoRA, per-call arguments)."""
-    names = self.active_adapters
+    names = [n for n in self.active_adapters if n in self.lora_A]  # the model's active ones this layer holds
     plain = (not self.disable_adapters and not self.merged and not args and not kwargs and len(names) == 1
              and isinstance(self.lora_dropout[names[0]], nn.Identity) and not self.use_dora[names[0]]
              and not self.fan_in_fan_out)
