@@ -23,7 +23,7 @@ import gradio as gr
 import pandas as pd
 import spaces
 
-from fmn.erase import DEFAULT_METHOD, image_methods
+from fmn.erase import DEFAULT_METHOD
 from fmn.erase.images import MAX_IMAGES, load_concept_images
 from fmn.export import FORMATS
 from fmn.figure import write_figure
@@ -334,8 +334,7 @@ def _erase_controls(h: Handlers) -> dict:
         method = gr.Dropdown(label="Method", elem_id="method", **method_options(h.studio))
         adversarial = gr.Checkbox(False, label="Adversarial mode (trained methods: also erase the words an "
                                   "attacker learns; about twice as slow)", elem_id="adversarial")
-        takes = [m for m in image_methods() if m in h.studio.methods()]
-        uploads = gr.File(label=f"Optional: 1-{MAX_IMAGES} images of it ({', '.join(takes)})",
+        uploads = gr.File(label=f"Optional: 1-{MAX_IMAGES} images of it (the method learns what they show first)",
                           file_count="multiple",
                           file_types=["image"])
         replace_with = gr.Textbox(label="Replace with (optional: steer the concept toward this one)",

@@ -91,7 +91,7 @@ def test_no_code_tells_methods_apart_by_name():
 def test_every_method_declares_what_it_is(name):
     cls = METHODS[name]
     assert issubclass(cls, ErasureMethod) and cls.name == name and issubclass(cls.Config, MethodConfig)
-    assert isinstance(cls.takes_images, bool) and isinstance(cls.trains, bool)
+    assert isinstance(cls.trains, bool) and isinstance(cls.on_transformers, bool)
     assert all(hasattr(cls, hook) for hook in (("targets", "references", "loss") if cls.trains else ("solve",)))
 
 

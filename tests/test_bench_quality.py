@@ -214,9 +214,6 @@ def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys)
                            (["--methods", "text-map", "--set", "push_after=20"],
                             "--set: push_after 20 is out of range"),
                            (["--set", "push_after"], "write KEY=VALUE"),
-                           (["--from-images", "4", "--methods", "text-map,esd-x"],
-                            "--from-images is for the methods that take images (fmn, text-encoder, uce, rece, "
-                            "text-map), not esd-x"),
                            (["--from-images", "0"], "--from-images 0: give 1 to 20 images"),
                            (["--mass", "--from-images"], "leave --concepts and --from-images out")):
         assert main([*base, *extra]) == 2

@@ -118,8 +118,6 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
          "esd-x has no setting prior"),
         (["--concept", "circle", "--keep", "dog, a red circle", "--out", "p.safetensors"],
          "Keep 'a red circle' names 'circle'"),
-        (["--concept", "circle", "--method", "esd-x", "--images", str(tmp_path / "good"), "--out", "p.safetensors"],
-         "takes no images"),
         (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"],
          "uce is a closed form: adversarial mode is for"),
         (["--concept", "circle", "--method", "text-encoder", "--images", str(tmp_path / "good"), "--replace-with",

@@ -1,10 +1,10 @@
-"""Erasing from images: text-map (the default), UCE and RECE learn the concept from the images as a word (textual
-inversion) and erase that word too; images the methods cannot read are refused with what they should be."""
+"""Erasing from images: text-map (the default), UCE, RECE and ESD learn the concept from the images as a word
+(textual inversion) and erase that word too; images the methods cannot read are refused with what they should be."""
 
 import pytest
 import torch
 
-from fmn.diffusion import encode
+from fmn.diffusion import denoise, encode
 from fmn.erase import DEFAULT_METHOD, erase, make_method
 from fmn.erase.learned_word import learn_word
 from fmn.erase.uce import UCE
@@ -77,6 +77,38 @@ def test_a_closed_form_erases_the_word_it_learns_from_the_images(method):
     assert with_images.settings["inversion_steps"] == 60
     missed = _missed(weights, with_images, word.spans), _missed(weights, by_name, word.spans)
     assert missed[0] < 0.5 * missed[1], missed
+
+
+def _toward_target(pipe, patch: str, method, refs, rows: torch.Tensor) -> float:
+    """How far the patch brings the prediction on ESD's cached `rows` toward ESD's negatively guided target there,
+    1 - |patched - target|^2 / |unedited - target|^2: 0 unmoved, 1 on it."""
+    latents, steps = refs.latents[rows], refs.timesteps[rows]
+    target = refs.eps_guide[rows] - method.config.eta * (refs.eps_concept[rows] - refs.eps_guide[rows])
+    with torch.no_grad():
+        text = method.texts(pipe, refs.concept[rows], refs.learned)
+        plain = denoise(pipe, latents, steps, text)
+        with active(pipe, [patch]):
+            patched = denoise(pipe, latents, steps, text)
+    return 1 - ((patched - target).pow(2).sum() / (plain - target).pow(2).sum()).item()
+
+
+def test_esd_erases_the_word_it_learns_from_the_images():
+    """ESD given images erases the learned word as one more concept: the unedited model's trajectories of its
+    prompt are cached beside the name's, and the patch moves its prediction toward its negatively guided target,
+    where the same erasure by name alone leaves it further."""
+    pipe = tiny_pipeline()
+    images = _images(pipe)
+    settings = dict(steps=60, sample_steps=4, trajectories=2, lr=1e-2, **INVERSION)
+    method = make_method("esd-x", ["circle"], images, **settings)
+    with torch.no_grad():  # the references the erasure trains on: same seed
+        refs = method.references(pipe, torch.Generator().manual_seed(method.config.seed))
+    assert refs.learned is not None and refs.concept.unique().tolist() == [0, 1]
+    erase(pipe, ["circle"], "esd-x", images, name="from-images", **settings)
+    erase(pipe, ["circle"], "esd-x", None, name="by-name", **settings)
+    word = refs.concept == 1
+    moved = {patch: _toward_target(pipe, patch, method, refs, word) for patch in ("from-images", "by-name")}
+    # measured on the tiny model: 91 % of the way with the images, 7 % by name alone
+    assert moved["from-images"] > 0.3 and moved["from-images"] > 1.5 * moved["by-name"], moved
 
 
 @pytest.mark.parametrize("images, message", [

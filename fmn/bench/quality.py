@@ -31,7 +31,7 @@ shapes, characters, artists, the colours and backgrounds) against the unedited m
 quality-mass.md and .json.
 
 `--from-images [N]` gives each erasure N images of the concept (8 if no N), drawn by the unedited model on prompts
-and seeds the protocol does not report on (`fmn.bench.protocol.uploads`), for the methods that take images: rows
+and seeds the protocol does not report on (`fmn.bench.protocol.uploads`), for every method of the run: rows
 '<method> from images' in quality-from-images*.md and .json. Their cells sit beside the name-only ones (the spec names
 the images); the unedited cells are the same.
 
@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..attack import AttackConfig
-from ..erase import METHODS, erase, image_methods, keep_set, make_method
+from ..erase import METHODS, erase, keep_set, make_method
 from ..erase.images import MAX_IMAGES, concept_images
 from ..erase.keep import held_settings
 from ..generate import generate_many, native_size
@@ -423,8 +423,7 @@ def add_arguments(parser) -> None:
                         help=f"erase {len(MASS)} concepts in one patch per method ({', '.join(MASS)}); "
                         "report each one's UA and every kept concept's presence (quality-mass.md)")
     parser.add_argument("--methods",
-                        help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)}; "
-                        "with --from-images, those of them that take images)")
+                        help=f"comma-separated, default: {','.join(DEFAULT_METHODS)} (of {', '.join(METHODS)})")
     parser.add_argument("--from-images", type=int, nargs="?", const=8, metavar="N",
                         help="give each erasure N images of the concept (8 if no N) that the unedited model draws on "
                         "prompts and seeds the protocol does not report on; rows '<method> from images', written to "
@@ -589,20 +588,15 @@ def run(args) -> list[Row] | dict:
 
 
 def _methods(args) -> list[str]:
-    """The run's methods (--methods, default DEFAULT_METHODS); with --from-images, only methods that take images."""
+    """The run's methods (--methods, default DEFAULT_METHODS)."""
     if args.from_images is not None and not 1 <= args.from_images <= MAX_IMAGES:
         raise ValueError(f"--from-images {args.from_images}: give 1 to {MAX_IMAGES} images.")
-    takers = image_methods()
     if not args.methods:
-        return [m for m in DEFAULT_METHODS if not args.from_images or m in takers]
+        return list(DEFAULT_METHODS)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
-    blind = [m for m in methods if args.from_images and m not in takers]
-    if blind:
-        raise ValueError(f"--from-images is for the methods that take images ({', '.join(takers)}), "
-                         f"not {', '.join(blind)}.")
     return methods
 
 

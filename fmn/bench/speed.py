@@ -44,13 +44,14 @@ from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
 from ..attention import trace
-from ..diffusion import encode, latent_noise
+from ..diffusion import Text, encode, latent_noise
 from ..erase import METHODS, make_method, make_patch
 from ..erase.esd import ESD
 from ..erase.method import ErasureMethod
@@ -104,16 +105,25 @@ TARGETS = {  # per arch, on a GPU: SD 1.5's (issue #40), FLUX.1-dev's closed for
 TRACE_OVERHEAD = {"flux": 0.20}  # the heatmap trace's cost over one image's generation, on a GPU (issue #41)
 
 
+class PaperReferences(NamedTuple):
+    """What the paper's ESD keeps: the frozen model and the prompts it samples from (no word learned)."""
+
+    unedited: StableDiffusionPipeline
+    concepts: Text
+    guide: Text
+    learned: None = None
+
+
 class PaperESD:
     """ESD as the paper trains it (mixed into an ESD method): no trajectory cache; every step the
     frozen model samples `batch` fresh trajectories of one concept to a random step and predicts there."""
 
-    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> tuple:
-        return pipe, encode(pipe, self.concepts), encode(pipe, [self.config.guide])
+    def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> PaperReferences:
+        return PaperReferences(pipe, encode(pipe, self.concepts), encode(pipe, [self.config.guide]))
 
     @torch.no_grad()
-    def draw(self, refs: tuple, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        unedited, concepts, guide = refs
+    def draw(self, refs: PaperReferences, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        unedited, concepts, guide = refs.unedited, refs.concepts, refs.guide
         which = int(torch.randint(0, len(concepts), (1,), generator=generator))
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=generator))
         with frozen(unedited):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..erase import DEFAULT_METHOD, METHODS, closed_forms, image_methods, split_concepts
+from ..erase import DEFAULT_METHOD, METHODS, closed_forms, split_concepts
 from ..erase.images import MAX_IMAGES
 from .options import add_model_options, concept_images, open_studio, output_path, progress_line, require_png
 
@@ -35,8 +35,8 @@ def _add_method_options(parser) -> None:
     """What to erase, with which method, and the method's settings."""
     parser.add_argument("--concept", action="append", required=True, help="what to erase (repeatable)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
-    parser.add_argument("--images", help=f"a folder of 1-{MAX_IMAGES} images of the concept "
-                        f"({', '.join(image_methods())})")
+    parser.add_argument("--images", help=f"a folder of 1-{MAX_IMAGES} images of the concept (every method learns "
+                        "the word they show, then erases it too)")
     parser.add_argument("--replace-with", help="steer toward this concept instead of nothing (concept correction)")
     parser.add_argument("--keep", help="a comma list of words to hold as they are (beside the model's own words "
                         "nearest the concept)")

@@ -21,10 +21,10 @@ from ..world.world import World
 from . import forget_me_not, esd, text_encoder, uce, text_map  # noqa: F401, I001  # isort: skip
 from .keep import KeepSet, keep_set
 from .loop import ErasureCancelled, ErasureError, Progress, train_patch
-from .method import METHODS, ErasureMethod, closed_forms, image_methods
+from .method import METHODS, ErasureMethod, closed_forms
 
 __all__ = ["erase", "make_method", "make_patch", "split_concepts", "METHODS", "DEFAULT_METHOD", "ErasureError",
-           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "image_methods", "closed_forms", "methods_for"]
+           "keep_set", "KeepSet", "ErasureCancelled", "Progress", "closed_forms", "methods_for"]
 
 # the best overall in bench quality (benchmarks/results/README.md); the CLI's, the app's, the API's
 DEFAULT_METHOD = "text-map"
@@ -48,7 +48,7 @@ def make_method(method: str, concepts: list[str] | str, images=None, replace_wit
                 held: KeepSet | None = None, **overrides) -> ErasureMethod:
     """The method with its settings, each given one overriding its default; raises ValueError on bad values.
 
-    ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for methods that take images;
+    ``images``: (N, 3, H, W) in [-1, 1] of the (first) concept, for any method;
     ``replace_with``: a concept to steer toward instead of nothing (every method's ``guide``; a closed
     form then maps onto it, with no ``push`` past it unless given);
     ``held``: what the erasure holds (`keep.keep_set`, found on the model): its words become the

@@ -12,6 +12,9 @@ Faster than the paper's recipe, same objective: the frozen model samples a batch
 trajectories once, and both of its predictions at every step are cached; training then
 draws (latent, step) pairs from the cache, so no frozen forward runs during training.
 (The paper samples a fresh trajectory every step; `fmn.bench.speed` measures that recipe.)
+Given images of the (first) concept, the word they show is learned by textual inversion on the unedited model
+(`learned_word.py`) and erased as one more concept: its own trajectories and predictions, its prompt read with the
+learned embeddings in the name's place, in training too.
 The trajectories and the cache come before the adapter exists (`loop.py`): the frozen predictions are the
 pipeline's own, with no second copy of the model.
 
@@ -34,16 +37,18 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ..diffusion import Text, as_noise, denoise, encode, latent_noise, prediction, sampler
+from ..inversion import Inverted, inverted
 from ..models import is_transformer
 from .joint import joint_projections
 from .layers import attn2_modules, unet_modules_except_attn2
+from .learned_word import LearnedWordConfig, invert_images
 from .method import ErasureMethod, TrainingConfig, register
 
 __all__ = ["ESDConfig", "ESD", "ESDX", "ESDU"]
 
 
 @dataclass
-class ESDConfig(TrainingConfig):
+class ESDConfig(TrainingConfig, LearnedWordConfig):
     steps: int = 400  # paper: 1000 at batch 1; ours: 400 at batch 4 on cached latents
     lr: float = 5e-3  # paper: 1e-5 on full weights; a rank-4 LoRA needs a far larger step (tuned on the embedded model)
     eta: float = 2.0  # negative guidance (paper: 1.0; later releases: 2.0)
@@ -51,6 +56,10 @@ class ESDConfig(TrainingConfig):
     trajectories: int = 8  # ours: sampled once by the frozen model, reused by every step
     sample_steps: int = 50  # paper: 50 DDIM steps
     guidance: float = 3.0  # paper: guidance of about 3 while sampling the trajectories
+
+    def check(self) -> None:
+        TrainingConfig.check(self)
+        LearnedWordConfig.check(self)
 
 
 @dataclass
@@ -61,13 +70,34 @@ class Trajectories:
     timesteps: torch.Tensor  # (N,)
     eps_guide: torch.Tensor  # (N, c, h, w) at the empty prompt, or the guide concept
     eps_concept: torch.Tensor  # (N, c, h, w)
-    concept: torch.Tensor  # (N,) index into the concepts
+    concept: torch.Tensor  # (N,) index into the concepts; one past the last: the word learned from the images
+    learned: Inverted | None = None  # that word's embeddings (the first concept's tokens), if images were given
 
 
 class ESD(ErasureMethod):
     """The objective both variants train; a subclass names the layers (`targets`)."""
 
     Config = ESDConfig
+
+    @property
+    def learns_new_words(self) -> bool:
+        return self.images is not None  # the word is learned from the images
+
+    def texts(self, pipe: StableDiffusionPipeline, concept: torch.Tensor, learned: Inverted | None) -> Text:
+        """The prompts of the concept indices as the model reads them now: each concept's name, and past the last
+        concept, the first one's name read with the `learned` embeddings."""
+        names = [self.concepts[int(i) % len(self.concepts)] for i in concept]
+        text = encode(pipe, names)
+        if learned is None:
+            return text
+        with inverted(pipe, learned):
+            word = encode(pipe, names)
+        is_word = (concept == len(self.concepts)).to(text.states.device)
+
+        def pick(by_name: torch.Tensor, by_word: torch.Tensor) -> torch.Tensor:
+            return torch.where(is_word.view(-1, *[1] * (by_name.dim() - 1)), by_word, by_name)
+
+        return Text(pick(text.states, word.states), None if text.pooled is None else pick(text.pooled, word.pooled))
 
     def trajectory(self, pipe: StableDiffusionPipeline, z: torch.Tensor, guide: Text, cond: Text):
         """Yields (t, z, eps_guide, eps_concept) at every step of the sampling from z, guided toward the concept
@@ -87,7 +117,9 @@ class ESD(ErasureMethod):
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> Trajectories:
         cfg = self.config
-        concepts = encode(pipe, self.concepts)  # C prompts
+        learned = None if self.images is None else invert_images(pipe, self.concepts[0], self.images, cfg, cfg.seed)
+        indices = torch.arange(len(self.concepts) + (learned is not None))
+        concepts = self.texts(pipe, indices, learned)  # C prompts, and the learned word's
         guide = encode(pipe, [cfg.guide])
         rows = {k: [] for k in ("latents", "timesteps", "eps_guide", "eps_concept", "concept")}
         for i in range(len(concepts)):
@@ -97,7 +129,7 @@ class ESD(ErasureMethod):
                     rows[key].append(value)
                 rows["timesteps"].append(t.repeat(len(z)))
                 rows["concept"].append(torch.full((len(z),), i))
-        return Trajectories(**{k: torch.cat(v) for k, v in rows.items()})
+        return Trajectories(**{k: torch.cat(v) for k, v in rows.items()}, learned=learned)
 
     def draw(self, refs: Trajectories, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """One batch of (latents, steps, frozen eps at the guide, frozen eps at the concept, concept indices)."""
@@ -107,7 +139,7 @@ class ESD(ErasureMethod):
     def loss(self, pipe: StableDiffusionPipeline, refs, generator: torch.Generator) -> torch.Tensor:
         latents, timesteps, eps_g, eps_c, concept = self.draw(refs, generator)
         target = eps_g - self.config.eta * (eps_c - eps_g)
-        text = encode(pipe, [self.concepts[i] for i in concept])  # read every step, so that adversarial words reach it
+        text = self.texts(pipe, concept, refs.learned)  # read every step, so that adversarial words reach it
         pred = denoise(pipe, latents, timesteps.to(pipe.device), text)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 

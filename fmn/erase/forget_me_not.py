@@ -82,7 +82,6 @@ class References:
 class ForgetMeNot(ErasureMethod):
     name = "fmn"
     Config = FMNConfig
-    takes_images = True
 
     @property
     def learns_new_words(self) -> bool:

@@ -7,7 +7,8 @@ embeddings. Every erased prompt (the word alone and in context) is then also rea
 the name's place, and those rows are sent to the same targets as the name's (text-map trains toward them, the
 closed forms solve for them): the erasure covers what the images show, which a concept inversion attack (Pham et
 al. 2024) would otherwise find again from the same kind of images. A name the model never saw works as the learned
-word's placeholder: its prompts draw what the images show, and are erased.
+word's placeholder: its prompts draw what the images show, and are erased. ESD (`esd.py`) learns the word the same
+way (`invert_images`) and erases it as one more concept of its objective.
 
 Cost: `inversion_steps` steps of the UNet's forward and backward pass on `inversion_batch` latents, once, before
 the erasure; text-map then encodes `learned_batch` more prompts a training step: on the embedded model on 2 CPU
@@ -27,7 +28,7 @@ from ..inversion import InversionConfig, Inverted, invert, inverted
 from .encoders import encoder_rows
 from .targets import EmbeddingTargets, Span, find
 
-__all__ = ["LearnedWordConfig", "LearnedWord", "learn_word", "span_loss", "span_distance"]
+__all__ = ["LearnedWordConfig", "LearnedWord", "invert_images", "learn_word", "span_loss", "span_distance"]
 
 
 @dataclass
@@ -53,15 +54,22 @@ class LearnedWord:
     spans: list[Span]  # rows from the learned word on, and the targets the name's rows go to
 
 
-def learn_word(pipe: StableDiffusionPipeline, method: EmbeddingTargets, images: torch.Tensor,
-               config: LearnedWordConfig, seed: int = 0) -> LearnedWord:
-    """Inverts `images` (N, 3, H, W) in [-1, 1] of the method's first concept on the pipeline as it is (call it
-    with no patch active), then reads the concept's erased prompts with the learned word in its name's place."""
-    concept = method.concepts[0]
+def invert_images(pipe: StableDiffusionPipeline, concept: str, images: torch.Tensor, config: LearnedWordConfig,
+                  seed: int = 0) -> Inverted:
+    """The concept's tokens' embeddings learned from `images` (N, 3, H, W) in [-1, 1] on the pipeline as it is
+    (call it with no patch active)."""
     latents = reference_latents(pipe, [], 1, 0, None, images)  # (N, 4, h, w)
     with torch.enable_grad():
-        learned = invert(pipe, concept, latents,
-                         InversionConfig(config.inversion_steps, config.inversion_lr, config.inversion_batch, seed))
+        return invert(pipe, concept, latents,
+                      InversionConfig(config.inversion_steps, config.inversion_lr, config.inversion_batch, seed))
+
+
+def learn_word(pipe: StableDiffusionPipeline, method: EmbeddingTargets, images: torch.Tensor,
+               config: LearnedWordConfig, seed: int = 0) -> LearnedWord:
+    """Inverts `images` of the method's first concept (`invert_images`), then reads the concept's erased prompts
+    with the learned word in its name's place."""
+    concept = method.concepts[0]
+    learned = invert_images(pipe, concept, images, config, seed)
     with inverted(pipe, learned):
         spans = [s for s in method.spans(pipe) if find(concept, s.prompt)]
     return LearnedWord(learned, spans)

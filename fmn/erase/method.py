@@ -1,10 +1,10 @@
 """What every erasure method declares, and the registry that finds one by its name.
 
 A method is a class that registers itself (`@register`) and declares, as class attributes:
-its ``name`` (the CLI's and the app's), its settings dataclass ``Config``, whether it
-``takes_images`` of the concept, whether it runs ``on_transformers`` (SD3, FLUX), and whether it
-``trains`` (the shared loop in `loop.py` runs its ``targets``/``references``/``loss``) or is a
-closed form (its ``solve`` returns the patch's tensors). Nothing outside this registry asks which method it is.
+its ``name`` (the CLI's and the app's), its settings dataclass ``Config``, whether it runs
+``on_transformers`` (SD3, FLUX), and whether it ``trains`` (the shared loop in `loop.py` runs its
+``targets``/``references``/``loss``) or is a closed form (its ``solve`` returns the patch's tensors). Nothing
+outside this registry asks which method it is. Every method takes images of the concept (``images``).
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ import torch
 
 from .images import check_images
 
-__all__ = ["METHODS", "register", "image_methods", "closed_forms", "MethodConfig", "TrainingConfig", "ErasureMethod",
+__all__ = ["METHODS", "register", "closed_forms", "MethodConfig", "TrainingConfig", "ErasureMethod",
            "MAX_STEPS"]
 
 METHODS: dict[str, type["ErasureMethod"]] = {}  # name -> class, in the order they were registered
 MAX_STEPS = 5000
-
-
-def image_methods() -> list[str]:
-    """The methods that take images of the concept, by name."""
-    return [name for name, cls in METHODS.items() if cls.takes_images]
 
 
 def closed_forms() -> list[str]:
@@ -86,14 +81,10 @@ class ErasureMethod:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
-    takes_images: ClassVar[bool] = False  # learns from the user's images of the concept
     trains: ClassVar[bool] = True  # the shared loop trains it; False: `solve(pipe)` is a closed form
     on_transformers: ClassVar[bool] = False  # erases SD3 and FLUX too (their joint attention), not only UNet models
 
     def __init__(self, concepts: list[str], config: MethodConfig, images: torch.Tensor | None = None):
-        if images is not None and not self.takes_images:
-            raise ValueError(f"{self.name} learns from the model itself and takes no images; "
-                             f"upload images with {' or '.join(image_methods())}.")
         if images is not None:
             check_images(images)
         self.concepts, self.config = concepts, config

@@ -47,7 +47,6 @@ class References:
 class TextEncoderUnlearning(ErasureMethod):
     name = "text-encoder"
     Config = TextEncoderConfig
-    takes_images = True
 
     def __init__(self, concepts: list[str], config: TextEncoderConfig, images: torch.Tensor | None = None):
         if images is not None and config.guide:

@@ -80,7 +80,6 @@ class References:
 class TextMap(EmbeddingTargets, ErasureMethod):
     name = "text-map"
     Config = TextMapConfig
-    takes_images = True
     on_transformers = True  # SD3's CLIP-L, CLIP-G and T5, FLUX's CLIP-L and T5 (`encoders.py`)
 
     def __init__(self, concepts: list[str], config: TextMapConfig, images: torch.Tensor | None = None):

@@ -142,7 +142,6 @@ Group = tuple[dict[str, torch.Tensor], slice]
 class UCE(EmbeddingTargets, ErasureMethod):
     name = "uce"
     Config = UCEConfig
-    takes_images = True
     trains = False
     on_transformers = True
 
