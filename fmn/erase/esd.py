@@ -12,11 +12,12 @@ Faster than the paper's recipe, same objective: the frozen model samples a batch
 trajectories once, and both of its predictions at every step are cached; training then
 draws (latent, step) pairs from the cache, so no frozen forward runs during training.
 (The paper samples a fresh trajectory every step; `fmn.bench.speed` measures that recipe.)
+The trajectories and the cache come before the adapter exists (`loop.py`): the frozen predictions are the
+pipeline's own, with no second copy of the model.
+
 Given images of the (first) concept, the word they show is learned by textual inversion on the unedited model
 (`learned_word.py`) and erased as one more concept: its own trajectories and predictions, its prompt read with the
 learned embeddings in the name's place, in training too.
-The trajectories and the cache come before the adapter exists (`loop.py`): the frozen predictions are the
-pipeline's own, with no second copy of the model.
 
 On SD3 and FLUX (flow matching) the same objective reads the transformer's velocity as the noise it implies
 (`fmn.diffusion.as_noise`), the trajectories are Euler steps of the velocity (`fmn.diffusion.sampler`), guided as
