@@ -86,14 +86,14 @@ class ESD(ErasureMethod):
 
     def texts(self, pipe: StableDiffusionPipeline, concept: torch.Tensor, learned: Inverted | None) -> Text:
         """The prompts of the concept indices as the model reads them now: each concept's name, and past the last
-        concept, the first one's name read with the `learned` embeddings."""
+        concept, the first one's name read with the `learned` embeddings (one prompt, encoded once)."""
         names = [self.concepts[int(i) % len(self.concepts)] for i in concept]
         text = encode(pipe, names)
-        if learned is None:
+        is_word = (concept == len(self.concepts)).to(text.states.device)
+        if learned is None or not is_word.any():
             return text
         with inverted(pipe, learned):
-            word = encode(pipe, names)
-        is_word = (concept == len(self.concepts)).to(text.states.device)
+            word = encode(pipe, self.concepts[:1])
 
         def pick(by_name: torch.Tensor, by_word: torch.Tensor) -> torch.Tensor:
             return torch.where(is_word.view(-1, *[1] * (by_name.dim() - 1)), by_word, by_name)
