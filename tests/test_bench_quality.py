@@ -10,7 +10,7 @@ import pytest
 
 from fmn.__main__ import main
 from fmn.bench.protocol import Prompt, found, kept_whole, mass_probes, probes
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings, markdown
+from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings, markdown, render
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.scenes import COLOURS, Scene, Thing
 
@@ -168,6 +168,18 @@ def test_the_default_method_is_the_one_the_committed_table_ranks_first():
     table = json.loads((ROOT / "benchmarks" / "results" / "quality-tune.json").read_text())
     ranked = best_overall([Row(**row) for row in table["rows"]])
     assert {m for m, _ in ranked} >= set(DEFAULT_METHODS) and ranked[0][0] == DEFAULT_METHOD, ranked
+
+
+@pytest.mark.parametrize("table", sorted(p.relative_to(ROOT / "benchmarks" / "results").as_posix()
+                                         for p in (ROOT / "benchmarks" / "results").rglob("quality*.json")
+                                         if "rows" in json.loads(p.read_text())))
+def test_every_committed_table_is_what_its_json_renders(table, tmp_path):
+    """A committed table is written by the benchmark from its rows (`--render`), never edited by hand."""
+    committed = ROOT / "benchmarks" / "results" / table
+    copy = tmp_path / committed.name
+    copy.write_text(committed.read_text())
+    render(copy)
+    assert copy.with_suffix(".md").read_text() == committed.with_suffix(".md").read_text()
 
 
 def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):

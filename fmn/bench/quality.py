@@ -514,16 +514,29 @@ def _write(out: Path, stem: str, table: str, records: dict, json_path: str | Non
         path.write_text(json.dumps(records, indent=1))
 
 
-def run(args) -> list[Row] | dict:
-    if args.render:
-        path = Path(args.render)
-        records = json.loads(path.read_text())
-        rows = [Row(**r) for r in records["rows"]]
-        table = markdown(rows, records["device"], records["settings"])
-        path.with_suffix(".md").write_text(table)
-        plot(rows, path.with_suffix(".png"))
-        print(table, flush=True)
-        return rows
+def render(path: Path) -> list[Row]:
+    """--render: the tables and the plot of an earlier run's JSON, written again; nothing runs."""
+    records = json.loads(path.read_text())
+    rows = [Row(**r) for r in records["rows"]]
+    table = markdown(rows, records["device"], records["settings"])
+    path.with_suffix(".md").write_text(table)
+    plot(rows, path.with_suffix(".png"))
+    print(table, flush=True)
+    return rows
+
+
+@dataclass
+class Plan:
+    """What one run of the benchmark does: its cells, where they are kept, and what its files are called."""
+
+    settings: dict  # printed above the table and stored with its JSON
+    jobs: list[Job]
+    cells: Path  # the finished cells' folder, shared by the runs of any of the split's concepts
+    stem: str  # of the table's files
+
+
+def plan(args) -> Plan:
+    """The run's settings and cells from the command line (checked before any cell runs)."""
     methods = _methods(args)
     if args.mass and (args.concepts or args.from_images):
         raise ValueError(f"--mass erases its own list ({', '.join(MASS)}), by name; leave --concepts and "
@@ -533,8 +546,6 @@ def run(args) -> list[Row] | dict:
     n, steps = args.prompts or preset["prompts"], args.steps or preset["steps"]
     if not 1 <= n <= 200 or not 1 <= steps <= 200:
         raise ValueError(f"--prompts {n} and --steps {steps}: use 1 to 200 each.")
-    attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"],
-                          image_steps=steps)
     split = SPLITS[args.split or ("tune" if args.quick else "report")]
     concepts = _concepts(args, split)
     settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
@@ -552,39 +563,57 @@ def run(args) -> list[Row] | dict:
                 for label, method, tuned in [("unedited", None, {}), *_runs(args, methods, None, given)]]
         stem = "quality-mass" + ("-quick" if args.quick else "")
     else:
+        attack = AttackConfig(steps=args.attack_steps or preset["attack_steps"], images=preset["attack_images"],
+                              image_steps=steps)
         settings |= {"attack_steps": attack.steps, "attack_images": attack.images, "attack_seeds": split.attack_seeds}
         jobs = concept_jobs(args, methods, concepts, given, common | {"attack": asdict(attack)})
         stem = "quality-quick" if args.quick else "quality"
     stem += "" if split.name == "report" or args.quick else f"-{split.name}"
-    folder = f"{stem}-cells"  # shared by the runs of any of the split's concepts: a cell is one concept and method
+    cells = Path(args.out) / f"{stem}-cells"
     # erasures from images: a table of their own; their cells sit beside the name-only ones, the unedited shared
     stem = stem.replace("quality", "quality-from-images", 1) if args.from_images else stem
     stem += "" if args.mass or args.quick else _subset(concepts, split)
-    out, log = Path(args.out), lambda line: print(line, flush=True)
-    store = Store(out / folder)
+    return Plan(settings, jobs, cells, stem)
+
+
+def run(args) -> list[Row] | dict:
+    if args.render:
+        return render(Path(args.render))
+    job_plan = plan(args)
     if args.fresh:
-        shutil.rmtree(store.folder)
-        store = Store(store.folder)
+        shutil.rmtree(job_plan.cells, ignore_errors=True)
+    store = Store(job_plan.cells)
     where = (f"Ray, {args.workers} workers" + (f" at {args.address}" if args.address else " (local)")
              if args.workers > 1 or args.address else "this process")
-    log(f"{len(jobs)} cells on {where}; finished cells kept in {store.folder} (--fresh runs them all again)")
-    results = sweep(jobs, partial(open_model, args.device), run_cell, store, args.workers, args.address, log, _describe)
-    cells = [results[job.key] for job in jobs]
-    device = _device_of(args)
-    if args.mass:
-        results = assemble_mass(MASS, cells[0][0], [record for record, _ in cells[1:]])
-        table = mass_markdown(results, device, settings)
-        _write(out, stem, table, {"device": device, "settings": settings, **results}, args.json)
-        print(table, flush=True)
-        return results
+    print(f"{len(job_plan.jobs)} cells on {where}; finished cells kept in {store.folder} (--fresh runs them all "
+          "again)", flush=True)
+    results = sweep(job_plan.jobs, partial(open_model, args.device), run_cell, store, args.workers, args.address,
+                    lambda line: print(line, flush=True), _describe)
+    cells = [results[job.key] for job in job_plan.jobs]
+    write = _write_mass if args.mass else _write_concepts
+    return write(cells, Path(args.out), job_plan, _device_of(args), args.json)
+
+
+def _write_concepts(cells: list, out: Path, job_plan: Plan, device: str, json_path: str | None) -> list[Row]:
+    """The table of concepts: markdown, JSON (with the best method per kind), the plot and the sample grid."""
     rows = assemble(cells)
-    table = markdown(rows, device, settings)
-    records = {"device": device, "settings": settings, "rows": [_record(r) for r in rows], "best": best_per_kind(rows)}
-    _write(out, stem, table, records, args.json)
-    plot(rows, out / f"{stem}.png")
-    sample_grid(rows, out / f"{stem}-samples.png")
+    table = markdown(rows, device, job_plan.settings)
+    records = {"device": device, "settings": job_plan.settings, "rows": [_record(r) for r in rows],
+               "best": best_per_kind(rows)}
+    _write(out, job_plan.stem, table, records, json_path)
+    plot(rows, out / f"{job_plan.stem}.png")
+    sample_grid(rows, out / f"{job_plan.stem}-samples.png")
     print(table, flush=True)
     return rows
+
+
+def _write_mass(cells: list, out: Path, job_plan: Plan, device: str, json_path: str | None) -> dict:
+    """The mass erasure's table: each erased concept's UA and every kept concept's presence."""
+    results = assemble_mass(MASS, cells[0][0], [record for record, _ in cells[1:]])
+    table = mass_markdown(results, device, job_plan.settings)
+    _write(out, job_plan.stem, table, {"device": device, "settings": job_plan.settings, **results}, json_path)
+    print(table, flush=True)
+    return results
 
 
 def _methods(args) -> list[str]:
