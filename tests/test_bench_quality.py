@@ -217,6 +217,30 @@ def test_an_erasure_from_images_is_a_cell_of_its_own_beside_the_same_unedited_ce
         k: v for k, v in by_name[1].spec.items() if k != "label"}
 
 
+def test_an_erasure_from_unnamed_images_erases_the_placeholder_and_is_read_on_the_concepts_prompts(tmp_path,
+                                                                                                   monkeypatch):
+    """--name-withheld: the erasure is given the images and PLACEHOLDER, never the concept's name; the sets are the
+    concept's (the same unedited cell); the rows and files say so."""
+    import fmn.bench.quality as quality
+
+    erased = []
+    real_erase = quality.erase
+    monkeypatch.setattr(quality, "erase", lambda pipe, concepts, *a, **k: erased.append((concepts, a[1] is not None))
+                        or real_erase(pipe, concepts, *a, **k))
+    args = ["bench", "quality", "--methods", "uce", "--concepts", "triangle", "--prompts", "1", "--steps", "2",
+            "--attack-steps", "1", "--from-images", "1", "--out", str(tmp_path)]
+    assert main([*args, "--name-withheld"]) == 0
+    assert erased == [([quality.PLACEHOLDER], True)]
+    records = json.loads((tmp_path / "quality-from-unnamed-images-triangle.json").read_text())
+    assert [r["method"] for r in records["rows"]] == ["unedited", "uce from unnamed images"]
+    assert records["settings"]["name"] == "withheld"
+    assert main(args) == 0  # by name beside it: the unedited cell read back, the erasure run with the name
+    assert erased[1:] == [(["triangle"], True)]
+    assert {p.name for p in (tmp_path / "quality-cells").glob("*.json")} == {
+        "triangle-unedited.json", "triangle-uce-from-images.json", "triangle-uce-from-unnamed-images.json"}
+    assert main(["bench", "quality", "--name-withheld", "--out", str(tmp_path)]) == 2  # without --from-images
+
+
 def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys):
     base = ["bench", "quality", "--quick", "--out", str(tmp_path)]
     for extra, message in ((["--methods", "fmn,dreambooth"], "Unknown method dreambooth"),

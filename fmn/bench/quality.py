@@ -33,7 +33,9 @@ quality-mass.md and .json.
 `--from-images [N]` gives each erasure N images of the concept (8 if no N), drawn by the unedited model on prompts
 and seeds the protocol does not report on (`fmn.bench.protocol.uploads`), for every method of the run: rows
 '<method> from images' in quality-from-images*.md and .json. Their cells sit beside the name-only ones (the spec names
-the images); the unedited cells are the same.
+the images); the unedited cells are the same. With `--name-withheld` each erasure is given the images and the
+placeholder name `PLACEHOLDER` instead of the concept's, as a user who uploads images without naming them erases: rows
+'<method> from unnamed images' in quality-from-unnamed-images*.md and .json; the sets still name the concept.
 
 Every row (and every mass run) is a cell: its own erasure, measured on its own seeds, so that the cells
 run in any order, here or as Ray tasks (`--workers N`, `--address`; `fmn.sweep`), and give the same table.
@@ -84,6 +86,8 @@ __all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_k
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
 # 2 shapes, 2 characters, 2 artists, night and one more shape: erased together by --mass, the rest of the world kept
 MASS = ["triangle", "heart", "Tobble", "Lumina", "Vellor", "Brusk", "night", "star"]
+# the name an erasure from unnamed images is given (--name-withheld): DreamBooth's rare identifier
+PLACEHOLDER = "sks"
 # IRA and CRA lost: points below the unedited model, on the same prompts and seeds
 TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10),
            "attack": ("<=", 0.20), "swap": ("<=", 0.20)}
@@ -157,7 +161,8 @@ def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
                   None, None, None, None, None, None, uncertain=base["uncertain"])
         return _record(row), base["images"][:4]
     images = _uploads(pipe, probe, spec["images"]["count"], steps) if "images" in spec else None
-    with _erased_with(pipe, [name], spec["label"], spec["method"],
+    erased = PLACEHOLDER if spec.get("images", {}).get("name") == "withheld" else name
+    with _erased_with(pipe, [erased], spec["label"], spec["method"],
                       spec["settings"], images) as (adapter, patch, seconds, peak_mb):
         with active(pipe, [adapter]):
             after = found_rates(pipe, judge, probe, steps)
@@ -428,6 +433,10 @@ def add_arguments(parser) -> None:
                         help="give each erasure N images of the concept (8 if no N) that the unedited model draws on "
                         "prompts and seeds the protocol does not report on; rows '<method> from images', written to "
                         "quality-from-images*.md/.json (its cells apart from the name-only ones)")
+    parser.add_argument("--name-withheld", action="store_true",
+                        help=f"with --from-images: each erasure is given the images and the placeholder name "
+                        f"'{PLACEHOLDER}', not the concept's; rows '<method> from unnamed images', written to "
+                        "quality-from-unnamed-images*.md/.json")
     parser.add_argument("--adversarial", action="store_true",
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts",
@@ -477,13 +486,19 @@ def given_settings(pairs: list[str], methods: list[str]) -> dict:
 
 def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple[str, str, dict]]:
     """(label, method, settings) of every erasure of one concept (of `kind`; None: a mass erasure)."""
-    runs, given_images = [], " from images" if args.from_images else ""
+    runs, given_images = [], _images_label(args)
     for m in methods:
         tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {}) | given
         runs.append((m + given_images, m, tuned))
         if args.adversarial and METHODS[m].trains:
             runs.append((f"{m}{given_images} adversarial", m, tuned | {"adversarial": True}))
     return runs
+
+
+def _images_label(args) -> str:
+    """What the rows' erasures are given beside the method's name: "" (the concept's name), " from images" (its
+    images and its name), " from unnamed images" (its images and `PLACEHOLDER`)."""
+    return "" if not args.from_images else " from unnamed images" if args.name_withheld else " from images"
 
 
 def _judge_fingerprint() -> str:
@@ -494,7 +509,8 @@ def _judge_fingerprint() -> str:
 def concept_jobs(args, methods: list[str], concepts: dict[str, list[str]], given: dict, common: dict) -> list[Job]:
     """One cell per concept and run: its unedited row, then each method's (`_runs`). With --from-images an erasure's
     spec names its images, so that its cell is never taken for a name-only one; the unedited cell is the same."""
-    images = {"images": {"count": args.from_images, "first_seed": UPLOAD_SEED}} if args.from_images else {}
+    images = {"images": {"count": args.from_images, "first_seed": UPLOAD_SEED}
+                         | ({"name": "withheld"} if args.name_withheld else {})} if args.from_images else {}
     return [Job(f"{name}-{label.replace(' ', '-')}",
                 {"section": "concept", "kind": kind, "name": name, "label": label, "method": method,
                  "settings": tuned, "defaults": _defaults(method), **common, **(images if method else {})})
@@ -551,6 +567,7 @@ def plan(args) -> Plan:
     settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
                 "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
     settings |= ({"set": given} if given else {}) | ({"from_images": args.from_images} if args.from_images else {})
+    settings |= {"name": "withheld"} if args.name_withheld else {}
     settings["judge"] = _judge_fingerprint()
     # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
     common = {"split": split.name, "prompts": n, "steps": steps,
@@ -571,7 +588,7 @@ def plan(args) -> Plan:
     stem += "" if split.name == "report" or args.quick else f"-{split.name}"
     cells = Path(args.out) / f"{stem}-cells"
     # erasures from images: a table of their own; their cells sit beside the name-only ones, the unedited shared
-    stem = stem.replace("quality", "quality-from-images", 1) if args.from_images else stem
+    stem = stem.replace("quality", "quality" + _images_label(args).replace(" ", "-"), 1)
     stem += "" if args.mass or args.quick else _subset(concepts, split)
     return Plan(settings, jobs, cells, stem)
 
@@ -618,6 +635,8 @@ def _write_mass(cells: list, out: Path, job_plan: Plan, device: str, json_path: 
 
 def _methods(args) -> list[str]:
     """The run's methods (--methods, default DEFAULT_METHODS)."""
+    if args.name_withheld and not args.from_images:
+        raise ValueError("--name-withheld: give --from-images too (the erasure then has the images alone).")
     if args.from_images is not None and not 1 <= args.from_images <= MAX_IMAGES:
         raise ValueError(f"--from-images {args.from_images}: give 1 to {MAX_IMAGES} images.")
     if not args.methods:
