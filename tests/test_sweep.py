@@ -125,7 +125,12 @@ def test_erase_separate_on_ray_writes_the_same_patches_and_keeps_them(tmp_path):
     assert here.returncode == 0 and ray.returncode == 0, (here.stderr[-1500:], ray.stderr[-1500:])
     for name in ("circle", "Mimo", "night"):
         a, b = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("here", "ray"))
-        assert a.keys() == b.keys() and all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a), name
+        assert a.keys() == b.keys(), name
+        # each layer's change B @ A: a Ray worker solves on 1 thread, this process on 2, so the sums run in another
+        # order on some CPUs; the factors are stored in fp16 (2^-11): the same patch within 2^-8 of its largest entry
+        for key in (k for k in a if ".lora_A." in k):
+            here_change, ray_change = (p[key.replace(".lora_A.", ".lora_B.")].float() @ p[key].float() for p in (a, b))
+            assert (here_change - ray_change).abs().max() <= 2**-8 * here_change.abs().max(), (name, key)
     (tmp_path / "ray" / "Mimo.safetensors").unlink()
     resumed = _fmn("erase", *concepts, "--method", "uce", "--separate", "--workers", "2",
                    "--out", str(tmp_path / "ray"))
