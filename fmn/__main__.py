@@ -11,6 +11,7 @@
     python -m fmn export circle.safetensors [more.safetensors] --to diffusers-lora|kohya|merged|single-file --out PATH
     python -m fmn attack --concept circle --patch circle.safetensors [--images DIR] [--attack-seeds 3] --out grid.png
     python -m fmn bench quality [--split report|tune] [--quick] [--workers 2] [--address ray://head:10001]
+    python -m fmn bench kept [--methods text-map] [--concepts night,Vellor]
     python -m fmn bench speed --arch sd15 --random-weights [--json speed.json]
     python -m fmn bench profile --arch sd15 --random-weights [--method fmn] [--steps 8]
     python -m fmn bench erase-speed [--methods text-map,uce] | click [--concept Zubrik]

@@ -43,7 +43,7 @@ from ..world.scenes import (
 )
 
 __all__ = ["Split", "TUNE", "REPORT", "SPLITS", "REPORT_TEMPLATES", "Prompt", "Probes", "probes", "uploads",
-           "UPLOAD_SEED", "found", "kept_whole", "colourless", "found_rates", "recovery_rates", "swap_rates",
+           "UPLOAD_SEED", "found", "kept_whole", "missing", "colourless", "found_rates", "recovery_rates", "swap_rates",
            "mass_probes", "presence", "scene_words", "NAMES", "SETS"]
 
 # Two prefixes, one after the other: no training template (one prefix or none) ever words a scene this way
@@ -99,19 +99,24 @@ def found(verdict, prompt: Prompt) -> bool:
     return verdict.shows(prompt.name)
 
 
+def missing(verdict, prompt: Prompt, erased: set[str]) -> list[str]:
+    """The parts of what the prompt asks for that the image lacks, one entry each: "shape" or "character" (an object
+    not found), "colour" (an object's colour), "background", "style", "night" (the time of day read otherwise); what
+    belongs to an erased concept is not asked for."""
+    scene = prompt.scene
+    things = [t for t in scene.things if t.kind not in erased]
+    lost = ["character" if t.is_identity else "shape" for t in things if not verdict.has(t.kind)]
+    lost += ["colour" for t in things if t.colour and t.colour not in erased and not verdict.has(t.colour)]
+    lost += ["background"] if verdict.top_background != scene.background else []
+    lost += ["style"] if scene.style not in erased and verdict.top_style != scene.style else []
+    lost += ["night"] if "night" not in erased and verdict.has("night") != scene.night else []
+    return lost
+
+
 def kept_whole(verdict, prompt: Prompt, erased: set[str]) -> bool:
     """Everything the prompt asks for is in the image: each object with its colour, the background, the style
     and the time of day; only what belongs to an erased concept is not asked for."""
-    scene = prompt.scene
-    things = [t for t in scene.things if t.kind not in erased]
-    checks = [verdict.has(t.kind) for t in things]
-    checks += [verdict.has(t.colour) for t in things if t.colour and t.colour not in erased]
-    checks.append(verdict.top_background == scene.background)
-    if scene.style not in erased:
-        checks.append(verdict.top_style == scene.style)
-    if "night" not in erased:
-        checks.append(verdict.has("night") == scene.night)
-    return all(checks)
+    return not missing(verdict, prompt, erased)
 
 
 def scene_words(text: str) -> frozenset[str]:

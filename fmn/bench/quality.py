@@ -80,7 +80,7 @@ from .protocol import (
 )
 
 __all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_kind", "Row", "QUICK_CONCEPTS",
-           "MASS", "TARGETS", "DEFAULT_METHODS"]
+           "MASS", "TARGETS", "DEFAULT_METHODS", "run_concepts", "subset_suffix", "judge_fingerprint", "open_model"]
 
 # --quick: one concept of each kind of the tune split
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
@@ -92,8 +92,8 @@ PLACEHOLDER = "sks"
 TARGETS = {"UA": (">=", 0.95), "IRA_lost": ("<=", 0.05), "CRA_lost": ("<=", 0.05), "leak": ("<=", 0.10),
            "attack": ("<=", 0.20), "swap": ("<=", 0.20)}
 MASS_TARGETS = {"UA": 0.90, "kept_lost": 0.10}  # each erased concept's UA; each kept concept's points below unedited
-# ESD-u is left out by default: about 4 minutes an erasure on 2 CPU cores, and the least erased in every earlier
-# table (benchmarks/results/README.md); --methods esd-u runs it
+# ESD-u is left out by default: 1.5-3 minutes an erasure on 2 CPU cores, and it erases least
+# (benchmarks/results/report-methods/quality-Mimo-Vellor-blue-circle-night.md); --methods esd-u runs it
 DEFAULT_METHODS = ["fmn", "esd-x", "text-encoder", "uce", "rece", "text-map"]  # esd-u: --methods
 # Per kind, settings that word the concept as the papers do (FMN: "... in the style of {concept}" for styles)
 KIND_SETTINGS = {"style": {"fmn": {"template": "a picture in the style of {}"}}}
@@ -501,7 +501,7 @@ def _images_label(args) -> str:
     return "" if not args.from_images else " from unnamed images" if args.name_withheld else " from images"
 
 
-def _judge_fingerprint() -> str:
+def judge_fingerprint() -> str:
     """The shipped judge's: cells read by another judge run again."""
     return World.load(EMBEDDED).judge.fingerprint
 
@@ -563,12 +563,12 @@ def plan(args) -> Plan:
     if not 1 <= n <= 200 or not 1 <= steps <= 200:
         raise ValueError(f"--prompts {n} and --steps {steps}: use 1 to 200 each.")
     split = SPLITS[args.split or ("tune" if args.quick else "report")]
-    concepts = _concepts(args, split)
+    concepts = run_concepts(args, split)
     settings = {"split": split.name, "quick": args.quick, "prompts": n, "steps": steps, "methods": methods,
                 "adversarial": args.adversarial, "training": QUICK_SETTINGS if args.quick else "defaults"}
     settings |= ({"set": given} if given else {}) | ({"from_images": args.from_images} if args.from_images else {})
     settings |= {"name": "withheld"} if args.name_withheld else {}
-    settings["judge"] = _judge_fingerprint()
+    settings["judge"] = judge_fingerprint()
     # "reads": what a cell reads beside the sets; a cell stored with fewer reads runs again
     common = {"split": split.name, "prompts": n, "steps": steps,
               "reads": ["attack: plain and erased prompts", "encoder swap", "uncertain: judge and pixels disagree"],
@@ -589,7 +589,7 @@ def plan(args) -> Plan:
     cells = Path(args.out) / f"{stem}-cells"
     # erasures from images: a table of their own; their cells sit beside the name-only ones, the unedited shared
     stem = stem.replace("quality", "quality" + _images_label(args).replace(" ", "-"), 1)
-    stem += "" if args.mass or args.quick else _subset(concepts, split)
+    stem += "" if args.mass or args.quick else subset_suffix(concepts, split)
     return Plan(settings, jobs, cells, stem)
 
 
@@ -648,7 +648,7 @@ def _methods(args) -> list[str]:
     return methods
 
 
-def _concepts(args, split) -> dict[str, list[str]]:
+def run_concepts(args, split) -> dict[str, list[str]]:
     """The run's concepts by kind: the split's (--quick: QUICK_CONCEPTS), or the --concepts among them."""
     concepts = QUICK_CONCEPTS if args.quick else split.concepts
     if not args.concepts:
@@ -661,7 +661,7 @@ def _concepts(args, split) -> dict[str, list[str]]:
     return {kind: [n for n in names if n in wanted] for kind, names in concepts.items() if set(names) & wanted}
 
 
-def _subset(concepts: dict[str, list[str]], split) -> str:
+def subset_suffix(concepts: dict[str, list[str]], split) -> str:
     """The file stem's tail for a run of some of the split's concepts: "-Tobble-triangle"; "" for all of them."""
     names = sorted(name for names in concepts.values() for name in names)
     return "" if names == sorted(n for ns in split.concepts.values() for n in ns) else "-" + "-".join(names)

@@ -1,0 +1,80 @@
+"""`bench kept`: what an erasure takes from the prompts it should keep, part by part, on `bench quality`'s kept sets."""
+
+import json
+
+import pytest
+
+from fmn.__main__ import main
+from fmn.bench.kept import PARTS, losses, render
+from fmn.bench.protocol import Prompt, kept_whole, missing
+from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
+from fmn.world.scenes import Scene, Thing
+
+from conftest import ROOT
+
+SCENE = Scene([Thing("square", "green", 32, 32, 20), Thing("Mimo", None, 20, 20, 12)], style="Quimby",
+              background="sand")
+PROMPT = Prompt("a green square and Mimo on sand in the style of Quimby", "object", "square", SCENE)
+
+
+def verdict(**changes) -> Verdict:
+    seen = dict(subjects={"square": 0.9, "Mimo": 0.9}, colours={"green": 0.8}, style={"plain": 0.1, "Quimby": 0.9},
+                background={"plain": 0.1, "sand": 0.9}, night=0.0) | changes
+    for table in ("subjects", "colours"):
+        seen[table] = {k: seen[table].get(k, 0.0) for k in (SUBJECTS if table == "subjects" else COLOUR_NAMES)}
+    return Verdict(**seen)
+
+
+def test_what_a_kept_image_lost_is_named_part_by_part():
+    assert missing(verdict(), PROMPT, {"circle"}) == [] and kept_whole(verdict(), PROMPT, {"circle"})
+    lost = {"shape": dict(subjects={"Mimo": 0.9}), "character": dict(subjects={"square": 0.9}),
+            "colour": dict(colours={"blue": 0.9}), "style": dict(style={"plain": 0.9, "Quimby": 0.1}),
+            "background": dict(background={"grass": 0.9, "sand": 0.1}), "night": dict(night=0.9)}
+    assert set(lost) == set(PARTS)
+    for part, change in lost.items():
+        assert missing(verdict(**change), PROMPT, {"circle"}) == [part], part
+        assert not kept_whole(verdict(**change), PROMPT, {"circle"})
+    # several parts at once, each named; what belongs to the erased concept is not asked for
+    assert missing(verdict(colours={}, night=0.9), PROMPT, {"circle"}) == ["colour", "night"]
+    assert missing(verdict(style={"plain": 0.9, "Quimby": 0.1}, subjects={"square": 0.9}), PROMPT,
+                   {"Quimby", "Mimo"}) == []
+
+
+def test_losses_count_images_broken_and_fixed_and_leave_uncertain_ones_out():
+    whole, styled_away = verdict(), verdict(style={"plain": 0.9, "Quimby": 0.1})
+    before = [whole, whole, styled_away, None, whole]
+    after = [whole, styled_away, whole, whole, None]
+    r = losses(before, after, [PROMPT] * 5, {"circle"})
+    assert (r["broken"], r["fixed"], r["uncertain"]) == (1, 1, 2)
+    assert r["parts"] == {p: int(p == "style") for p in PARTS}
+    assert r["kept_before"] == pytest.approx(3 / 4) and r["kept_after"] == pytest.approx(3 / 4)
+    assert r["broken_prompts"] == [PROMPT.text]
+
+
+def test_the_command_writes_its_table_from_cells_it_keeps(tmp_path, capsys):
+    args = ["bench", "kept", "--quick", "--methods", "uce", "--concepts", "triangle", "--out", str(tmp_path)]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "kept-quick.json").read_text())
+    (cell,) = records["cells"]
+    assert (cell["kind"], cell["name"], cell["method"]) == ("object", "triangle", "uce")
+    for key in ("in_kind", "cross_kind"):
+        r = cell[key]
+        assert 0 <= r["kept_before"] <= 1 and 0 <= r["kept_after"] <= 1
+        assert len(r["broken_prompts"]) == r["broken"] <= 4 and r["fixed"] <= 4
+        assert sum(r["parts"].values()) >= r["broken"]  # each broken image lost at least one part
+    table = (tmp_path / "kept-quick.md").read_text()
+    assert "| triangle, uce | in-kind |" in table and "| object, uce | cross-kind |" in table
+    capsys.readouterr()
+    assert main(args) == 0  # again: the cell is read back, nothing is erased
+    assert "[1/1] done before" in capsys.readouterr().out
+    assert main(["bench", "kept", "--methods", "nope", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("table", sorted(p.relative_to(ROOT).as_posix()
+                                         for p in (ROOT / "benchmarks" / "results").rglob("kept*.json")))
+def test_a_committed_kept_table_is_what_its_json_renders(table, tmp_path):
+    committed = ROOT / table
+    copy = tmp_path / committed.name
+    copy.write_text(committed.read_text())
+    render(copy)
+    assert copy.with_suffix(".md").read_text() == committed.with_suffix(".md").read_text()
