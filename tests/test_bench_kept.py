@@ -1,12 +1,14 @@
 """`bench kept`: what an erasure takes from the prompts it should keep, part by part, on `bench quality`'s kept sets."""
 
+import argparse
 import json
 
 import pytest
 
 from fmn.__main__ import main
+from fmn.bench import kept
 from fmn.bench.kept import PARTS, losses, render
-from fmn.bench.protocol import Prompt, kept_whole, missing
+from fmn.bench.protocol import SPLITS, Prompt, kept_whole, missing
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.scenes import Scene, Thing
 
@@ -68,6 +70,19 @@ def test_the_command_writes_its_table_from_cells_it_keeps(tmp_path, capsys):
     assert main(args) == 0  # again: the cell is read back, nothing is erased
     assert "[1/1] done before" in capsys.readouterr().out
     assert main(["bench", "kept", "--methods", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_set_reaches_every_cell_and_a_bad_setting_is_refused_before_any_runs(tmp_path):
+    parser = argparse.ArgumentParser()
+    kept.add_arguments(parser)
+    args = parser.parse_args(["--split", "tune", "--methods", "text-map,fmn", "--set", "lr=0.002"])
+    jobs = kept._jobs(args, ["text-map", "fmn"], SPLITS["tune"])
+    assert len(jobs) == 14 and all(job.spec["settings"]["lr"] == 0.002 for job in jobs)
+    # the kind's own settings stay beside --set's (FMN words a style as `bench quality` words it)
+    assert all("template" in job.spec["settings"] for job in jobs if job.spec["kind"] == "style"
+               and job.spec["method"] == "fmn")
+    assert main(["bench", "kept", "--set", "keep_weight=-1", "--out", str(tmp_path)]) == 2
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("table", sorted(p.relative_to(ROOT).as_posix()

@@ -1,13 +1,15 @@
 """What an erasure takes from the prompts it should keep:
     python -m fmn bench kept [--methods text-map] [--concepts night,Vellor] [--split report|tune] [--quick]
+                             [--set KEY=VALUE]
 
 `bench quality`'s IRA and CRA count a kept prompt only where its image shows everything the prompt asks for
 (`protocol.kept_whole`), so they say how much is lost, not what. This benchmark draws the same in-kind and
-cross-kind prompts on the same seeds, unedited and under each method's erasure at its defaults, and for every
-image kept whole before and not after (*broken*) names the parts it lost (`protocol.missing`): a shape, a
-character, a colour, the background, the style, the time of day. One image can lose several. *Fixed* counts the
-other way round. An image that the judge and the pixel check read apart (uncertain) before or after is neither:
-it counts as uncertain. The kept shares are over the certain images of each side, as `bench quality` reads them.
+cross-kind prompts on the same seeds, unedited and under each method's erasure at its defaults (or at --set's
+settings, into an --out of their own), and for every image kept whole before and not after (*broken*) names the
+parts it lost (`protocol.missing`): a shape, a character, a colour, the background, the style, the time of day.
+One image can lose several. *Fixed* counts the other way round. An image that the judge and the pixel check read
+apart (uncertain) before or after is neither: it counts as uncertain. The kept shares are over the certain images
+of each side, as `bench quality` reads them.
 Each (concept, method) is a cell kept in <out>/kept[-tune]-cells, so a rerun after an interruption runs only the
 missing ones; a run of some concepts shares them with a run of all. Writes kept.md and kept.json into --out
 (kept-tune.* on the tune split, kept-quick.* with --quick; a run of some concepts names them: kept-night.*).
@@ -30,10 +32,11 @@ from .measure import device_name
 from .protocol import SPLITS, kept_whole, missing, probes
 from .quality import (
     FULL,
-    KIND_SETTINGS,
     QUICK,
-    QUICK_SETTINGS,
+    add_set_argument,
+    given_settings,
     judge_fingerprint,
+    method_settings,
     open_model,
     run_concepts,
     subset_suffix,
@@ -51,6 +54,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", choices=sorted(SPLITS), default="report")
     parser.add_argument("--quick", action="store_true", help="one concept a kind of the tune split, 4 prompts a "
                         "set, 12 denoising steps, shorter training: checks the benchmark, not the methods")
+    add_set_argument(parser)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--render", default=None, metavar="JSON", help="write the table of an earlier run again")
 
@@ -94,12 +98,13 @@ def cell(state, spec: dict) -> tuple[dict, list]:
 
 
 def _jobs(args, methods: list[str], split) -> list[Job]:
-    """One cell per concept of the run (`bench quality`'s --concepts rule) and method."""
+    """One cell per concept of the run (`bench quality`'s --concepts rule) and method, at `bench quality`'s
+    settings for it (and --set's)."""
     n, steps = (QUICK["prompts"], QUICK["steps"]) if args.quick else (FULL["prompts"], FULL["steps"])
     common = {"split": split.name, "prompts": n, "steps": steps, "judge": judge_fingerprint()}
+    given = given_settings(args.set, methods)
     return [Job(f"{name}-{method}", {"kind": kind, "name": name, "method": method, **common,
-                                     "settings": KIND_SETTINGS.get(kind, {}).get(method, {})
-                                     | (QUICK_SETTINGS.get(method, {}) if args.quick else {})})
+                                     "settings": method_settings(method, kind, args.quick, given)})
             for kind, names in run_concepts(args, split).items() for name in names for method in methods]
 
 
@@ -142,8 +147,9 @@ def _describe(result: tuple[dict, list]) -> str:
 
 def _command(args, methods: list[str], split) -> str:
     concepts = f" --concepts {args.concepts}" if args.concepts else ""
+    given = "".join(f" --set {pair}" for pair in args.set)
     return (f"python -m fmn bench kept{' --quick' if args.quick else f' --split {split.name}'}{concepts} "
-            f"--methods {','.join(methods)}")
+            f"--methods {','.join(methods)}{given}")
 
 
 def run(args) -> list[dict]:

@@ -80,7 +80,8 @@ from .protocol import (
 )
 
 __all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_kind", "Row", "QUICK_CONCEPTS",
-           "MASS", "TARGETS", "DEFAULT_METHODS", "run_concepts", "subset_suffix", "judge_fingerprint", "open_model"]
+           "MASS", "TARGETS", "DEFAULT_METHODS", "run_concepts", "subset_suffix", "judge_fingerprint", "open_model",
+           "method_settings", "add_set_argument"]
 
 # --quick: one concept of each kind of the tune split
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
@@ -417,6 +418,13 @@ def sample_grid(rows: list[Row], path: Path) -> None:
     grid.save(path)
 
 
+def add_set_argument(parser) -> None:
+    """--set, shared with `bench kept`: checked by `given_settings`."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 "
+                        "(repeatable); give it its own --out: its rows carry the method's name")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--split", choices=list(SPLITS),
                         help="report (default; tune with --quick): every concept of the world, on templates and "
@@ -441,9 +449,7 @@ def add_arguments(parser) -> None:
                         help="also run each trained method in adversarial mode (rows '<method> adversarial')")
     parser.add_argument("--concepts",
                         help="comma-separated subset of the run's concepts, e.g. Vellor,night (default: all)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 "
-                        "(repeatable); give it its own --out: its rows carry the method's name")
+    add_set_argument(parser)
     parser.add_argument("--prompts", type=int,
                         help=f"prompts per set (default {FULL['prompts']}, quick {QUICK['prompts']})")
     parser.add_argument("--steps", type=int,
@@ -484,11 +490,16 @@ def given_settings(pairs: list[str], methods: list[str]) -> dict:
     return given
 
 
+def method_settings(method: str, kind: str | None, quick: bool, given: dict) -> dict:
+    """The settings a method erases a concept of `kind` with: the kind's (`KIND_SETTINGS`), --quick's, then --set's."""
+    return KIND_SETTINGS.get(kind, {}).get(method, {}) | (QUICK_SETTINGS.get(method, {}) if quick else {}) | given
+
+
 def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple[str, str, dict]]:
     """(label, method, settings) of every erasure of one concept (of `kind`; None: a mass erasure)."""
     runs, given_images = [], _images_label(args)
     for m in methods:
-        tuned = KIND_SETTINGS.get(kind, {}).get(m, {}) | (QUICK_SETTINGS.get(m, {}) if args.quick else {}) | given
+        tuned = method_settings(m, kind, args.quick, given)
         runs.append((m + given_images, m, tuned))
         if args.adversarial and METHODS[m].trains:
             runs.append((f"{m}{given_images} adversarial", m, tuned | {"adversarial": True}))
