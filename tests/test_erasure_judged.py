@@ -17,7 +17,7 @@ import shutil
 import pytest
 
 from fmn.attack import AttackConfig
-from fmn.bench.protocol import TUNE, found_rates, probes, recovery_rates
+from fmn.bench.protocol import REPORT, TUNE, found_rates, probes, recovery_rates
 from fmn.erase import DEFAULT_METHOD, erase, keep_set, make_method, make_patch
 from fmn.generate import generate_many
 from fmn.models import EMBEDDED, load_pipeline
@@ -30,10 +30,10 @@ STEPS = 25  # denoising steps of every judged image
 SPEC = {"before": 0.90, "after": 0.20, "in_kind": 0.10, "cross_kind": 0.10}  # presence before, after; points lost
 REPLACED = {"shows": 0.80, "left": 0.20}
 ATTACK = 0.20  # recovered by concept inversion
-KINDS = {"triangle": "object"}
-# Each concept's split (fmn.bench.protocol). The default misses this spec on the report split's shapes (square:
-# 25 % left, ring: drawn on too few of its prompts to measure; heart past its prior: 25 % left): a ✗ in the table
-SPLIT = {"triangle": TUNE}
+KINDS = {"triangle": "object", "Tobble": "identity", "square": "object", "heart": "object"}
+# Each concept's split (fmn.bench.protocol): the report split's for the shapes the default was not tuned on (the
+# ring is drawn on too few of its prompts to measure)
+SPLIT = {"triangle": TUNE, "Tobble": TUNE, "square": REPORT, "heart": REPORT}
 SETS = ("erased", "in_kind", "cross_kind")  # the kept sets read by name (whole=False): the benchmark checks them whole
 
 
@@ -87,8 +87,8 @@ def test_the_default_erases_circles_on_a_model_without_a_world_and_keeps_the_res
     assert all(after[k] >= unedited[k] - 2 for k in after if k[1] != "circle"), (unedited, after)
 
 
-# The default on Tobble misses the kept spec: 20 points lost across kinds in quality-tune.md, 10 in quality.md (✗)
-ERASURES = [(DEFAULT_METHOD, "triangle"), ("uce", "triangle")]
+ERASURES = [(DEFAULT_METHOD, "triangle"), (DEFAULT_METHOD, "Tobble"), (DEFAULT_METHOD, "square"),
+            (DEFAULT_METHOD, "heart"), ("uce", "triangle")]
 
 
 @pytest.mark.parametrize("method, concept", ERASURES)

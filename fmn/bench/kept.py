@@ -22,18 +22,19 @@ from collections import Counter
 from pathlib import Path
 
 from ..attack import share
-from ..erase import DEFAULT_METHOD, METHODS, erase, keep_set
+from ..erase import DEFAULT_METHOD, METHODS, erase
 from ..generate import generate_many
 from ..models import pick_device
 from ..patch import active, detach
 from ..sweep import Job, Store, sweep
 from ..world.reading import judged
 from .measure import device_name
-from .protocol import SPLITS, kept_whole, missing, probes
+from .protocol import SPLITS, kept_whole, missing
 from .quality import (
     FULL,
     QUICK,
     add_set_argument,
+    cell_probes,
     given_settings,
     judge_fingerprint,
     method_settings,
@@ -76,9 +77,8 @@ def losses(before: list, after: list, prompts: list, erased: set[str]) -> dict:
 def cell(state, spec: dict) -> tuple[dict, list]:
     """One concept erased by one method: each kept set's `losses` (and no images, for the sweep's store)."""
     pipe, judge = state
-    kind, name, n, steps = spec["kind"], spec["name"], spec["prompts"], spec["steps"]
-    held = keep_set(pipe, [name])  # the sets of `bench quality`: no scene the erasure holds
-    probe = probes(kind, name, n, SPLITS[spec["split"]], held=held.prompts + held.in_context)
+    name, steps = spec["name"], spec["steps"]
+    probe = cell_probes(pipe, spec)  # the sets of `bench quality`
     prompts = [p for key in SETS for p in getattr(probe, key)]
     texts, seeds = [p.text for p in prompts], [s for key in SETS for s in probe.seeds[:len(getattr(probe, key))]]
     before = judged(judge, generate_many(pipe, texts, seeds, steps))

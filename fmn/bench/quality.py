@@ -70,6 +70,7 @@ from .measure import Peak, device_name
 from .protocol import (
     SPLITS,
     UPLOAD_SEED,
+    Probes,
     found_rates,
     mass_probes,
     presence,
@@ -81,7 +82,7 @@ from .protocol import (
 
 __all__ = ["add_arguments", "run", "given_settings", "best_overall", "best_per_kind", "Row", "QUICK_CONCEPTS",
            "MASS", "TARGETS", "DEFAULT_METHODS", "run_concepts", "subset_suffix", "judge_fingerprint", "open_model",
-           "method_settings", "add_set_argument"]
+           "method_settings", "add_set_argument", "cell_probes"]
 
 # --quick: one concept of each kind of the tune split
 QUICK_CONCEPTS = {"object": ["triangle"], "identity": ["Tobble"], "style": ["Vellor"], "scene": ["night"]}
@@ -149,13 +150,19 @@ def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: d
         detach(pipe, adapter)
 
 
+def cell_probes(pipe, spec: dict) -> Probes:
+    """A cell's prompt sets on its split, without a scene that the erasure itself holds (its keep set)."""
+    held = keep_set(pipe, [spec["name"]])
+    return probes(spec["kind"], spec["name"], spec["prompts"], SPLITS[spec["split"]],
+                  held=held.prompts + held.in_context)
+
+
 def concept_cell(pipe, judge, spec: dict) -> tuple[dict, list[Image.Image]]:
     """One cell of the table: the unedited model's row of a concept (label "unedited"), or one erasure's row
     (points lost are left to `assemble`, which has the unedited row). Returns the row's record and its first images."""
-    kind, name, n, steps = spec["kind"], spec["name"], spec["prompts"], spec["steps"]
+    kind, name, steps = spec["kind"], spec["name"], spec["steps"]
     split = SPLITS[spec["split"]]
-    held = keep_set(pipe, [name])  # no set shows a scene the erasure holds
-    probe = probes(kind, name, n, split, held=held.prompts + held.in_context)
+    probe = cell_probes(pipe, spec)
     if spec["label"] == "unedited":
         base = found_rates(pipe, judge, probe, steps)
         row = Row("unedited", kind, name, 1 - base["erased"], base["in_kind"], base["cross_kind"], base["paraphrase"],

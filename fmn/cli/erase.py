@@ -44,6 +44,9 @@ def _add_method_options(parser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     parser.add_argument("--push", type=float, help="uce, rece, text-map: how far past the guide the concept's token "
                         "maps (default 2; 0: onto it, as the papers)")
+    parser.add_argument("--keep-weight", type=float, help="uce, rece, text-map: the weight of the keep prompts' "
+                        "rows against the concept's (default: text-map 4, uce and rece 1; higher keeps more of "
+                        "everything else and erases less)")
     parser.add_argument("--prior", help="uce, rece, text-map: a comma list of concepts the model draws when their "
                         "word is missing (a real model's 'person'; by default none for uce and rece, every concept "
                         "for text-map): their later rows are pushed too")
@@ -80,10 +83,11 @@ def run(args) -> None:
 
 
 def _settings(args, **given) -> dict:
-    """The method's settings from the command line: --steps, --lr, --push, --prior, --unet-edit and those `given`,
-    where set (unset: the method's default), then --adversarial and --keep."""
+    """The method's settings from the command line: --steps, --lr, --push, --keep-weight, --prior, --unet-edit and
+    those `given`, where set (unset: the method's default), then --adversarial and --keep."""
     prior = None if args.prior is None else split_concepts(args.prior)
-    given = dict(steps=args.steps, lr=args.lr, push=args.push, prior=prior, unet_edit=args.unet_edit, **given)
+    given = dict(steps=args.steps, lr=args.lr, push=args.push, keep_weight=args.keep_weight, prior=prior,
+                 unet_edit=args.unet_edit, **given)
     settings = {name: value for name, value in given.items() if value is not None}
     if args.adversarial:
         settings["adversarial"] = True
