@@ -18,6 +18,7 @@ import pytest
 
 from fmn.attack import AttackConfig
 from fmn.bench.protocol import REPORT, TUNE, found_rates, probes, recovery_rates
+from fmn.bench.quality import cell_probes
 from fmn.erase import DEFAULT_METHOD, erase, keep_set, make_method, make_patch
 from fmn.generate import generate_many
 from fmn.models import EMBEDDED, load_pipeline
@@ -39,8 +40,8 @@ SETS = ("erased", "in_kind", "cross_kind")  # the kept sets read by name (whole=
 
 def presence(pipe, judge, concept: str, patch: str | None = None) -> dict[str, float]:
     """The concept's presence on its held-out prompts (every object with its colour) and the kept sets' presence."""
-    held = keep_set(pipe, [concept])  # as the benchmark draws them: no scene the erasure holds
-    probe = probes(KINDS[concept], concept, PROMPTS, SPLIT[concept], bare=False, held=held.prompts + held.in_context)
+    spec = {"kind": KINDS[concept], "name": concept, "prompts": PROMPTS, "split": SPLIT[concept].name}
+    probe = cell_probes(pipe, spec, bare=False)  # as the benchmark draws them: no scene the erasure holds
     with active(pipe, [patch] if patch else []):
         return found_rates(pipe, judge, probe, STEPS, SETS, whole=False)
 

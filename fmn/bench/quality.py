@@ -150,10 +150,11 @@ def _erased_with(pipe, concepts: list[str], label: str, method: str, settings: d
         detach(pipe, adapter)
 
 
-def cell_probes(pipe, spec: dict) -> Probes:
-    """A cell's prompt sets on its split, without a scene that the erasure itself holds (its keep set)."""
+def cell_probes(pipe, spec: dict, bare: bool = True) -> Probes:
+    """A cell's prompt sets on its split, without a scene that the erasure itself holds (its keep set); `bare` as
+    `protocol.probes`."""
     held = keep_set(pipe, [spec["name"]])
-    return probes(spec["kind"], spec["name"], spec["prompts"], SPLITS[spec["split"]],
+    return probes(spec["kind"], spec["name"], spec["prompts"], SPLITS[spec["split"]], bare,
                   held=held.prompts + held.in_context)
 
 
