@@ -497,14 +497,16 @@ def test_a_concept_with_a_dot_erases_under_an_adapter_name_peft_takes():
 
 def test_text_map_with_a_unet_edit_stacks_a_closed_form_into_one_patch():
     """`unet_edit` adds a closed form's cross-attention edit to text-map's patch, solved on the unedited model with
-    what text-map holds: one patch, one adapter, both components."""
+    what text-map holds, as hard: one patch, one adapter, both components."""
     from fmn.erase import _side_edit
 
     pipe = tiny_pipeline()
-    settings = dict(in_context=["a red circle on grass"], keep_prompts=["a blue square on grass"], steps=3)
+    settings = dict(in_context=["a red circle on grass"], keep_prompts=["a blue square on grass"], steps=3,
+                    keep_weight=2.0)
     patch = erase(pipe, ["circle"], "text-map", unet_edit="rece", name="stacked", **settings)
     assert set(patch.lora) == {"text_encoder", "unet"} and patch.settings["unet_edit"] == "rece"
     side = _side_edit(make_method("text-map", ["circle"], preserve=patch.settings["preserve"], **settings), "rece")
+    assert side.config.keep_weight == 2.0 and side.config.keep_prompts == ["a blue square on grass"]
     solved, lora = side.solve(pipe)
     assert lora["unet"] == patch.lora["unet"]
     assert all(torch.equal(solved[k].half(), patch.tensors[k].half()) for k in solved)

@@ -138,12 +138,14 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
 
 
 def _side_edit(method: ErasureMethod, side: str) -> ErasureMethod:
-    """The closed form `side` on the method's concepts: it holds what the method holds, sends the concept's rows
-    where the method sends them, and keeps those rows as they are (what the method's own edit gives)."""
+    """The closed form `side` on the method's concepts: it holds what the method holds, as hard (`keep_weight`),
+    sends the concept's rows where the method sends them, and keeps those rows as they are (what the method's own
+    edit gives)."""
     cfg = method.config
     held = KeepSet(cfg.preserve, cfg.keep_prompts, cfg.in_context)
     return make_method(side, method.concepts, replace_with=cfg.guide or None, held=held, seed=cfg.seed,
-                       push=cfg.push, push_after=cfg.push_after, prior=cfg.prior, keep_targets=True)
+                       push=cfg.push, push_after=cfg.push_after, prior=cfg.prior, keep_weight=cfg.keep_weight,
+                       keep_targets=True)
 
 
 def _stacked(pipe: StableDiffusionPipeline, patch: Patch, side: ErasureMethod, name: str) -> Patch:

@@ -15,9 +15,9 @@ form pushes a concept named in its `prior`, since those rows carry the rest of t
 cannot afford, so a prompt whose other words draw the concept anyway (the model's prior) does not bring it back.
 On SD3 and FLUX the LoRA sits on every text encoder and the rows are the joint attention's text sequence and the
 pooled CLIP row (`encoders.py`).
-With `unet_edit`, a closed form (`uce.py`) also edits the cross-attention, held by the same words and prompts, in
-the same patch: the text encoder's LoRA alone, or the UNet's edit under the unedited text encoder (a LoRA loaded
-with its CLIP strength at 0), still erases.
+With `unet_edit`, a closed form (`uce.py`) also edits the cross-attention, held by the same words and prompts as
+hard, in the same patch: the text encoder's LoRA alone, or the UNet's edit under the unedited text encoder (a LoRA
+loaded with its CLIP strength at 0), still erases.
 Given images of the (first) concept, it first learns the concept as they show it, a word by textual inversion,
 and sends that word's rows in the same prompts to the same targets (`learned_word.py`).
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
