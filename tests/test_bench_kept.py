@@ -72,6 +72,20 @@ def test_the_command_writes_its_table_from_cells_it_keeps(tmp_path, capsys):
     assert main(["bench", "kept", "--methods", "nope", "--out", str(tmp_path)]) == 2
 
 
+def test_a_concepts_unedited_images_are_drawn_once_for_every_method(embedded, judge, monkeypatch):
+    """Two methods' cells of one concept: the unedited images drawn for the first, read again for the second."""
+    calls = []
+    real = kept.generate_many
+    monkeypatch.setattr(kept, "generate_many", lambda pipe, texts, *a: calls.append(texts) or real(pipe, texts, *a))
+    parser = argparse.ArgumentParser()
+    kept.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--methods", "uce,rece", "--concepts", "triangle"])
+    state = (embedded, judge, {})
+    first, second = (kept.cell(state, job.spec) for job in kept._jobs(args, ["uce", "rece"], SPLITS["tune"]))
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2]  # before once, then after each erasure
+    assert first[0]["in_kind"]["kept_before"] == second[0]["in_kind"]["kept_before"]
+
+
 def test_set_reaches_every_cell_and_a_bad_setting_is_refused_before_any_runs(tmp_path):
     parser = argparse.ArgumentParser()
     kept.add_arguments(parser)

@@ -11,7 +11,8 @@ One image can lose several. *Fixed* counts the other way round. An image that th
 apart (uncertain) before or after is neither: it counts as uncertain. The kept shares are over the certain images
 of each side, as `bench quality` reads them.
 Each (concept, method) is a cell kept in <out>/kept[-tune]-cells, so a rerun after an interruption runs only the
-missing ones; a run of some concepts shares them with a run of all. Writes kept.md and kept.json into --out
+missing ones; a run of some concepts shares them with a run of all. A concept's unedited images are drawn once a
+run, for all its methods' cells. Writes kept.md and kept.json into --out
 (kept-tune.* on the tune split, kept-quick.* with --quick; a run of some concepts names them: kept-night.*).
 """
 
@@ -74,14 +75,23 @@ def losses(before: list, after: list, prompts: list, erased: set[str]) -> dict:
             "broken_prompts": [prompts[i].text for i in broken]}
 
 
+def open_model_and_reads() -> tuple:
+    """The model and judge of `bench quality`, and the unedited reads drawn so far: every method's cell of a concept
+    reads the same images before its erasure, drawn once."""
+    return (*open_model(), {})
+
+
 def cell(state, spec: dict) -> tuple[dict, list]:
     """One concept erased by one method: each kept set's `losses` (and no images, for the sweep's store)."""
-    pipe, judge = state
+    pipe, judge, unedited = state
     name, steps = spec["name"], spec["steps"]
     probe = cell_probes(pipe, spec)  # the sets of `bench quality`
     prompts = [p for key in SETS for p in getattr(probe, key)]
     texts, seeds = [p.text for p in prompts], [s for key in SETS for s in probe.seeds[:len(getattr(probe, key))]]
-    before = judged(judge, generate_many(pipe, texts, seeds, steps))
+    drawn = (tuple(texts), tuple(seeds), steps)
+    if drawn not in unedited:
+        unedited[drawn] = judged(judge, generate_many(pipe, texts, seeds, steps))
+    before = unedited[drawn]
     adapter = f"kept-{spec['method']}"
     erase(pipe, [name], spec["method"], name=adapter, **spec["settings"])
     try:
@@ -162,7 +172,7 @@ def run(args) -> list[dict]:
     split, out = SPLITS["tune" if args.quick else args.split], Path(args.out)
     jobs = _jobs(args, methods, split)
     stem = "kept-quick" if args.quick else "kept" + ("" if split.name == "report" else f"-{split.name}")
-    results = sweep(jobs, open_model, cell, Store(out / f"{stem}-cells"), describe=_describe)
+    results = sweep(jobs, open_model_and_reads, cell, Store(out / f"{stem}-cells"), describe=_describe)
     cells = [{key: job.spec[key] for key in ("kind", "name", "method")} | results[job.key][0] for job in jobs]
     spec = jobs[0].spec
     header = (f"Device: {device_name(pick_device(None)[0])}. Split {split.name}, {spec['prompts']} prompts a set, "
