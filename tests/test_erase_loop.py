@@ -366,6 +366,44 @@ def test_a_lora_trained_through_its_merged_weight_is_peft_s_lora():
     assert peft_grads[0].abs().max() > 0 and not torch.equal(peft_out, layer.base_layer(x).detach())
 
 
+def test_the_fused_quick_gelu_is_transformers_quick_gelu():
+    """Inside `fused_quick_gelu` CLIP's activation gives transformers' outputs and gradients within float rounding,
+    and its own forward is back afterwards."""
+    from transformers.activations import QuickGELUActivation
+
+    from fmn.erase.quick_gelu import fused_quick_gelu
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), QuickGELUActivation())
+    x = torch.randn(3, 7, 6, dtype=torch.float64) * 4  # the sigmoid's tails too
+
+    def run():
+        inputs = x.clone().requires_grad_()
+        out = model.double()(inputs)
+        return out.detach(), torch.autograd.grad(out.pow(2).sum(), [inputs, model[0].weight])
+
+    plain_out, plain_grads = run()
+    with fused_quick_gelu([model]):
+        fused_out, fused_grads = run()
+    torch.testing.assert_close(fused_out, plain_out)
+    for fused, plain in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(fused, plain)
+    assert "forward" not in vars(model[1])
+
+
+def test_text_map_leaves_the_frozen_share_of_the_encoder_s_first_blocks_as_they_are():
+    """`frozen_share` of each encoder's blocks, from the input, get no LoRA (the tiny encoders have 2 blocks), also
+    where a patch of the same name, which it replaces, held them; a share of 1 would leave nothing to train and is
+    refused."""
+    pipe = tiny_pipeline()
+    every = erase(pipe, ["circle"], "text-map", name="patch", steps=2)
+    later = erase(pipe, ["circle"], "text-map", name="patch", steps=2, frozen_share=0.5)
+    assert any(".layers.0." in key for key in every.tensors)
+    assert later.tensors and not any(".layers.0." in key for key in later.tensors)
+    assert {key for key in every.tensors if ".layers.1." in key} == set(later.tensors)
+    with pytest.raises(ValueError, match="frozen_share"):
+        make_method("text-map", ["circle"], frozen_share=1.0)
+
+
 def test_text_map_steps_scale_with_the_prompts_it_erases():
     """Each erased prompt (a word alone or in context) is in about `passes` steps' batches: one concept and its 10
     in-context prompts take 100 steps, the mass list's 13 wordings and 80 prompts 300; steps given are kept."""

@@ -132,6 +132,7 @@ def make_patch(pipe: StableDiffusionPipeline, method: ErasureMethod, name: str, 
         raise ValueError(f"keep_attention {method.config.keep_attention} holds the kept words' cross-attention maps, "
                          "which SD3 and FLUX do not have: use 0 there.")
     run = train_patch if method.trains else solve_patch
+    detach(pipe, name)  # a patch attached under the same name is replaced, not trained further
     patch = run(pipe, method, name, on_progress, cancelled)
     side = getattr(method.config, "unet_edit", "")  # text-map's closed form beside (text_map.py)
     return _stacked(pipe, patch, _side_edit(method, side), name) if side else patch

@@ -11,6 +11,8 @@ are (`targets.py`); without it FLUX's CLIP-L, which gives nothing else, would ho
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -41,6 +43,10 @@ def encoder_segments(pipe) -> list[tuple[object, int, int]]:
     return [*segments, (None, begin + length, 1)]
 
 
-def encoder_layers(encoder: nn.Module) -> list[str]:
-    """Every linear layer inside the encoder's transformer blocks: CLIP's ``layers.<i>``, T5's ``block.<i>``."""
-    return [n for n in layer_names(encoder, (nn.Linear,)) if ".layers." in n or n.startswith("encoder.block.")]
+def encoder_layers(encoder: nn.Module, frozen_share: float = 0.0) -> list[str]:
+    """Every linear layer inside the encoder's transformer blocks (CLIP's ``layers.<i>``, T5's ``block.<i>``) but
+    those of its first `frozen_share` of blocks, left as they are: backward stops at the first block that trains."""
+    blocks = {name: int(found[1]) for name in layer_names(encoder, (nn.Linear,))
+              if (found := re.match(r"(?:.*\.layers|encoder\.block)\.(\d+)\.", name))}
+    first = int(frozen_share * (max(blocks.values()) + 1)) if blocks else 0
+    return [name for name, block in blocks.items() if block >= first]

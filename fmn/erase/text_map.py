@@ -47,6 +47,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     passes: int = 100  # tuned with lr on the embedded model: one concept and its 31 in-context prompts, 100 steps
     lr: float = 1e-2
     rank: int = 8
+    frozen_share: float = 0.0  # the share of each text encoder's first blocks left without LoRA (faster backward)
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
     keep_batch: int = 32  # keep prompts a step
@@ -61,6 +62,9 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
         TargetsConfig.check(self)
         LearnedWordConfig.check(self)
+        if not 0 <= self.frozen_share < 1:
+            raise ValueError(f"frozen_share {self.frozen_share}: leave a share from 0 to under 1 of the blocks as "
+                             "they are.")
         if self.unet_edit and self.unet_edit not in closed_forms():
             raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed_forms())}) "
                              "or nothing.")
@@ -95,8 +99,9 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         return list(concepts)
 
     def targets(self, pipe: StableDiffusionPipeline) -> dict[str, list[str]]:
-        """Every linear layer inside the transformer blocks of each text encoder (SDXL: both; SD3: three)."""
-        return {c: encoder_layers(getattr(pipe, c)) for c in text_encoder_components(pipe)}
+        """Every linear layer inside the transformer blocks of each text encoder (SDXL: both; SD3: three), but those
+        of its first `frozen_share` of blocks."""
+        return {c: encoder_layers(getattr(pipe, c), self.config.frozen_share) for c in text_encoder_components(pipe)}
 
     def reads(self, pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """The text encoders' own output, where the LoRA acts (on SD3 and FLUX with the pooled row, `encoders.py`)."""

@@ -1,0 +1,51 @@
+"""CLIP's quick GELU, ``x * sigmoid(1.702 x)``, trained in four passes over its input instead of nine.
+
+Written as transformers writes it, autograd keeps three products, a sigmoid and their backward: on text-map's steps
+(64 prompts of 77 tokens through an MLP four times the encoder's width) that elementwise work costs about as much as
+the encoder's matrix products. The same function is ``silu(1.702 x) / 1.702``, whose derivative is ``silu'(1.702 x)``:
+one scaling, one fused SiLU and an in-place scaling forward, one fused SiLU backward. The outputs and gradients are
+the same up to float rounding.
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager
+
+import torch
+from torch.nn import functional as F
+from transformers.activations import QuickGELUActivation
+
+__all__ = ["fused_quick_gelu"]
+
+SLOPE = 1.702  # the constant of transformers' QuickGELUActivation
+
+
+class _QuickGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        scaled = x * SLOPE
+        ctx.save_for_backward(scaled)
+        return F.silu(scaled).mul_(1 / SLOPE)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (scaled,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, scaled)
+
+
+def _fused_forward(self: QuickGELUActivation, x: torch.Tensor) -> torch.Tensor:
+    return _QuickGelu.apply(x)
+
+
+@contextmanager
+def fused_quick_gelu(modules):
+    """Inside the block every quick GELU of `modules` computes through `_QuickGelu`."""
+    activations = [m for module in modules for m in module.modules() if isinstance(m, QuickGELUActivation)]
+    for activation in activations:
+        activation.forward = types.MethodType(_fused_forward, activation)
+    try:
+        yield
+    finally:
+        for activation in activations:
+            del activation.forward
