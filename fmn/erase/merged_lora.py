@@ -10,12 +10,11 @@ whose steps push 64 prompts of 77 tokens through every layer of the text encoder
 
 from __future__ import annotations
 
-import types
-from contextlib import contextmanager
-
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 from torch.nn import functional as F
+
+from .swapped_forward import swapped_forward
 
 __all__ = ["merged_lora"]
 
@@ -35,14 +34,6 @@ def _merged_forward(self: LoraLinear, x, *args, **kwargs):
     return F.linear(x, weight.to(x.dtype), self.base_layer.bias)
 
 
-@contextmanager
 def merged_lora(modules):
     """Inside the block every LoRA linear layer of `modules` computes through its merged weight (`_merged_forward`)."""
-    layers = [m for module in modules for m in module.modules() if isinstance(m, LoraLinear)]
-    for layer in layers:
-        layer.forward = types.MethodType(_merged_forward, layer)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
+    return swapped_forward(modules, LoraLinear, _merged_forward)

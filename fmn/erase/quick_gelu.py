@@ -9,12 +9,11 @@ the same up to float rounding.
 
 from __future__ import annotations
 
-import types
-from contextlib import contextmanager
-
 import torch
 from torch.nn import functional as F
 from transformers.activations import QuickGELUActivation
+
+from .swapped_forward import swapped_forward
 
 __all__ = ["fused_quick_gelu"]
 
@@ -38,14 +37,6 @@ def _fused_forward(self: QuickGELUActivation, x: torch.Tensor) -> torch.Tensor:
     return _QuickGelu.apply(x)
 
 
-@contextmanager
 def fused_quick_gelu(modules):
     """Inside the block every quick GELU of `modules` computes through `_QuickGelu`."""
-    activations = [m for module in modules for m in module.modules() if isinstance(m, QuickGELUActivation)]
-    for activation in activations:
-        activation.forward = types.MethodType(_fused_forward, activation)
-    try:
-        yield
-    finally:
-        for activation in activations:
-            del activation.forward
+    return swapped_forward(modules, QuickGELUActivation, _fused_forward)
