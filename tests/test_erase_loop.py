@@ -368,7 +368,7 @@ def test_a_lora_trained_through_its_merged_weight_is_peft_s_lora():
 
 def test_the_fused_quick_gelu_is_transformers_quick_gelu():
     """Inside `fused_quick_gelu` CLIP's activation gives transformers' outputs and gradients within float rounding,
-    and its own forward is back afterwards."""
+    and with no backward to follow its very outputs; its own forward is back afterwards."""
     from transformers.activations import QuickGELUActivation
 
     from fmn.erase.quick_gelu import fused_quick_gelu
@@ -384,6 +384,8 @@ def test_the_fused_quick_gelu_is_transformers_quick_gelu():
     plain_out, plain_grads = run()
     with fused_quick_gelu([model]):
         fused_out, fused_grads = run()
+        with torch.no_grad():  # no backward follows: transformers' own path, the same to the bit
+            assert torch.equal(model(x), plain_out)
     torch.testing.assert_close(fused_out, plain_out)
     for fused, plain in zip(fused_grads, plain_grads):
         torch.testing.assert_close(fused, plain)
