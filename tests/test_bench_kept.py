@@ -91,7 +91,7 @@ def test_set_reaches_every_cell_and_a_bad_setting_is_refused_before_any_runs(tmp
     kept.add_arguments(parser)
     args = parser.parse_args(["--split", "tune", "--methods", "text-map,fmn", "--set", "lr=0.002"])
     jobs = kept._jobs(args, ["text-map", "fmn"], SPLITS["tune"])
-    assert len(jobs) == 14 and all(job.spec["settings"]["lr"] == 0.002 for job in jobs)
+    assert len(jobs) == 16 and all(job.spec["settings"]["lr"] == 0.002 for job in jobs)  # 8 concepts, 2 methods
     # the kind's own settings stay beside --set's (FMN words a style as `bench quality` words it)
     assert all("template" in job.spec["settings"] for job in jobs if job.spec["kind"] == "style"
                and job.spec["method"] == "fmn")

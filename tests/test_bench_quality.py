@@ -10,7 +10,16 @@ import pytest
 
 from fmn.__main__ import main
 from fmn.bench.protocol import Prompt, found, kept_whole, mass_probes, probes
-from fmn.bench.quality import DEFAULT_METHODS, MASS, Row, best_per_kind, given_settings, markdown, render
+from fmn.bench.quality import (
+    DEFAULT_METHODS,
+    MASS,
+    Row,
+    best_per_kind,
+    given_settings,
+    markdown,
+    method_settings,
+    render,
+)
 from fmn.world.judge import COLOUR_NAMES, SUBJECTS, Verdict
 from fmn.world.scenes import COLOURS, Scene, Thing
 
@@ -194,6 +203,17 @@ def test_a_setting_given_reaches_every_erasure_of_the_run(tmp_path):
     assert cell["spec"]["settings"] == {"push": 0} and records["settings"]["set"] == {"push": 0}
     assert main(args) == 0  # the plain run beside it: its uce cell runs again, at the default push
     assert json.loads((tmp_path / "quality-cells" / "triangle-uce.json").read_text())["spec"]["settings"] == {}
+
+
+def test_a_setting_given_for_one_method_reaches_only_that_methods_erasures():
+    """--set METHOD.KEY=VALUE: how a table of several methods re-runs one of them at another setting."""
+    given = given_settings(["text-map.frozen_share=0", "push_after=0.5"], ["uce", "text-map"])
+    assert method_settings("text-map", "object", False, given) == {"push_after": 0.5, "frozen_share": 0}
+    assert method_settings("uce", "object", False, given) == {"push_after": 0.5}
+    with pytest.raises(ValueError, match="rece is not among"):
+        given_settings(["rece.push=1"], ["uce", "text-map"])
+    with pytest.raises(ValueError, match="uce has no setting frozen_share"):
+        given_settings(["frozen_share=0"], ["uce", "text-map"])
 
 
 def test_an_erasure_from_images_is_a_cell_of_its_own_beside_the_same_unedited_cell():

@@ -1,10 +1,10 @@
 """The evaluation protocol on the embedded model: which prompts measure an erasure, and how the judge reads them.
 
-Two splits keep choosing apart from reporting. The *tune* split (held-out templates, its own seeds, seven
-concepts) is the only place a setting or the default is chosen; the *report* split words every concept of the
-world (6 shapes, 4 characters, 4 artists, night, 6 colours) with templates that no training template produces,
-on other scene draws, image seeds and attack seeds, and leaves out any scene an erasure itself holds (its keep
-and in-context prompts). Per concept (`probes`):
+Two splits keep choosing apart from reporting. The *tune* split (held-out templates, its own seeds, eight
+concepts: two shapes, two characters, two artists, night and a colour) is the only place a setting or the default
+is chosen; the *report* split words every concept of the world (6 shapes, 4 characters, 4 artists, night,
+6 colours) with templates that no training template produces, on other scene draws, image seeds and attack seeds,
+and leaves out any scene an erasure itself holds (its keep and in-context prompts). Per concept (`probes`):
 - erased: the concept on the split's prompts (UA, the attack);
 - paraphrase: the concept in other words (a shape's synonym, another night wording, a two-subject scene): leak;
 - in kind / cross kind: other concepts of its kind and of the other kinds, counted only if kept *whole* (IRA, CRA);
@@ -67,9 +67,10 @@ class Split:
     concepts: dict[str, list[str]]
 
 
+# the colour drawn by lot: random.Random(0).choice(sorted(COLOURS))
 TUNE = Split("tune", tuple(HELDOUT_TEMPLATES), 0, 0, (0, 1, 2),
              {"object": ["triangle", "heart"], "identity": ["Tobble", "Lumina"], "style": ["Vellor", "Brusk"],
-              "scene": ["night"]})
+              "scene": ["night"], "colour": ["purple"]})
 REPORT = Split("report", REPORT_TEMPLATES, 1, 1000, (100, 101, 102), NAMES)
 SPLITS = {split.name: split for split in (TUNE, REPORT)}
 

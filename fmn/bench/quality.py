@@ -430,13 +430,14 @@ def add_set_argument(parser) -> None:
     """--set, shared with `bench kept`: checked by `given_settings`."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for every erasure of the run, its value as JSON, e.g. push_after=0 "
-                        "(repeatable); give it its own --out: its rows carry the method's name")
+                        "(repeatable); METHOD.KEY=VALUE for one method of the run, e.g. text-map.frozen_share=0; give "
+                        "it its own --out: its rows carry the method's name")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--split", choices=list(SPLITS),
                         help="report (default; tune with --quick): every concept of the world, on templates and "
-                        "seeds no setting was chosen on; tune: where settings are chosen (7 concepts)")
+                        "seeds no setting was chosen on; tune: where settings are chosen (8 concepts)")
     parser.add_argument("--quick", action="store_true",
                         help="one concept per kind of the tune split, fewer prompts and training steps "
                         "(≤ 10 min on 2 CPU cores)")
@@ -479,28 +480,40 @@ def add_arguments(parser) -> None:
 
 
 def given_settings(pairs: list[str], methods: list[str]) -> dict:
-    """--set KEY=VALUE pairs as settings (a value that is not JSON is a string), checked by making each method with
-    them before any cell runs: an unknown setting or a bad value is refused as `erase` would refuse it."""
+    """--set pairs as settings (a value that is not JSON is a string): KEY=VALUE for every method of the run,
+    METHOD.KEY=VALUE for that one only. Checked by making each method with its own before any cell runs: an unknown
+    setting or a bad value is refused as `erase` would refuse it."""
     given = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {pair}: write KEY=VALUE, e.g. push_after=0.")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {pair}: write KEY=VALUE, e.g. push_after=0, or METHOD.KEY=VALUE.")
+        method = key.rpartition(".")[0]
+        if method and method not in methods:
+            raise ValueError(f"--set {pair}: {method} is not among this run's methods ({', '.join(methods)}).")
         try:
-            given[key.strip()] = json.loads(value)
+            given[key] = json.loads(value)
         except ValueError:
-            given[key.strip()] = value
+            given[key] = value
     for m in methods:
         try:
-            make_method(m, "concept", **given)
+            make_method(m, "concept", **_for_method(given, m))
         except ValueError as e:
             raise ValueError(f"--set: {e}") from None
     return given
 
 
+def _for_method(given: dict, method: str) -> dict:
+    """The --set settings one method erases with: those for every method, then its own (METHOD.KEY)."""
+    return ({k: v for k, v in given.items() if "." not in k}
+            | {k.partition(".")[2]: v for k, v in given.items() if k.startswith(method + ".")})
+
+
 def method_settings(method: str, kind: str | None, quick: bool, given: dict) -> dict:
     """The settings a method erases a concept of `kind` with: the kind's (`KIND_SETTINGS`), --quick's, then --set's."""
-    return KIND_SETTINGS.get(kind, {}).get(method, {}) | (QUICK_SETTINGS.get(method, {}) if quick else {}) | given
+    return (KIND_SETTINGS.get(kind, {}).get(method, {}) | (QUICK_SETTINGS.get(method, {}) if quick else {})
+            | _for_method(given, method))
 
 
 def _runs(args, methods: list[str], kind: str | None, given: dict) -> list[tuple[str, str, dict]]:

@@ -55,8 +55,8 @@ def _add_method_options(parser) -> None:
                         "patch, so that it erases with either part off (an encoder swap); it costs kept concepts "
                         "(docs/methods.md)")
     parser.add_argument("--frozen-share", type=float,
-                        help="text-map: the share of the text encoder's first blocks left as they are (default 0; at "
-                        "0.34 styles come back less under the attack and colours erase less: docs/methods.md)")
+                        help="text-map: the share of the text encoder's first blocks left as they are (default 0.34; "
+                        "at 0 colours erase more and styles come back more under the attack: docs/methods.md)")
     parser.add_argument("--adversarial", action="store_true",
                         help="trained methods: also erase the words an attacker learns against the patch "
                         "(slower, more robust)")
