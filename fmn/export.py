@@ -154,7 +154,8 @@ def _merged(pipe: StableDiffusionPipeline, patches: list[Patch], source: str,
     merged = load_pipeline(source, device="cpu", dtype=torch.float32, config=config)
     with torch.no_grad():
         for module, (a, b) in lora_factors(patches).items():
-            _layer(merged, module).weight += b @ a
+            weight = _layer(merged, module).weight
+            weight += (b.flatten(1) @ a.flatten(1)).view(weight.shape)  # a convolution's k x k, then 1 x 1: one kernel
     return merged
 
 

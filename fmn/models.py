@@ -210,7 +210,12 @@ def load_pipeline(
         raise ModelLoadError(f"could not load {source}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     pipe.world = World.load(path) if path.is_dir() else None  # read once, answered from memory
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if pipe.device.type == "cpu" and not is_transformer(pipe):
+        # oneDNN's convolutions run faster on channels-last weights: the UNet draws and trains faster on 2 cores, the
+        # same images within one level (the VAE stays as it is: there a batch and single calls would differ)
+        pipe.unet.to(memory_format=torch.channels_last)
+    return pipe
 
 
 def world_of(pipe: StableDiffusionPipeline) -> World | None:

@@ -59,7 +59,7 @@ def fingerprint(pipe: StableDiffusionPipeline) -> str:
     ends = ((denoiser.context_embedder, denoiser.proj_out) if is_transformer(pipe)
             else (denoiser.conv_in, denoiser.conv_out))  # where the denoiser reads and writes
     probes = [*(layer.weight for layer in ends), pipe.text_encoder.get_input_embeddings().weight]
-    stats = [round(float(t.detach().float().abs().mean()), 4) for t in probes]
+    stats = [round(float(t.detach().float().contiguous().abs().mean()), 4) for t in probes]  # any memory format
     text_config = {k: v for k, v in pipe.text_encoder.config.to_diff_dict().items()
                    if k not in ("dtype", "torch_dtype")}
     blob = json.dumps([dict(denoiser.config), text_config, stats], sort_keys=True, default=str)

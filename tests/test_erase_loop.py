@@ -1,6 +1,8 @@
 """The shared erasure loop on a tiny random model: it trains only the adapter, reports
 progress, stops cleanly on NaN or cancel, and ESD moves the concept's prediction toward its target."""
 
+import contextlib
+
 import pytest
 import torch
 from PIL import ImageFile
@@ -390,6 +392,59 @@ def test_the_fused_quick_gelu_is_transformers_quick_gelu():
     for fused, plain in zip(fused_grads, plain_grads):
         torch.testing.assert_close(fused, plain)
     assert "forward" not in vars(model[1])
+
+
+def test_an_encoder_s_blocks_that_do_not_train_run_once_per_prompt():
+    """Inside `cached_prefix` a training forward of a CLIP encoder whose first block does not train gives the same
+    outputs and gradients, and that block runs once per distinct prompt; a forward with no backward to follow (an
+    image drawn between two steps) or with the token table hooked (a learned word) runs it as ever, to the bit."""
+    from fmn.erase.encoders import encoder_layers
+    from fmn.erase.frozen_prefix import cached_prefix
+    from fmn.erase.loop import _trainable
+    from fmn.patch import new_adapter
+
+    pipe = tiny_pipeline()
+    encoder, prompts = pipe.text_encoder, ["a red circle", "a star on grass", "a red circle"]
+    new_adapter(pipe, "p", "text_encoder", encoder_layers(encoder, 0.5), 4)  # the tiny encoder's 2nd block of 2
+    activate(pipe, ["p"])
+    with torch.no_grad():
+        for key, param in encoder.named_parameters():
+            if ".p." in key:
+                param.normal_(std=0.1)
+    params, runs = _trainable(pipe, "p"), []
+    encoder.encoder.layers[0].self_attn.register_forward_hook(lambda *args: runs.append(1))
+
+    def run(grad=True):
+        with torch.set_grad_enabled(grad):
+            states = encode(pipe, prompts).states
+            return states.detach(), torch.autograd.grad(states.pow(2).sum(), params) if grad else None
+
+    plain_out, plain_grads = run()
+    with torch.no_grad():
+        plain_image_text = encode(pipe, prompts).states
+    runs.clear()
+    with cached_prefix([encoder]):
+        for step in range(2):
+            out, grads = run()
+            torch.testing.assert_close(out, plain_out)
+            for cached, plain in zip(grads, plain_grads):
+                torch.testing.assert_close(cached, plain)
+        assert len(runs) == 1  # the two distinct prompts' first block, once, in one batch
+        assert torch.equal(run(grad=False)[0], plain_image_text) and len(runs) == 2
+        hook = encoder.get_input_embeddings().register_forward_hook(lambda module, args, output: output)
+        torch.testing.assert_close(run()[0], plain_out)
+        assert len(runs) == 3
+        hook.remove()
+    assert "forward" not in vars(encoder.embeddings) and "forward" not in vars(encoder.encoder.layers[0])
+    for param in params:
+        param.requires_grad_(False)
+    activate(pipe, [])
+    with pytest.MonkeyPatch.context() as patched:  # the loop's patch is the one of the whole encoder, step for step
+        cached = erase(pipe, ["circle"], "text-map", name="cached", steps=5, frozen_share=0.5).tensors
+        patched.setattr("fmn.erase.loop.cached_prefix", lambda modules: contextlib.nullcontext())
+        whole = erase(pipe, ["circle"], "text-map", name="whole", steps=5, frozen_share=0.5).tensors
+    for key in cached:
+        torch.testing.assert_close(cached[key], whole[key.replace("cached", "whole")], rtol=1e-4, atol=1e-6)
 
 
 def test_text_map_leaves_the_frozen_share_of_the_encoder_s_first_blocks_as_they_are():

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from fmn.export import FORMATS
 from fmn.generate import GenerationSettings, generate
 from fmn.models import load_pipeline
-from fmn.patch import PatchError, adapter_tensors
+from fmn.patch import Patch, PatchError, adapter_tensors, fingerprint, new_adapter
 from fmn.studio import Studio
 
 from conftest import ROOT
@@ -75,6 +75,27 @@ def test_merged_folder_and_single_file_draw_what_the_studio_draws(stacked, tiny_
     assert json.loads((folder / "erasure.json").read_text())[1]["concepts"] == ["square"]
     assert difference(generate(load_pipeline(folder, device="cpu"), SETTINGS, SEEDS), patched) <= bar
     single = studio.export(["a", "b"], "single-file", tmp_path / "merged.safetensors")
+    pipe = load_pipeline(single, device="cpu", config=str(tiny_dirs["sd15"]))
+    assert difference(generate(pipe, SETTINGS, SEEDS), patched) <= bar
+
+
+def test_a_patch_on_convolutions_merges_into_one_kernel(tiny_dirs, tmp_path):
+    """ESD-u's patch holds convolutions' factors (a k x k kernel, then a 1 x 1): the merged folder and the single
+    file fold them into one kernel and draw what the studio draws."""
+    studio = Studio(tiny_dirs["sd15"], device="cpu")
+    lora = {"unet": new_adapter(studio.pipe, "c", "unet", ["conv_in", "conv_out", "conv1"], rank=2)}
+    gen = torch.Generator().manual_seed(0)
+    for key, param in studio.pipe.unet.named_parameters():
+        if "lora_B.c" in key:
+            param.data = torch.randn(param.shape, generator=gen) * 0.3
+    tensors = adapter_tensors(studio.pipe, "c", ["unet"])
+    assert any(t.dim() == 4 and t.shape[-1] == 3 for t in tensors.values())  # a 3 x 3 factor
+    studio.patches["c"] = Patch(tensors, "test", ["circle"], fingerprint(studio.pipe), lora)
+    patched = studio.generate(SETTINGS, SEEDS, patches=["c"])
+    bar = min(TOLERANCE, difference(patched, studio.generate(SETTINGS, SEEDS)) / 10)
+    folder = studio.export(["c"], "merged", tmp_path / "merged")
+    assert difference(generate(load_pipeline(folder, device="cpu"), SETTINGS, SEEDS), patched) <= bar
+    single = studio.export(["c"], "single-file", tmp_path / "merged.safetensors")
     pipe = load_pipeline(single, device="cpu", config=str(tiny_dirs["sd15"]))
     assert difference(generate(pipe, SETTINGS, SEEDS), patched) <= bar
 

@@ -27,6 +27,25 @@ def test_saved_tiny_folders_load_and_generate(tiny_dirs, kind):
     assert np.asarray(image).std() > 0
 
 
+def test_on_a_cpu_the_unet_runs_channels_last_and_draws_the_same_images(embedded):
+    """Loaded on a CPU, the UNet's weights are channels-last (oneDNN's faster layout): the images are those of the
+    default layout within one level, and the model's fingerprint, which patches check, is the same."""
+    from fmn.patch import fingerprint
+
+    settings, seeds = GenerationSettings("a red circle on grass", steps=5), [0, 1, 2]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in embedded.unet.parameters() if p.dim() == 4)
+    fast, base = generate(embedded, settings, seeds), fingerprint(embedded)
+    try:
+        embedded.unet.to(memory_format=torch.contiguous_format)
+        plain = generate(embedded, settings, seeds)
+        assert fingerprint(embedded) == base
+    finally:
+        embedded.unet.to(memory_format=torch.channels_last)
+    difference = np.abs(np.stack([np.asarray(i, dtype=np.int16) for i in fast])
+                        - np.stack([np.asarray(i, dtype=np.int16) for i in plain]))
+    assert difference.max() <= 1, difference.max()
+
+
 def test_pick_device_defaults_to_cpu_fp32_here():
     device, dtype = pick_device()
     if not torch.cuda.is_available():

@@ -27,6 +27,7 @@ from ..attention import install
 from ..diffusion import concept_positions, denoise, encode, noisy, reference_latents
 from ..patch import Patch, activate, adapter_tensors, components, detach, fingerprint, new_adapter
 from .adversarial import Adversary
+from .frozen_prefix import cached_prefix
 from .merged_lora import merged_lora
 from .method import ErasureMethod
 from .quick_gelu import fused_quick_gelu
@@ -144,11 +145,11 @@ def train_patch(
     activate(pipe, [name])
     params = _trainable(pipe, name)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # 3. Training steps, each adapter layer through its merged weight and CLIP's activations fused (the same
-    # functions, less work)
+    # 3. Training steps, each adapter layer through its merged weight, CLIP's activations fused and its blocks that
+    # do not train run once per prompt (the same functions, less work)
     trained = [getattr(pipe, component) for component in lora]
     try:
-        with merged_lora(trained), fused_quick_gelu(trained):
+        with merged_lora(trained), fused_quick_gelu(trained), cached_prefix(trained):
             for step in range(1, cfg.steps + 1):
                 if adversary is not None and (step - 1) % cfg.attack_every == 0:
                     with record_function("erase.adversary"):
