@@ -79,9 +79,10 @@ def test_merged_folder_and_single_file_draw_what_the_studio_draws(stacked, tiny_
     assert difference(generate(pipe, SETTINGS, SEEDS), patched) <= bar
 
 
-def test_a_patch_on_convolutions_merges_into_one_kernel(tiny_dirs, tmp_path):
-    """ESD-u's patch holds convolutions' factors (a k x k kernel, then a 1 x 1): the merged folder and the single
-    file fold them into one kernel and draw what the studio draws."""
+def test_a_patch_on_convolutions_exports_to_every_format(tiny_dirs, tmp_path):
+    """ESD-u's patch holds convolutions' factors (a k x k kernel, then a 1 x 1): the LoRA files carry them as
+    diffusers reads them, the merged folder and the single file fold them into one kernel, and each draws what the
+    studio draws."""
     studio = Studio(tiny_dirs["sd15"], device="cpu")
     lora = {"unet": new_adapter(studio.pipe, "c", "unet", ["conv_in", "conv_out", "conv1"], rank=2)}
     gen = torch.Generator().manual_seed(0)
@@ -93,6 +94,10 @@ def test_a_patch_on_convolutions_merges_into_one_kernel(tiny_dirs, tmp_path):
     studio.patches["c"] = Patch(tensors, "test", ["circle"], fingerprint(studio.pipe), lora)
     patched = studio.generate(SETTINGS, SEEDS, patches=["c"])
     bar = min(TOLERANCE, difference(patched, studio.generate(SETTINGS, SEEDS)) / 10)
+    for to in ("diffusers-lora", "kohya"):
+        pipe = load_pipeline(tiny_dirs["sd15"], device="cpu")
+        pipe.load_lora_weights(str(studio.export(["c"], to, tmp_path / f"{to}.safetensors")))
+        assert difference(generate(pipe, SETTINGS, SEEDS), patched) <= bar, to
     folder = studio.export(["c"], "merged", tmp_path / "merged")
     assert difference(generate(load_pipeline(folder, device="cpu"), SETTINGS, SEEDS), patched) <= bar
     single = studio.export(["c"], "single-file", tmp_path / "merged.safetensors")
