@@ -397,7 +397,8 @@ def test_the_fused_quick_gelu_is_transformers_quick_gelu():
 def test_an_encoder_s_blocks_that_do_not_train_run_once_per_prompt():
     """Inside `cached_prefix` a training forward of a CLIP encoder whose first block does not train gives the same
     outputs and gradients, and that block runs once per distinct prompt; a forward with no backward to follow (an
-    image drawn between two steps) or with the token table hooked (a learned word) runs it as ever, to the bit."""
+    image drawn between two steps) or with the embeddings hooked (a learned word swapped in before or after the token
+    table) runs it as ever, to the bit."""
     from fmn.erase.encoders import encoder_layers
     from fmn.erase.frozen_prefix import cached_prefix
     from fmn.erase.loop import _trainable
@@ -431,10 +432,16 @@ def test_an_encoder_s_blocks_that_do_not_train_run_once_per_prompt():
                 torch.testing.assert_close(cached, plain)
         assert len(runs) == 1  # the two distinct prompts' first block, once, in one batch
         assert torch.equal(run(grad=False)[0], plain_image_text) and len(runs) == 2
-        hook = encoder.get_input_embeddings().register_forward_hook(lambda module, args, output: output)
-        torch.testing.assert_close(run()[0], plain_out)
-        assert len(runs) == 3
-        hook.remove()
+        embeddings = encoder.embeddings
+        hooks = [(embeddings.token_embedding.register_forward_hook, lambda module, args, output: output),
+                 (embeddings.token_embedding.register_forward_pre_hook, lambda module, args: args),
+                 (embeddings.position_embedding.register_forward_hook, lambda module, args, output: output),
+                 (embeddings.register_forward_pre_hook, lambda module, args: args)]
+        for count, (register, hook) in enumerate(hooks, start=3):  # whatever a hook does, the whole encoder runs
+            handle = register(hook)
+            torch.testing.assert_close(run()[0], plain_out)
+            assert len(runs) == count
+            handle.remove()
     assert "forward" not in vars(encoder.embeddings) and "forward" not in vars(encoder.encoder.layers[0])
     for param in params:
         param.requires_grad_(False)

@@ -4,10 +4,10 @@ Text-map leaves the first `frozen_share` of the encoder's blocks as they are (`e
 the same prompts step after step: every erased prompt each step, keep prompts drawn from a few dozen. What those
 blocks give a prompt cannot change while the patch trains, so inside `cached_prefix` a training forward starts at
 the first block that trains, from its input computed once per prompt (`output_hidden_states`); the blocks before it
-pass that on. Only a forward a backward follows (grad on) from plain token ids, with nothing hooked on the token
-table (a learned word, an attacker's words), takes that path: an image another caller draws between two steps runs
-the whole encoder as ever, to the bit. The cache holds one (positions, width) tensor per distinct prompt and lives
-as long as the block.
+pass that on. Only a forward a backward follows (grad on) from plain token ids, with nothing hooked on the embeddings
+or their tables (a learned word, an attacker's words) and nothing there training, takes that path: an image another
+caller draws between two steps runs the whole encoder as ever, to the bit. The cache holds one (positions, width)
+tensor per distinct prompt and lives as long as the block.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class _PrefixCache:
 
     def __init__(self, encoder: nn.Module, frozen: int):
         self.encoder, self.frozen = encoder, frozen
-        self.table = encoder.get_input_embeddings()
         self.states: dict[bytes, torch.Tensor] = {}
         # `.cached`: this thread's forward started from the cache (per thread: another may draw an image meanwhile)
         self.forward = threading.local()
@@ -38,7 +37,8 @@ class _PrefixCache:
     def embed(self, embeddings: CLIPTextEmbeddings, input_ids=None, position_ids=None, inputs_embeds=None):
         """The embeddings' output, or on a training forward of plain ids the first trained block's input."""
         plain = (torch.is_grad_enabled() and input_ids is not None and position_ids is None and inputs_embeds is None
-                 and not self.table._forward_hooks and not self.table.weight.requires_grad)
+                 and not any(_hooked(module) for module in embeddings.modules())
+                 and not any(param.requires_grad for param in embeddings.parameters()))
         self.forward.cached = plain
         if not plain:
             return type(embeddings).forward(embeddings, input_ids, position_ids, inputs_embeds)
@@ -56,6 +56,11 @@ class _PrefixCache:
         if getattr(self.forward, "cached", False):
             return hidden_states
         return type(layer).forward(layer, hidden_states, *args, **kwargs)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook may change what the module gives: one run before it or after it."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _frozen_blocks(encoder: nn.Module) -> list[nn.Module]:
