@@ -45,14 +45,14 @@ __all__ = ["TextMapConfig", "TextMap"]
 class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     steps: int = 0  # 0: `passes` x the batches it takes to see every erased prompt (one concept and its contexts: 100)
     passes: int = 100  # tuned with lr on the embedded model: one concept and its 31 in-context prompts, 100 steps
-    lr: float = 1e-2
+    lr: float = 1e-2  # 50 passes at 2e-2 rank below on the tune split (text-map-passes-50/)
     rank: int = 8
     # the share of each text encoder's first blocks left without LoRA (backward stops at the first that trains):
     # first of 0, 0.34 and 0.67 on the tune split (text-map-frozen-share/)
     frozen_share: float = 0.34
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
-    keep_batch: int = 32  # keep prompts a step
+    keep_batch: int = 32  # keep prompts a step; at 16 a model without world.json loses green squares with circle
     learned_batch: int = 8  # from images: prompts with the learned word a step, beside `batch` with the name
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
     keep_weight: float = 4.0  # ours: first of 1, 4, 10 and 30 on the tune split (text-map-keep-weight/)
