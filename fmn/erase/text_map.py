@@ -52,7 +52,7 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     frozen_share: float = 0.34
     preserve_weight: float = 0.0  # the keep prompts and the preserved words hold what is kept, in text space
     batch: int = 32  # erased prompts a step
-    keep_batch: int = 32  # keep prompts a step; at 16 a model without world.json loses green squares with circle
+    keep_batch: int = 32  # keep prompts a step; at 16, erasing circle turns green squares another colour
     learned_batch: int = 8  # from images: prompts with the learned word a step, beside `batch` with the name
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
     keep_weight: float = 4.0  # ours: first of 1, 4, 10 and 30 on the tune split (text-map-keep-weight/)
