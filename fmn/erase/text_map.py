@@ -55,7 +55,8 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     keep_batch: int = 32  # keep prompts a step; at 16, erasing circle turns green squares another colour
     learned_batch: int = 8  # from images: prompts with the learned word a step, beside `batch` with the name
     push_after: float = 0.5  # half the closed forms': at 1, on every concept, styles and night lost more
-    keep_weight: float = 4.0  # ours: first of 1, 4, 10 and 30 on the tune split (text-map-keep-weight/)
+    # ours: first on the tune split of 1, 4, 10 and 30, and of 1, 4 and 10 at frozen_share 0.34 (text-map-keep-weight/)
+    keep_weight: float = 4.0
     # a closed form ("uce", "rece") solved beside, into the same patch: the denoiser's cross-attention erases too,
     # so a patch loaded with its text-encoder part off (an encoder swap) still erases ("": the text encoder only)
     unet_edit: str = ""
