@@ -186,6 +186,12 @@ def test_the_default_erases_from_the_images_given(tiny_dirs, tmp_path, capsys):
                              "--images", str(tmp_path / "good"), "--steps", "2", "--out", str(out))
     assert status == 0 and "learning from 2 images of 'circle', then erasing" in lines, lines
     assert Patch.load(out).method == "text-map" and Patch.load(out).settings["inversion_steps"] == 100
+    assert not any(line.startswith("held too") for line in lines)
+    # --hold-learned: the words nearest the learned word are found once it is learned, held, and said then
+    status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle",
+                             "--images", str(tmp_path / "good"), "--steps", "2", "--hold-learned", "--out", str(out))
+    more = [line.split(": ", 1)[1].split(", ") for line in lines if line.startswith("held too, nearest the word")]
+    assert status == 0 and len(more) == 1 and set(more[0]) <= set(Patch.load(out).settings["preserve"]), lines
 
 
 def test_erase_says_why_a_nan_loss_stopped_it_on_a_line_of_its_own(tiny_dirs, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fmn.erase import erase, keep_set
-from fmn.erase.keep import IN_CONTEXT, KEEP_PROMPTS, NEAR, TWINS, nearest, vocabulary
+from fmn.erase.keep import IN_CONTEXT, KEEP_PROMPTS, NEAR, SAME, TWINS, nearest, nearest_learned, vocabulary
 from fmn.models import EMBEDDED, load_pipeline
 from fmn.patch import detach
 
@@ -33,6 +33,18 @@ def test_the_nearest_words_are_the_models_own_neighbours_found_without_its_world
     assert len(near("Vellor") & {"brusk", "zaranth", "quimby"}) >= 2
     similarities = [s for _, s in nearest(worldless, "circle", NEAR)]
     assert similarities == sorted(similarities, reverse=True) and len(similarities) == NEAR
+
+
+def test_the_words_nearest_a_learned_word_leave_out_the_concept_in_other_words(worldless):
+    """A word learned from images of night that lies where an artist's name does holds that artist; words that may be
+    night itself (moon, dark, midnight: at SAME or nearer night's name) and night's own forms are never held."""
+    table = worldless.text_encoder.get_input_embeddings().weight.detach()
+    rows = lambda word: table[worldless.tokenizer(word, add_special_tokens=False).input_ids]  # noqa: E731
+    near = nearest_learned(worldless, "night", torch.cat([rows("vellor"), rows("moon")]))
+    assert "vellor" in near[:2] and len(near) == NEAR
+    assert not {"moon", "dark", "midnight", "night", "nights"} & set(near)
+    assert all(s < SAME for w, s in nearest(worldless, "night", 200) if w in near)
+    assert nearest_learned(worldless, "circle", rows("square"))[0] == "square"
 
 
 def test_the_keep_set_holds_the_users_words_first_and_leaves_the_concepts_other_wordings_alone(worldless):

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from fmn.diffusion import denoise, encode
-from fmn.erase import DEFAULT_METHOD, erase, make_method
+from fmn.erase import DEFAULT_METHOD, erase, keep_set, make_method
+from fmn.erase.keep import nearest_learned
 from fmn.erase.learned_word import learn_word
 from fmn.erase.uce import UCE
 from fmn.generate import native_size
-from fmn.inversion import inverted
-from fmn.patch import active
+from fmn.inversion import Inverted, concept_token_ids, inverted
+from fmn.patch import active, detach
 from fmn.tiny import tiny_pipeline
 
 INVERSION = dict(inversion_steps=60, inversion_lr=5e-2)  # the tiny model's random embeddings move far in 60 steps
@@ -48,6 +49,29 @@ def test_text_map_erases_the_word_it_learns_from_the_images():
     # measured on the tiny model: 0.3 of the way left with the images, 0.8 by name alone
     with_images, by_name = _left(pipe, "from-images", word), _left(pipe, "by-name", word)
     assert max(with_images) < 0.5 and sum(with_images) < 0.6 * sum(by_name), (with_images, by_name)
+
+
+def test_text_map_holds_the_words_nearest_the_word_it_learns(embedded):
+    """Inversion puts what the images show beside the concept into the learned word: with `hold_learned`, the keep
+    set is found again with the words nearest the learned word beside the user's, and the patch records what it
+    held; by default the set found from the name stays."""
+    by_name, images = keep_set(embedded, ["night"], ["dog"]), _images(embedded, 2)
+    method = make_method(DEFAULT_METHOD, ["night"], images, held=by_name, keep=["dog"])
+    table = embedded.text_encoder.get_input_embeddings().weight.detach()
+    ids = concept_token_ids(embedded, "night")
+    styled = table[embedded.tokenizer("vellor", add_special_tokens=False).input_ids].mean(0)  # night as a style
+    method.hold_nearest(embedded, Inverted(ids, [styled.expand(len(ids[0]), -1)]))
+    near = nearest_learned(embedded, "night", styled[None])
+    assert "vellor" in near and "vellor" not in by_name.words
+    again, cfg = keep_set(embedded, ["night"], ["dog", *near]), method.config
+    assert (cfg.preserve, cfg.keep_prompts, cfg.in_context) == (again.words, again.prompts, again.in_context)
+    settings = dict(steps=1, inversion_steps=2, inversion_lr=0.5)  # the word moves far from night's name
+    held = {}
+    for hold in (True, False):
+        held[hold] = erase(embedded, ["night"], DEFAULT_METHOD, images, name="held", keep="dog", hold_learned=hold,
+                           **settings).settings["preserve"]
+        detach(embedded, "held")
+    assert held[False] == by_name.words and held[True][0] == "dog" and held[True] != by_name.words
 
 
 def _missed(weights: dict[str, torch.Tensor], patch, spans) -> float:

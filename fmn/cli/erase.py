@@ -57,6 +57,10 @@ def _add_method_options(parser) -> None:
     parser.add_argument("--frozen-share", type=float,
                         help="text-map: the share of the text encoder's first blocks left as they are (default 0.34; "
                         "at 0 colours erase more and styles come back more under the attack: docs/methods.md)")
+    parser.add_argument("--hold-learned", action="store_const", const=True,
+                        help="text-map with --images: also hold the words nearest the word learned from the images "
+                        "(what they show beside the concept); it keeps more and the attack brings back more "
+                        "(docs/methods.md)")
     parser.add_argument("--adversarial", action="store_true",
                         help="trained methods: also erase the words an attacker learns against the patch "
                         "(slower, more robust)")
@@ -87,10 +91,11 @@ def run(args) -> None:
 
 def _settings(args, **given) -> dict:
     """The method's settings from the command line: --steps, --lr, --push, --keep-weight, --prior, --unet-edit,
-    --frozen-share and those `given`, where set (unset: the method's default), then --adversarial and --keep."""
+    --frozen-share, --hold-learned and those `given`, where set (unset: the method's default), then --adversarial and
+    --keep."""
     prior = None if args.prior is None else split_concepts(args.prior)
     given = dict(steps=args.steps, lr=args.lr, push=args.push, keep_weight=args.keep_weight, prior=prior,
-                 unet_edit=args.unet_edit, frozen_share=args.frozen_share, **given)
+                 unet_edit=args.unet_edit, frozen_share=args.frozen_share, hold_learned=args.hold_learned, **given)
     settings = {name: value for name, value in given.items() if value is not None}
     if args.adversarial:
         settings["adversarial"] = True
@@ -111,10 +116,14 @@ def _erase(args, studio) -> str:
           + (f"; left alone as maybe the concept in other words: {', '.join(held.near)}" if held.near else ""),
           file=sys.stderr)
     with progress_line() as show:
-        return studio.erase(args.concept, args.method, images, args.replace_with,
-                            lambda step: show(f"step {step.step}/{step.total}  loss {step.loss:.4f}  "
-                                              f"{step.elapsed:.1f}s"),
-                            seed=args.seed, **settings)
+        patch_id = studio.erase(args.concept, args.method, images, args.replace_with,
+                                lambda step: show(f"step {step.step}/{step.total}  loss {step.loss:.4f}  "
+                                                  f"{step.elapsed:.1f}s"),
+                                seed=args.seed, **settings)
+    more = studio.held_too(patch_id, args.concept, settings["keep"], args.replace_with)
+    if more:
+        print(f"held too, nearest the word learned from the images: {', '.join(more)}", file=sys.stderr)
+    return patch_id
 
 
 def _write_figure(args, studio, patch_id: str) -> None:

@@ -28,8 +28,8 @@ from torch import nn
 
 from .targets import find
 
-__all__ = ["KeepSet", "keep_set", "nearest", "vocabulary", "held_settings", "NEAR", "SAME", "KEEP_PROMPTS",
-           "IN_CONTEXT", "TWINS"]
+__all__ = ["KeepSet", "keep_set", "nearest", "nearest_learned", "vocabulary", "held_settings", "NEAR", "SAME",
+           "KEEP_PROMPTS", "IN_CONTEXT", "TWINS"]
 
 NEAR = 8  # nearest words held per concept
 SAME = 0.6  # at this cosine or above, a word may be the concept itself: not held
@@ -102,17 +102,29 @@ def _same_word(word: str, concept: str) -> bool:
     return len(min(w, c, key=len)) >= 4 and (w in c or c in w) or w in c.split()
 
 
+def _ranked(pipe: StableDiffusionPipeline, direction: torch.Tensor, concept: str) -> list[tuple[str, float]]:
+    """Every whole word by its cosine with `direction` (unit length), highest first, the concept's forms left out."""
+    vocab = vocabulary(pipe)
+    similarity = vocab.vectors @ direction
+    return [(vocab.words[i], float(similarity[i])) for i in similarity.argsort(descending=True).tolist()
+            if not _same_word(vocab.words[i], concept)]
+
+
 def nearest(pipe: StableDiffusionPipeline, concept: str, n: int = NEAR) -> list[tuple[str, float]]:
     """The n whole words nearest the concept (cosine, highest first), the concept's own word forms left out."""
+    return _ranked(pipe, _vector(pipe, concept), concept)[:n]
+
+
+def nearest_learned(pipe: StableDiffusionPipeline, concept: str, vectors: torch.Tensor, n: int = NEAR) -> list[str]:
+    """The n whole words nearest a word learned from images of the concept (`vectors`: its tokens' rows of the first
+    text encoder's table, (T, D); their mean's cosine). Inversion puts into the word what the images show beside
+    the concept (a background, a style, the shapes a colour was on), so erasing it takes those along unless they
+    are held. A word that may be the concept itself (at SAME or nearer its name) is left out."""
+    name = _vector(pipe, concept)
     vocab = vocabulary(pipe)
-    similarity = vocab.vectors @ _vector(pipe, concept)
-    out = []
-    for i in similarity.argsort(descending=True).tolist():
-        if not _same_word(vocab.words[i], concept):
-            out.append((vocab.words[i], float(similarity[i])))
-            if len(out) == n:
-                break
-    return out
+    near_name = dict(zip(vocab.words, (vocab.vectors @ name).tolist()))
+    direction = nn.functional.normalize(vectors.detach().float().mean(0).cpu(), dim=-1)
+    return [word for word, _ in _ranked(pipe, direction, concept) if near_name[word] < SAME][:n]
 
 
 @dataclass

@@ -17,6 +17,7 @@ cores, its erasure from 8 images takes about 20 s where one by name takes 15 s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -65,11 +66,15 @@ def invert_images(pipe: StableDiffusionPipeline, concept: str, images: torch.Ten
 
 
 def learn_word(pipe: StableDiffusionPipeline, method: EmbeddingTargets, images: torch.Tensor,
-               config: LearnedWordConfig, seed: int = 0) -> LearnedWord:
+               config: LearnedWordConfig, seed: int = 0,
+               hold: Callable[[StableDiffusionPipeline, Inverted], None] | None = None) -> LearnedWord:
     """Inverts `images` of the method's first concept (`invert_images`), then reads the concept's erased prompts
-    with the learned word in its name's place."""
+    with the learned word in its name's place; `hold(pipe, word)` first, if given (it may change what is held and
+    the in-context prompts)."""
     concept = method.concepts[0]
     learned = invert_images(pipe, concept, images, config, seed)
+    if hold is not None:
+        hold(pipe, learned)
     with inverted(pipe, learned):
         spans = [s for s in method.spans(pipe) if find(concept, s.prompt)]
     return LearnedWord(learned, spans)

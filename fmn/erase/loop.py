@@ -184,4 +184,4 @@ def train_patch(
     # 4. The patch: the adapter's factors and what made them
     activate(pipe, [])
     return Patch(adapter_tensors(pipe, name, list(lora)), method.name, method.concepts, fingerprint(pipe), lora,
-                 asdict(cfg))
+                 asdict(method.config))  # as the references left it (text-map given images holds more words)

@@ -19,7 +19,9 @@ With `unet_edit`, a closed form (`uce.py`) also edits the cross-attention, held 
 hard, in the same patch: the text encoder's LoRA alone, or the UNet's edit under the unedited text encoder (a LoRA
 loaded with its CLIP strength at 0), still erases.
 Given images of the (first) concept, it first learns the concept as they show it, a word by textual inversion,
-and sends that word's rows in the same prompts to the same targets (`learned_word.py`).
+and sends that word's rows in the same prompts to the same targets (`learned_word.py`). Inversion also puts into the
+word what the images show beside the concept (their backgrounds, their style), so the words nearest the learned word
+can be held beside the name's nearest (`hold_learned`, `keep.nearest_learned`).
 Related: AdvUnlearn (Zhang et al. 2024) also erases in the text encoder, by adversarial training through
 the UNet; here the targets come in closed form from the text space alone.
 """
@@ -32,11 +34,12 @@ from math import ceil
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..inversion import text_encoder_components
+from ..inversion import Inverted, text_encoder_components
 from .encoders import encoder_layers, encoder_rows, encoder_segments
+from .keep import keep_set, nearest_learned
 from .learned_word import LearnedWord, LearnedWordConfig, learn_word, span_distance, span_loss
 from .method import ErasureMethod, TrainingConfig, closed_forms, register
-from .targets import EmbeddingTargets, Span, TargetsConfig
+from .targets import EmbeddingTargets, Span, TargetsConfig, find
 
 __all__ = ["TextMapConfig", "TextMap"]
 
@@ -60,6 +63,10 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     # a closed form ("uce", "rece") solved beside, into the same patch: the denoiser's cross-attention erases too,
     # so a patch loaded with its text-encoder part off (an encoder swap) still erases ("": the text encoder only)
     unet_edit: str = ""
+    # from images: the keep set found again with the words nearest the learned word among the held (what the
+    # images show beside the concept, which the learned word carries); ours: on the tune split it keeps more but the
+    # attack brings back more (text-map-hold-learned/)
+    hold_learned: bool = False
 
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
@@ -118,10 +125,23 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         return self.images is not None  # the word is learned from the images
 
     def references(self, pipe: StableDiffusionPipeline, generator: torch.Generator) -> References:
+        learned = None
+        if self.images is not None:
+            hold = self.hold_nearest if self.config.hold_learned else None
+            learned = learn_word(pipe, self, self.images, self.config, self.config.seed, hold)
         keep = [*self.config.preserve, *self.config.keep_prompts]
         states = encoder_rows(pipe, keep) if keep else torch.zeros(0)
-        learned = None if self.images is None else learn_word(pipe, self, self.images, self.config, self.config.seed)
         return References(self.spans(pipe), keep, states, learned)
+
+    def hold_nearest(self, pipe: StableDiffusionPipeline, word: Inverted) -> None:
+        """Finds the keep set again (`keep.keep_set`) with the words nearest the learned `word` beside the user's,
+        so that erasing the word leaves what the images show beside the concept (their backgrounds, their style)."""
+        cfg = self.config
+        gone = [*self.concepts, cfg.guide] if cfg.guide else self.concepts
+        near = [w for w in nearest_learned(pipe, self.concepts[0], word.vectors[0])
+                if not any(find(c, w) or find(w, c) for c in gone)]
+        held = keep_set(pipe, self.concepts, [*cfg.keep, *near], cfg.guide)
+        self.config = replace(cfg, preserve=held.words, keep_prompts=held.prompts, in_context=held.in_context)
 
     def loss(self, pipe: StableDiffusionPipeline, refs: References, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
