@@ -233,13 +233,6 @@ class Studio:
         (and the near ones it leaves alone), shown before the click; nothing is drawn."""
         return keep_set(self.pipe, split_concepts(concepts), split_concepts(keep), (replace_with or "").strip())
 
-    def held_too(self, patch_id: str, concepts: list[str] | str, keep: list[str] | str = (),
-                 replace_with: str | None = None) -> list[str]:
-        """The words a patch held beyond those `held` showed before the click: text-map's given images, the words
-        nearest the word it learned from them."""
-        shown = self.held(concepts, keep, replace_with).words
-        return [w for w in self.patches[patch_id].settings.get("preserve", []) if w not in shown]
-
     def erase(self, concepts: list[str] | str, method: str = DEFAULT_METHOD, images=None,
               replace_with: str | None = None, on_progress=None, cancelled=None, **overrides) -> str:
         """Runs an erasure on the shared model; returns the new patch's id (inactive until named in a call).

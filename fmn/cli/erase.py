@@ -120,7 +120,8 @@ def _erase(args, studio) -> str:
                                 lambda step: show(f"step {step.step}/{step.total}  loss {step.loss:.4f}  "
                                                   f"{step.elapsed:.1f}s"),
                                 seed=args.seed, **settings)
-    more = studio.held_too(patch_id, args.concept, settings["keep"], args.replace_with)
+    # text-map given images with --hold-learned also held the words nearest the word it learned from them
+    more = [w for w in studio.patches[patch_id].settings.get("preserve", []) if w not in held.words]
     if more:
         print(f"held too, nearest the word learned from the images: {', '.join(more)}", file=sys.stderr)
     return patch_id
