@@ -161,6 +161,7 @@ def test_erase_refuses_bad_uploads(tiny_dirs, tmp_path, capsys, case):
     ("sd15", ["--concept", "circle", "--method", "esd-x", "--lr", "-0.01"], "Learning rate -0.01"),
     ("sd15", ["--concept", "circle", "--method", "uce", "--steps", "10"], "uce has no setting steps"),
     ("sd15", ["--concept", "circle", "--method", "uce", "--unet-edit", "rece"], "uce has no setting unet_edit"),
+    ("sd15", ["--concept", "circle", "--hold-learned"], "--hold-learned holds the words nearest the word learned"),
     (None, ["--concept", "dragon"], "never saw dragon"),  # the embedded model knows the words of its world
 ])
 def test_erase_refuses_bad_settings(tiny_dirs, tmp_path, capsys, model, args, message):

@@ -110,6 +110,9 @@ def _erase(args, studio) -> str:
         print(f"note: no images in {args.images}; the model draws its own references.", file=sys.stderr)
     elif images is not None:
         print(f"learning from {len(images)} images of {args.concept[0]!r}, then erasing", file=sys.stderr)
+    if args.hold_learned and images is None:
+        raise ValueError("--hold-learned holds the words nearest the word learned from the images: give --images, "
+                         "a folder of images of the concept.")
     settings = _settings(args)
     held = studio.held(args.concept, settings["keep"], args.replace_with)
     print(f"holding: {', '.join(held.words) or 'nothing in particular'}"
