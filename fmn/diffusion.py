@@ -54,15 +54,20 @@ class Text:
         return Text(torch.cat([t.states for t in texts]), pooled)
 
 
-def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> Text:
-    """The prompts padded to the tokenizer's length, read by the text encoder(s) as generation reads them."""
+def encode(pipe: StableDiffusionPipeline, prompts: list[str], padding_rows: int = -1) -> Text:
+    """The prompts padded to the tokenizer's length, read by the text encoder(s) as generation reads them.
+    `padding_rows` (SD 1.x/2.x, one CLIP encoder): only the rows up to the longest prompt's end token and that many
+    padding rows after it; CLIP's attention is causal, so they are the whole sequence's first rows."""
     if is_transformer(pipe):
         return _encode_joint(pipe, prompts)
     if is_sdxl(pipe):
         states, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         return Text(states, pooled)
-    ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    tokens = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
+    ids = tokens.input_ids
+    if padding_rows >= 0:
+        ids = ids[:, :int(tokens.attention_mask.sum(1).max()) + padding_rows]
     # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
     return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
 

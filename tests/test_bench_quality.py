@@ -14,6 +14,7 @@ from fmn.bench.quality import (
     DEFAULT_METHODS,
     MASS,
     Row,
+    best_overall,
     best_per_kind,
     given_settings,
     markdown,
@@ -171,7 +172,6 @@ def test_mass_erasure_writes_its_table(tmp_path):
 def test_the_default_method_is_the_one_the_committed_table_ranks_first():
     """The best becomes the default, chosen on the tune split: its table (benchmarks/results/quality-tune.json),
     ranked by the benchmark's rule, puts the default first; a rerun that ranks another first must move the default."""
-    from fmn.bench.quality import Row, best_overall
     from fmn.erase import DEFAULT_METHOD
 
     table = json.loads((ROOT / "benchmarks" / "results" / "quality-tune.json").read_text())
@@ -276,3 +276,28 @@ def test_an_unknown_method_or_concept_is_one_line_and_status_2(tmp_path, capsys)
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_settings_are_ranked_on_their_means_over_the_erasure_seeds(tmp_path, capsys):
+    """bench seeds: each setting's tables (one per erasure seed) pooled and ranked by the default's rule, each seed's
+    means beside; a table of another split or of other concepts is refused."""
+    seeds = [ROOT / "benchmarks" / "results" / "text-map-seed" / str(s) / "quality-tune.json" for s in (0, 1, 2)]
+    worse = []
+    for path in seeds:  # a setting that erases 3 images of 20 fewer on every concept of every seed
+        records = json.loads(path.read_text())
+        for row in records["rows"]:
+            if row["method"] != "unedited":
+                row["UA"] -= 0.15
+        worse.append(tmp_path / f"worse-{path.parent.name}.json")
+        worse[-1].write_text(json.dumps(records))
+    out = tmp_path / "seeds.md"
+    args = ["bench", "seeds", "--table", "worse", *map(str, worse), "--table", "default", *map(str, seeds)]
+    assert main([*args, "--out", str(out)]) == 0
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[0] for line in lines] == ["| default", "| worse"]
+    means = [best_overall([Row(**r) for r in json.loads(p.read_text())["rows"]])[0][1] for p in seeds]
+    assert f"{sum(m['UA'] for m in means) / 3:.0%}" == lines[0].split(" | ")[2]
+    assert lines[0].split(" | ")[-1].startswith(f"{means[0]['UA']:.0%} / {means[0]['attack']:.0%}")
+    report = ROOT / "benchmarks" / "results" / "quality.json"
+    assert main(["bench", "seeds", "--table", "default", *map(str, seeds), "--table", "report", str(report)]) == 2
+    assert "not of the first setting's split" in capsys.readouterr().err

@@ -20,9 +20,24 @@ def test_erase_speed_times_the_apps_erase_click_for_every_method_asked(tiny_dirs
     assert "images drawn plainly" in out
 
 
-def test_erase_speed_refuses_an_unknown_method(capsys):
+def test_erase_speed_times_a_setting_given(tiny_dirs, capsys, monkeypatch):
+    """--set: the click at another setting, named as such (the default's target is the default's)."""
+    from fmn import studio
+
+    real, erased = studio.erase, []
+    monkeypatch.setattr(studio, "erase", lambda *args, **kw: erased.append(kw) or real(*args, **kw))
+    assert main(["bench", "erase-speed", "--model", str(tiny_dirs["sd15"]), "--methods", "text-map", "--steps", "2",
+                 "--set", "padding_rows=2"]) == 0
+    out = capsys.readouterr().out
+    assert erased and erased[0]["padding_rows"] == 2 and erased[0]["steps"] == 2
+    assert "set {'padding_rows': 2}" in out and re.search(r"text-map set \{'padding_rows': 2\}: click [\d.]+ s", out)
+
+
+def test_erase_speed_refuses_an_unknown_method_and_a_bad_setting(capsys):
     assert main(["bench", "erase-speed", "--methods", "uce,dreambooth"]) == 2
     assert "Unknown method dreambooth" in capsys.readouterr().err
+    assert main(["bench", "erase-speed", "--methods", "text-map", "--set", "padding_rows=-5"]) == 2
+    assert "padding_rows -5" in capsys.readouterr().err
 
 
 @pytest.mark.slow

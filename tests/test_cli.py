@@ -87,11 +87,13 @@ def test_erase_writes_a_patch_that_generate_applies(tiny_dirs, tmp_path, capsys)
 def test_erase_stacks_a_unet_edit_into_the_default_patch_at_a_frozen_share(tiny_dirs, tmp_path, capsys):
     patch = tmp_path / "circle.safetensors"
     status, lines = run_here(capsys, "erase", "--model", str(tiny_dirs["sd15"]), "--concept", "circle", "--steps",
-                             "2", "--unet-edit", "uce", "--frozen-share", "0.5", "--out", str(patch))
+                             "2", "--unet-edit", "uce", "--frozen-share", "0.5", "--padding-rows", "8",
+                             "--out", str(patch))
     assert status == 0, lines
     loaded = Patch.load(patch)
     assert loaded.method == "text-map" and set(loaded.lora) == {"text_encoder", "unet"}
     assert loaded.settings["unet_edit"] == "uce" and loaded.settings["frozen_share"] == 0.5
+    assert loaded.settings["padding_rows"] == 8
 
 
 def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
@@ -123,6 +125,9 @@ def test_erase_bad_input(tiny_dirs, tmp_path, capsys, monkeypatch):
         (["--concept", "circle", "--method", "uce", "--frozen-share", "0.5", "--out", "p.safetensors"],
          "uce has no setting frozen_share"),
         (["--concept", "circle", "--frozen-share", "1", "--out", "p.safetensors"], "frozen_share 1.0: leave a share"),
+        (["--concept", "circle", "--padding-rows", "-2", "--out", "p.safetensors"], "padding_rows -2: read 0 or more"),
+        (["--concept", "circle", "--method", "uce", "--padding-rows", "8", "--out", "p.safetensors"],
+         "uce has no setting padding_rows"),
         (["--concept", "circle", "--keep", "dog, a red circle", "--out", "p.safetensors"],
          "Keep 'a red circle' names 'circle'"),
         (["--concept", "circle", "--method", "uce", "--adversarial", "--out", "p.safetensors"],

@@ -336,6 +336,42 @@ def test_text_map_patch_is_the_one_of_a_pass_per_set():
         torch.testing.assert_close(batched[key], plain[key], rtol=1e-4, atol=1e-6)
 
 
+def test_text_map_at_padding_rows_trains_on_the_first_rows_of_the_whole_sequence():
+    """`padding_rows`: a step reads the rows up to its longest prompt's end token and that many after it, which CLIP's
+    causal attention makes the first rows of the whole sequence; the patch is the one of a loss on those rows of the
+    whole sequence, seed for seed; both within float rounding."""
+    from fmn.erase.text_map import TextMap, TextMapConfig
+
+    class Plain(TextMap):
+        def loss(self, pipe, refs, generator):
+            picked = [refs.spans[i] for i in torch.randperm(len(refs.spans), generator=generator)[:self.config.batch]]
+            idx = torch.randperm(len(refs.keep_prompts), generator=generator)[:self.config.keep_batch]
+            prompts = [s.prompt for s in picked] + [refs.keep_prompts[i] for i in idx]
+            rows = max(len(pipe.tokenizer(p).input_ids) for p in prompts) + self.config.padding_rows
+            states = encode(pipe, prompts).states.float()[:, :rows]
+            loss = torch.stack([(row[s.positions[s.positions < rows]] - s.targets[s.positions < rows]).pow(2).mean()
+                                for row, s in zip(states, picked)]).mean()
+            kept = states[len(picked):] - refs.keep_states[idx, :rows]
+            return loss + self.config.keep_weight * kept.pow(2).mean()
+
+    pipe = tiny_pipeline()
+    prompts = ["a red circle", "a star on grass with a green circle", "circle"]
+    with torch.no_grad():
+        whole, first = encode(pipe, prompts).states, encode(pipe, prompts, padding_rows=3).states
+    assert first.shape[1] == len(pipe.tokenizer(prompts[1]).input_ids) + 3 < whole.shape[1]
+    torch.testing.assert_close(first, whole[:, :first.shape[1]])
+    config = TextMapConfig(in_context=["a red circle on grass", "a green circle", "a circle on water"],
+                           keep_prompts=["a blue square on grass", "a red star on sand", "a green star", "a star"],
+                           preserve=["star"], prior=["circle"], steps=12, batch=3, keep_batch=3, keep_weight=2.0,
+                           padding_rows=2)
+    cut, plain = (make_patch(pipe, cls(["circle"], config), cls.__name__).tensors for cls in (TextMap, Plain))
+    assert cut.keys() == plain.keys() and any(t.abs().max() > 1e-3 for t in plain.values())  # it trained
+    for key in plain:
+        torch.testing.assert_close(cut[key], plain[key], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="padding_rows"):
+        make_method("text-map", ["circle"], padding_rows=-2)
+
+
 def test_a_lora_trained_through_its_merged_weight_is_peft_s_lora():
     """Inside `merged_lora` an adapter layer gives peft's outputs and its factors peft's gradients, within float
     rounding; with the adapters off it is peft's own path (the base layer)."""

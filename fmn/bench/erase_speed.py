@@ -1,8 +1,9 @@
 """Times the app's Erase click on the CPU for every method: the erasure, then the before/after it shows.
 
     python -m fmn bench erase-speed [--methods text-map,uce] [--concept circle] [--steps N] [--model PATH]
+                                    [--set KEY=VALUE]
 
-A click is what the Erase button computes: the erasure at the method's defaults, then the comparison (each
+A click is what the Erase button computes: the erasure at the method's defaults (or --set's), then the comparison (each
 probe prompt on 3 seeds, before and after, traced) and what the page shows of it (the grid, the judge's reads,
 the concept word's before/after heatmaps). Each method's "before" side is drawn afresh, as on a first click.
 Targets on 2 CPU cores: the default method's click <= 12 s (issue #40), every method's <= 60 s (the spec); the
@@ -27,6 +28,7 @@ from ..generate import GenerationSettings, generate_many
 from ..patch import active
 from ..studio import Studio
 from .measure import device_name
+from .quality import add_set_argument, given_settings, method_settings
 
 __all__ = ["add_arguments", "run", "Click", "click", "shown", "DEFAULT_TARGET_S", "TARGET_S"]
 
@@ -57,12 +59,14 @@ def shown(result: Comparison, concepts: list[str]) -> tuple[Image.Image, list[st
     return result.grid(), result.labels(), result.heatmaps(result.word_for(concepts))
 
 
-def click(studio: Studio, method: str, concept: str, steps: int | None = None) -> tuple[Click, str]:
-    """The Erase click with `method` at its defaults (or `steps`), both sides of the comparison drawn; returns its
-    seconds and the new patch's id (attached to the studio: the caller removes it)."""
+def click(studio: Studio, method: str, concept: str, steps: int | None = None,
+          settings: dict | None = None) -> tuple[Click, str]:
+    """The Erase click with `method` at its defaults (or `steps`, `settings`), both sides of the comparison drawn;
+    returns its seconds and the new patch's id (attached to the studio: the caller removes it)."""
     studio.originals.clear()  # the "before" side drawn, as on a first click
     start = time.perf_counter()
-    patch_id = studio.erase([concept], method, **({"steps": steps} if steps and METHODS[method].trains else {}))
+    settings = (settings or {}) | ({"steps": steps} if steps and METHODS[method].trains else {})
+    patch_id = studio.erase([concept], method, **settings)
     erase_s = time.perf_counter() - start
     start = time.perf_counter()
     shown(studio.compare(concept, [patch_id]), [concept])
@@ -74,6 +78,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: each method's own)")
     parser.add_argument("--model", default=None, help="default: the embedded model")
+    add_set_argument(parser)
 
 
 def _methods(text: str) -> list[str]:
@@ -103,16 +108,18 @@ def _views(studio: Studio, concept: str, patch_id: str, done: Click) -> str:
 def run(args) -> list[Click]:
     """Prints a table of every method's click and the default's against its target; returns the clicks."""
     methods, busy = _methods(args.methods), os.getloadavg()[0]
+    given = given_settings(args.set, methods)
     start = time.perf_counter()
     studio = Studio(args.model, device="cpu")
     print(f"device: {device_name(torch.device('cpu'))}; load average {busy:.1f} at the start")
     print(f"the click on {args.concept!r}, each method at its defaults"
-          f"{f' ({args.steps} training steps)' if args.steps else ''}, on {studio.source}; "
+          f"{f' ({args.steps} training steps)' if args.steps else ''}{f', set {given}' if given else ''}, "
+          f"on {studio.source}; "
           f"load: {time.perf_counter() - start:.1f} s (once, when the app starts: not counted)\n")
     print("| method | erase (s) | before/after shown (s) | click (s) | <= 60 s |\n| --- | ---: | ---: | ---: | --- |")
     clicks, views = [], None
     for method in methods:
-        result, patch_id = click(studio, method, args.concept, args.steps)
+        result, patch_id = click(studio, method, args.concept, args.steps, method_settings(method, None, False, given))
         clicks.append(result)
         print(f"| {method} | {result.erase_s:.1f} | {result.compare_s:.1f} | {result.total_s:.1f} | "
               f"{mark(result.total_s <= TARGET_S)} |", flush=True)
@@ -121,6 +128,7 @@ def run(args) -> list[Click]:
         studio.remove_patch(patch_id)
     default = next((c for c in clicks if c.method == DEFAULT_METHOD), None)
     if default:
-        print(f"\nthe default ({DEFAULT_METHOD}): click {default.total_s:.1f} s; target <= {DEFAULT_TARGET_S:.0f} s "
+        named = f"{DEFAULT_METHOD} set {given}" if given else f"the default ({DEFAULT_METHOD})"
+        print(f"\n{named}: click {default.total_s:.1f} s; target <= {DEFAULT_TARGET_S:.0f} s "
               f"on 2 CPU cores {mark(default.total_s <= DEFAULT_TARGET_S)}\n{views}")
     return clicks

@@ -23,10 +23,10 @@ from .layers import layer_names
 __all__ = ["encoder_rows", "encoder_segments", "encoder_layers"]
 
 
-def encoder_rows(pipe, prompts: list[str]) -> torch.Tensor:
+def encoder_rows(pipe, prompts: list[str], padding_rows: int = -1) -> torch.Tensor:
     """(B, positions, D) in float32: the text encoders' states; on SD3 and FLUX the text sequence, then the pooled
-    row. Gradients flow to the encoders."""
-    text = encode(pipe, prompts)
+    row. Gradients flow to the encoders. `padding_rows`: on SD 1.x/2.x the first positions only (`encode`)."""
+    text = encode(pipe, prompts, padding_rows)
     if not is_transformer(pipe):
         return text.states.float()
     pooled = nn.functional.pad(text.pooled, (0, text.states.shape[-1] - text.pooled.shape[-1]))  # (B, D)

@@ -81,16 +81,19 @@ def learn_word(pipe: StableDiffusionPipeline, method: EmbeddingTargets, images: 
 
 
 def span_loss(pipe: StableDiffusionPipeline, spans: list[Span], batch: int, generator: torch.Generator,
-              word: Inverted | None = None) -> torch.Tensor:
+              word: Inverted | None = None, padding_rows: int = -1) -> torch.Tensor:
     """Mean squared distance of `batch` random spans' rows, as the text encoder reads them now (with the learned
-    `word`, if given), from their targets."""
+    `word`, if given; the first rows only with `padding_rows`, as `encoder_rows`), from their targets."""
     picked = [spans[i] for i in torch.randperm(len(spans), generator=generator)[:batch]]
     with inverted(pipe, word) if word is not None else nullcontext():
-        return span_distance(encoder_rows(pipe, [s.prompt for s in picked]), picked)
+        return span_distance(encoder_rows(pipe, [s.prompt for s in picked], padding_rows), picked)
 
 
 def span_distance(states: torch.Tensor, spans: list[Span]) -> torch.Tensor:
     """Mean squared distance of each span's rows in `states` (the first len(spans) prompts' encodings) from its
-    targets."""
-    return torch.stack([(row[s.positions] - s.targets).pow(2).mean()
-                        for row, s in zip(states, spans)]).mean()
+    targets; where `states` holds the first positions only (`encode`'s `padding_rows`), of the rows there."""
+    def distance(row: torch.Tensor, span: Span) -> torch.Tensor:
+        there = span.positions < len(row)
+        return (row[span.positions[there]] - span.targets[there]).pow(2).mean()
+
+    return torch.stack([distance(row, s) for row, s in zip(states, spans)]).mean()

@@ -67,6 +67,9 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
     # images show beside the concept, which the learned word carries); ours: on the tune split it keeps more but the
     # attack brings back more (text-map-hold-learned/)
     hold_learned: bool = False
+    # SD 1.x/2.x: the padding rows a step reads after its longest prompt's end token; the loss holds the rows before
+    # them, and a step costs their share of the encoder's positions (-1: every row, as the UNet reads them)
+    padding_rows: int = -1
 
     def check(self) -> None:
         TrainingConfig.check(replace(self, steps=self.steps or 1))  # 0 is set when the method is made
@@ -78,6 +81,8 @@ class TextMapConfig(TrainingConfig, TargetsConfig, LearnedWordConfig):
         if self.unet_edit and self.unet_edit not in closed_forms():
             raise ValueError(f"unet_edit {self.unet_edit!r}: name a closed form ({', '.join(closed_forms())}) "
                              "or nothing.")
+        if self.padding_rows < -1:
+            raise ValueError(f"padding_rows {self.padding_rows}: read 0 or more padding rows, or -1 for all of them.")
         if not (self.batch >= 1 and self.keep_batch >= 1 and self.learned_batch >= 1 and 1 <= self.passes <= 1000):
             raise ValueError(f"Batches of {self.batch}, {self.keep_batch} and {self.learned_batch} prompts, "
                              f"{self.passes} passes: use 1 or more (passes at most 1000).")
@@ -149,10 +154,13 @@ class TextMap(EmbeddingTargets, ErasureMethod):
         kept = (torch.randperm(len(refs.keep_prompts), generator=generator)[:cfg.keep_batch]
                 if len(refs.keep_prompts) and cfg.keep_weight else torch.zeros(0, dtype=torch.long))
         # one text-encoder pass a step: the erased prompts, then the keep prompts
-        states = encoder_rows(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept])
+        states = encoder_rows(pipe, [s.prompt for s in picked] + [refs.keep_prompts[i] for i in kept],
+                              cfg.padding_rows)
         loss = span_distance(states, picked)
         if refs.learned is not None:  # the name and the learned word, weighed alike against what is kept
-            loss = (loss + span_loss(pipe, refs.learned.spans, cfg.learned_batch, generator, refs.learned.inverted)) / 2
+            loss = (loss + span_loss(pipe, refs.learned.spans, cfg.learned_batch, generator, refs.learned.inverted,
+                                     cfg.padding_rows)) / 2
         if len(kept):
-            loss = loss + cfg.keep_weight * (states[len(picked):] - refs.keep_states[kept]).pow(2).mean()
+            held = refs.keep_states[kept, :states.shape[1]]  # as many rows as the step read
+            loss = loss + cfg.keep_weight * (states[len(picked):] - held).pow(2).mean()
         return loss
