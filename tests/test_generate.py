@@ -17,14 +17,17 @@ def pixels(image):
 
 
 def test_same_seed_same_image_and_batches_match_single_calls(pipe):
+    """The same call gives the same image to the bit; a batch gives each seed's image of a single call within one
+    level: a CPU's matrix kernels may block a batch of two apart from a batch of one (an Intel Xeon: one value in
+    3,072 one level apart)."""
     s = GenerationSettings("a red circle on grass", seed=7, steps=4)
     first, again = generate(pipe, s)[0], generate(pipe, s)[0]
     assert np.array_equal(pixels(first), pixels(again))
     batch = generate(pipe, s, seeds=[7, 8])
-    assert np.array_equal(pixels(batch[0]), pixels(first))
-    assert not np.array_equal(pixels(batch[1]), pixels(first))
-    assert np.array_equal(pixels(batch[1]),
-                          pixels(generate(pipe, GenerationSettings("a red circle on grass", seed=8, steps=4))[0]))
+    alone = generate(pipe, GenerationSettings("a red circle on grass", seed=8, steps=4))[0]
+    assert np.abs(pixels(batch[0]) - pixels(first)).max() <= 1
+    assert np.abs(pixels(batch[1]) - pixels(alone)).max() <= 1
+    assert np.abs(pixels(batch[1]) - pixels(first)).max() > 1
 
 
 def test_progress_callback_counts_steps(pipe):
