@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusionPipeline
@@ -27,6 +28,8 @@ __all__ = ["Text", "encode", "denoise", "prediction", "as_noise", "sampler", "la
 JOINT_TEXT = {"StableDiffusion3Pipeline": ("tokenizer", "tokenizer_3"), "FluxPipeline": ("tokenizer_2",)}
 
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, which FLUX.1-dev's distilled guidance embeds
+TOKEN_CACHE = 10_000  # prompts whose token ids `encode` keeps per tokenizer
+_TOKEN_IDS: WeakKeyDictionary = WeakKeyDictionary()  # tokenizer -> (its vocabulary size, {prompt: (ids, length)})
 MAX_BATCH = 16  # images a pipeline call draws at once; the generator's stream is the same as one by one
 
 
@@ -64,12 +67,26 @@ def encode(pipe: StableDiffusionPipeline, prompts: list[str], padding_rows: int 
         states, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         return Text(states, pooled)
-    tokens = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
-    ids = tokens.input_ids
+    ids, longest = _token_ids(pipe.tokenizer, prompts)
     if padding_rows >= 0:
-        ids = ids[:, :int(tokens.attention_mask.sum(1).max()) + padding_rows]
+        ids = ids[:, :longest + padding_rows]
     # the encoder's own device: pipe.device looks through every component's modules, a cost on each step of a loop
     return Text(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0])
+
+
+def _token_ids(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, int]:
+    """(B, positions) token ids padded to the tokenizer's length, and the longest prompt's length with its end token.
+    Each prompt is tokenized once per tokenizer and vocabulary size: a training loop encodes the same prompts step
+    after step. The cache starts again past `TOKEN_CACHE` prompts."""
+    size, known = _TOKEN_IDS.get(tokenizer, (None, {}))
+    if size != len(tokenizer) or len(known) > TOKEN_CACHE:
+        known = {}
+        _TOKEN_IDS[tokenizer] = (len(tokenizer), known)
+    new = [p for p in dict.fromkeys(prompts) if p not in known]
+    if new:
+        tokens = tokenizer(new, padding="max_length", truncation=True, return_tensors="pt")
+        known.update(zip(new, zip(tokens.input_ids, tokens.attention_mask.sum(1).tolist())))
+    return torch.stack([known[p][0] for p in prompts]), max(known[p][1] for p in prompts)
 
 
 def _encode_joint(pipe, prompts: list[str]) -> Text:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from .attention import Trace
-from .heatmaps import before_after_grid, to_image, word_rows
+from .heatmaps import before_after_grid, word_rows
 from .models import world_of
+from .panels import Line, panel_grid
 from .world.world import World
 
 __all__ = ["Probe", "probe_prompts", "Comparison", "compare_prompts", "Draw", "judge_for"]
@@ -166,22 +166,13 @@ class Comparison:
                 for p, (b, a) in zip(self.probes, self.scores)]
 
     def grid(self) -> Image.Image:
-        """Rows of probes; the seeds before on the left, after on the right."""
-        n, k = len(self.probes), len(self.seeds)
-        fig = Figure(figsize=(1.3 * 2 * k + 0.4, 1.55 * n + 0.4), dpi=100)
-        axes = fig.subplots(n, 2 * k, squeeze=False)
-        for row, (label, before, after) in enumerate(zip(self.labels(), self.before, self.after)):
-            for col, image in enumerate(before + after):
-                ax = axes[row, col]
-                ax.imshow(image)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(self.titles[col >= k] + f", seed {self.seeds[col % k]}", fontsize=7)
-            axes[row, 0].set_ylabel(self.probes[row].group, fontsize=7)
-            axes[row, 0].text(0, -0.08, label, transform=axes[row, 0].transAxes, fontsize=7, va="top")
-        fig.tight_layout(h_pad=1.2)
-        return to_image(fig)
+        """Rows of probes, each under its prompt and the judge's reads; the seeds before on the left, after on the
+        right."""
+        k = len(self.seeds)
+        lines = [Line(before + after, label, probe.group)
+                 for probe, label, before, after in zip(self.probes, self.labels(), self.before, self.after)]
+        headers = [f"{self.titles[col >= k]}, seed {self.seeds[col % k]}" for col in range(2 * k)]
+        return panel_grid(lines, headers, split=k)
 
 
 def judge_for(pipe):

@@ -1,7 +1,7 @@
 """Heatmap overlays and word grids for `fmn.attention.trace` maps, DAAM-style (Tang et al. 2023, arXiv 2210.04885).
 
-Rendering uses a private matplotlib `Figure` on the Agg canvas, never pyplot's global
-state, so it is safe in servers and threads.
+The before/after grid is laid out by `panels.panel_grid`; a word grid uses a private matplotlib `Figure` on the
+Agg canvas, never pyplot's global state, so it is safe in servers and threads.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
+
+from .panels import Line, panel_grid
 
 __all__ = ["overlay", "word_grid", "word_rows", "before_after_grid", "to_image"]
 
@@ -80,22 +82,8 @@ def before_after_grid(rows: list[tuple[str, list, list]], seeds: list[int],
         seeds: the seeds, for the line titles.
         titles: what the two sides are called.
     """
-    lines = [(label if s == 0 else "", seed, pair) for label, before, after in rows
-             for s, (seed, pair) in enumerate(zip(seeds, zip(before, after)))]
-    fig = Figure(figsize=(6.6, 1.75 * len(lines) + 0.4), dpi=100)
-    axes = fig.subplots(len(lines), 4, squeeze=False)
-    for r, (label, seed, ((image_b, heat_b), (image_a, heat_a))) in enumerate(lines):
-        panels = [(image_b, titles[0]), (overlay(image_b, heat_b, cmap), "map"),
-                  (image_a, titles[1]), (overlay(image_a, heat_a, cmap), "map")]
-        for c, (panel, name) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(panel)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=8)
-        axes[r, 0].set_ylabel(f"seed {seed}", fontsize=7)
-        if label:
-            axes[r, 0].text(0, 1.02 if r else 1.18, label, transform=axes[r, 0].transAxes, fontsize=7, va="bottom")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
-    return to_image(fig)
+    lines = [Line([image_b, overlay(image_b, heat_b, cmap), image_a, overlay(image_a, heat_a, cmap)],
+                  label if s == 0 else "", f"seed {seed}")
+             for label, before, after in rows
+             for s, (seed, ((image_b, heat_b), (image_a, heat_a))) in enumerate(zip(seeds, zip(before, after)))]
+    return panel_grid(lines, [titles[0], "map", titles[1], "map"], split=2, cmap=cmap)

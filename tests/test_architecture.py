@@ -16,7 +16,8 @@ FLOORS = [
      "fmn.world.reading", "fmn.world.tokenizer", "fmn.world.render"),
     # load; run independent jobs here or on Ray; write files whole
     ("fmn.models", "fmn.tiny", "fmn.single_file", "fmn.sweep", "fmn.files"),
-    ("fmn.generate", "fmn.attention", "fmn.transformer_attention", "fmn.heatmaps", "fmn.diffusion"),  # generate, trace
+    # generate, trace, draw the maps and grids
+    ("fmn.generate", "fmn.attention", "fmn.transformer_attention", "fmn.heatmaps", "fmn.panels", "fmn.diffusion"),
     ("fmn.patch", "fmn.export"),  # patches as adapters, the frozen reference; out to other tools and back in
     ("fmn.inversion",),
     ("fmn.erase",),  # erase: the loop and the methods

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fmn.panels import PANEL
 from fmn.patch import Patch
 
 from conftest import BAD_UPLOADS, ROOT, bad_upload
@@ -249,7 +250,8 @@ def test_heatmap_compare_and_collateral_write_figures_and_numbers(tiny_dirs, cir
     shares = json.loads(numbers.read_text())
     assert shares["seeds"] == [0, 1] and set(shares["shares"]) == {"circle", "red"}
     assert all(0 < v < 1 for word in shares["shares"].values() for v in word.values())
-    assert Image.open(maps).height > Image.open(maps).width  # a line of four panels for each word and seed
+    grid = Image.open(maps)  # a line of four panels for each word and seed
+    assert grid.height > 4 * PANEL and 4 * PANEL < grid.width < 6 * PANEL
     chart, table = tmp_path / "chart.png", tmp_path / "collateral.json"
     status, lines = run_here(capsys, "collateral", "--model", model, "--patch", str(patch), "--concepts", "circle,dog",
                              "--out", str(chart), "--json", str(table))

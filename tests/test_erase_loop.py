@@ -2,6 +2,7 @@
 progress, stops cleanly on NaN or cancel, and ESD moves the concept's prediction toward its target."""
 
 import contextlib
+from unittest import mock
 
 import pytest
 import torch
@@ -370,6 +371,28 @@ def test_text_map_at_padding_rows_trains_on_the_first_rows_of_the_whole_sequence
         torch.testing.assert_close(cut[key], plain[key], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="padding_rows"):
         make_method("text-map", ["circle"], padding_rows=-2)
+
+
+def test_a_prompt_is_tokenized_once_and_again_when_the_vocabulary_grows():
+    """`encode` keeps each prompt's token ids per tokenizer: the same states as tokenizing afresh, and a word added
+    to the vocabulary is read as its new token."""
+    pipe = tiny_pipeline()
+    calls = []
+    tokenizer_call = type(pipe.tokenizer).__call__
+
+    def counted(self, text, *args, **kwargs):
+        calls.append(list(text) if isinstance(text, list) else [text])
+        return tokenizer_call(self, text, *args, **kwargs)
+
+    with torch.no_grad(), mock.patch.object(type(pipe.tokenizer), "__call__", counted):
+        first = encode(pipe, ["a red circle", "a <zorb> star"]).states
+        again = encode(pipe, ["a <zorb> star", "a red circle", "a <zorb> star"]).states
+        assert calls == [["a red circle", "a <zorb> star"]]  # nothing tokenized the second time
+        torch.testing.assert_close(again, first[[1, 0, 1]], rtol=0, atol=0)
+        pipe.tokenizer.add_tokens(["<zorb>"])
+        pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+        grown = encode(pipe, ["a <zorb> star"]).states
+    assert calls[-1] == ["a <zorb> star"] and not torch.equal(grown, first[1:])
 
 
 def test_a_lora_trained_through_its_merged_weight_is_peft_s_lora():

@@ -7,7 +7,9 @@ from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 
 from fmn.attention import AttentionProbsProcessor, install, trace
+from fmn.evaluate import Comparison, Probe
 from fmn.heatmaps import overlay, word_grid
+from fmn.panels import PANEL
 from fmn.tiny import tiny_pipeline
 
 PROMPT = "a red xyzzy circle"
@@ -162,3 +164,19 @@ def test_overlay_and_word_grid():
     assert overlay(image, heat, alpha=0.0) == image
     grid = word_grid(image, {"red": heat, "circle": heat.T}, title=PROMPT)
     assert grid.mode == "RGB" and grid.width > 3 * grid.height / 2
+
+
+def test_the_before_after_grid_shows_every_image_whole_at_the_panel_size_under_its_labels():
+    """Each image pasted at PANEL pixels, before left of after, whatever the model's size and however long the
+    prompts and the judge's reads written above them."""
+    before, after = (200, 30, 30), (30, 30, 200)
+    seeds = [0, 1, 2]
+    probes = [Probe("concept", "a red circle on grass in the style of a very long prompt indeed", "circle"),
+              Probe("other", "Mimo", "Mimo")]
+    result = Comparison(probes, seeds, [[Image.new("RGB", (64, 64), before)] * 3] * 2,
+                        [[Image.new("RGB", (64, 64), after)] * 3] * 2, [(0.97, 0.03), (0.99, 0.98)])
+    pixels = np.asarray(result.grid())
+    for colour in (before, after):
+        assert (pixels == colour).all(-1).sum() == len(probes) * len(seeds) * PANEL ** 2, colour
+    columns = [np.flatnonzero((pixels == colour).all(-1).any(0)) for colour in (before, after)]
+    assert columns[0].max() < columns[1].min()

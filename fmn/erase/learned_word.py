@@ -90,10 +90,14 @@ def span_loss(pipe: StableDiffusionPipeline, spans: list[Span], batch: int, gene
 
 
 def span_distance(states: torch.Tensor, spans: list[Span]) -> torch.Tensor:
-    """Mean squared distance of each span's rows in `states` (the first len(spans) prompts' encodings) from its
-    targets; where `states` holds the first positions only (`encode`'s `padding_rows`), of the rows there."""
-    def distance(row: torch.Tensor, span: Span) -> torch.Tensor:
-        there = span.positions < len(row)
-        return (row[span.positions[there]] - span.targets[there]).pow(2).mean()
-
-    return torch.stack([distance(row, s) for row, s in zip(states, spans)]).mean()
+    """Mean over the spans of each one's mean squared distance of its rows in `states` (the first len(spans)
+    prompts' encodings) from its targets; where `states` holds the first positions only (`encode`'s
+    `padding_rows`), of the rows there. One gather for every span: a step's loss is a few ops, not a few per span."""
+    prompt = torch.cat([torch.full((len(s.positions),), i) for i, s in enumerate(spans)]).to(states.device)
+    positions = torch.cat([s.positions for s in spans]).to(states.device)
+    targets = torch.cat([s.targets for s in spans]).to(states)
+    there = positions < states.shape[1]
+    prompt, positions, targets = prompt[there], positions[there], targets[there]
+    per_row = (states[prompt, positions] - targets).pow(2).mean(-1)  # (rows,)
+    rows_of_span = torch.bincount(prompt, minlength=len(spans)).to(per_row)
+    return (per_row / rows_of_span[prompt]).sum() / len(spans)
