@@ -12,16 +12,14 @@ Every erasure runs the one path a user's checkpoint gets: what it holds is found
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from fmn.attack import AttackConfig
+from fmn.bench import world_free
 from fmn.bench.protocol import REPORT, TUNE, found_rates, probes, recovery_rates
 from fmn.bench.quality import cell_probes
 from fmn.erase import DEFAULT_METHOD, erase, keep_set, make_method, make_patch
 from fmn.generate import generate_many
-from fmn.models import EMBEDDED, load_pipeline
 from fmn.patch import active, detach
 
 pytestmark = pytest.mark.slow
@@ -55,38 +53,17 @@ def before(embedded, judge):
 @pytest.fixture(scope="module")
 def worldless(tmp_path_factory):
     """The embedded model as every user's checkpoint looks: no world.json beside it."""
-    folder = tmp_path_factory.mktemp("worldless") / "fmn-shapes"
-    shutil.copytree(EMBEDDED, folder, ignore=shutil.ignore_patterns("world.json"))
-    return load_pipeline(folder, device="cpu")
-
-
-# What the default must keep when it erases circle with no list from the user: each prompt's labels, on 8 seeds
-KEPT_BESIDE_CIRCLE = {"a blue square": ("square", "blue"), "a green square": ("square", "green"),
-                      "Mimo on grass": ("Mimo",), "a yellow star on sand": ("star", "yellow"),
-                      "a purple heart": ("heart", "purple")}
+    return world_free.worldless_copy(tmp_path_factory.mktemp("worldless") / "fmn-shapes")
 
 
 def test_the_default_erases_circles_on_a_model_without_a_world_and_keeps_the_rest(worldless, judge):
-    """Circles gone from "a red circle" (at most 1 of 8 left); every other prompt drawn as the unedited model
-    draws it, within two images of 8 per label."""
-    prompts = ["a red circle", *KEPT_BESIDE_CIRCLE]
-    texts, seeds = [p for p in prompts for _ in range(8)], list(range(8)) * len(prompts)
-
-    def counts():
-        verdicts = judge(generate_many(worldless, texts, seeds, STEPS))
-        return {(p, label): sum(v.has(label) for v in verdicts[i * 8:(i + 1) * 8])
-                for i, p in enumerate(prompts) for label in (("circle",) if i == 0 else KEPT_BESIDE_CIRCLE[p])}
-
-    unedited = counts()
-    erase(worldless, "circle", DEFAULT_METHOD, name="judged")
-    try:
-        with active(worldless, ["judged"]):
-            after = counts()
-    finally:
-        detach(worldless, "judged")
+    """Circles gone from "a red circle" (at most 1 in 8 left); every other prompt drawn as the unedited model
+    draws it, within two in 8 per label; read on the images the judge and the pixel check agree on, at the erasure's
+    default seed, as `python -m fmn erase` makes it (`bench world-free` reads other seeds)."""
+    unedited = world_free.counts(worldless, judge)
+    after = world_free.erased_counts(worldless, judge)
     print({k: f"{unedited[k]} -> {after[k]}" for k in after})
-    assert unedited["a red circle", "circle"] >= 7 and after["a red circle", "circle"] <= 1, after
-    assert all(after[k] >= unedited[k] - 2 for k in after if k[1] != "circle"), (unedited, after)
+    assert unedited["a red circle", "circle"][0] >= 7 and not world_free.misses(unedited, after), (unedited, after)
 
 
 ERASURES = [(DEFAULT_METHOD, "triangle"), (DEFAULT_METHOD, "square"), (DEFAULT_METHOD, "heart"), ("uce", "triangle")]

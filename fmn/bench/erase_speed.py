@@ -30,7 +30,7 @@ from ..studio import Studio
 from .measure import device_name
 from .quality import add_set_argument, given_settings, method_settings
 
-__all__ = ["add_arguments", "run", "Click", "click", "shown", "DEFAULT_TARGET_S", "TARGET_S"]
+__all__ = ["add_arguments", "run", "Click", "click", "shown", "named_methods", "DEFAULT_TARGET_S", "TARGET_S"]
 
 DEFAULT_TARGET_S = 12.0  # the default method's click on 2 CPU cores (issue #40)
 TARGET_S = 60.0  # every method's click on 2 CPU cores (the spec)
@@ -81,7 +81,8 @@ def add_arguments(parser) -> None:
     add_set_argument(parser)
 
 
-def _methods(text: str) -> list[str]:
+def named_methods(text: str) -> list[str]:
+    """The registered methods a comma-separated text names; a clear error for any other."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -107,7 +108,7 @@ def _views(studio: Studio, concept: str, patch_id: str, done: Click) -> str:
 
 def run(args) -> list[Click]:
     """Prints a table of every method's click and the default's against its target; returns the clicks."""
-    methods, busy = _methods(args.methods), os.getloadavg()[0]
+    methods, busy = named_methods(args.methods), os.getloadavg()[0]
     given = given_settings(args.set, methods)
     start = time.perf_counter()
     studio = Studio(args.model, device="cpu")

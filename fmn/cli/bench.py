@@ -8,6 +8,7 @@ HELP = "benchmarks"
 BENCHMARKS = {  # name: help; python -m fmn bench <name> runs fmn.bench.<name>.run(args)
     "quality": "erasure quality on the embedded model, judged: UA, IRA, CRA, leak, attack",
     "seeds": "settings compared on their means over several erasure seeds, from bench quality's tables",
+    "world-free": "erasing circle on a model without world.json over erasure seeds: what it keeps (issue #37's check)",
     "kept": "what an erasure takes from the prompts it keeps: per kept image broken, the parts it lost",
     "speed": "seconds and memory of an erasure: the published recipe against ours",
     "profile": "where one erasure's time goes (torch.profiler): its phases and top operators",
