@@ -21,6 +21,7 @@ PANEL = 128  # each panel's side in pixels
 GAP = 6  # between panels
 SPLIT = 18  # between the two sides of a comparison
 PAD = 8  # round the grid
+TOP = 32  # above the headers: the app's image label and buttons lie over an image's top corners
 FONT = 12
 BAR = 14  # the colour bar's width
 
@@ -45,7 +46,7 @@ def panel_grid(lines: list[Line], headers: list[str], split: int | None = None, 
     xs = [left + c * (panel + GAP) + (SPLIT - GAP if split and c >= split else 0) for c in range(columns)]
     right = xs[-1] + panel + (GAP + BAR + 4 + int(font.getlength("1.0")) if cmap else 0)
     width = max(right, *(left + int(font.getlength(line.title)) for line in lines)) + PAD
-    tops, y = [], PAD + text_h  # the headers, then each line: its title (if any) and its panels
+    tops, y = [], TOP + text_h  # the headers, then each line: its title (if any) and its panels
     for line in lines:
         y += text_h if line.title else 0
         tops.append(y)
@@ -53,7 +54,7 @@ def panel_grid(lines: list[Line], headers: list[str], split: int | None = None, 
     canvas = Image.new("RGB", (width, y - GAP + PAD), "white")
     draw = ImageDraw.Draw(canvas)
     for x, header in zip(xs, headers):
-        draw.text((x + panel // 2, PAD), header, fill="black", font=font, anchor="ma")
+        draw.text((x + panel // 2, TOP), header, fill="black", font=font, anchor="ma")
     for line, top in zip(lines, tops):
         if line.title:
             draw.text((left, top - text_h), line.title, fill="black", font=font)
